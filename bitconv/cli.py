@@ -1,0 +1,101 @@
+"""The `bitconv` command line: a thin click layer over the library (the only click importer)."""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from bitconv.errors import BitconvError
+
+FORMAT_NAMES = ("i2s",)  # kept literal so `--help` does not import numpy; checked in tests
+
+
+class BitconvGroup(click.Group):
+    """Turns a BitconvError into one line on stderr and its exit status (1, or 3 for verify)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BitconvError as e:
+            click.echo(f"Error: {e}", err=True)
+            if os.environ.get("BITCONV_DEBUG"):
+                traceback.print_exc()
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=BitconvGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bitconv")
+def cli() -> None:
+    """Convert, pack and verify 1.58-bit (BitNet b1.58) language models.
+
+    Results go to stdout (a path, a table, a JSON object); progress and errors go to stderr.
+    Exit status: 0 ok, 1 bad input or refused output, 2 usage error, 3 verification mismatch.
+    """
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=str))
+@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default="i2s", show_default=True,
+              help="Packed layout to write.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file [default: ./<SRC dir name>-<format>.gguf].")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--scale-rule", type=click.Choice(["multiply", "divide"]), default=None,
+              help="Override how weight_scale is applied (and skip its magnitude check); "
+                   "by default multiply iff linear_class is autobitlinear.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | None,
+         quiet: bool) -> None:
+    """Pack the checkpoint directory SRC into a GGUF file and print its path.
+
+    \b
+    Examples:
+      bitconv pack ./bitnet-b1.58-2B-4T --format i2s
+      bitconv pack ./Llama3-8B-1.58-100B-tokens -o llama3-i2s.gguf --force
+    """
+    from bitconv.pack import pack as run
+
+    res = run(src, format=fmt, out=out, force=force, scale_rule=scale_rule,  # type: ignore[arg-type]
+              progress=not quiet and sys.stderr.isatty())
+    click.echo(str(res.path))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+def inspect(path: str, as_json: bool) -> None:
+    """Describe PATH: a checkpoint directory (family, dtypes, scale rule, shapes) or a GGUF
+    file (arch, metadata, tensor table with type, shape and byte size).
+
+    \b
+    Examples:
+      bitconv inspect ./bitnet-b1.58-2B-4T
+      bitconv inspect bitnet-b1.58-2B-4T-i2s.gguf --json
+    """
+    from bitconv.inspect import describe
+
+    d = describe(path)
+    click.echo(d.to_json() if as_json else d.to_text())
+
+
+@cli.command(name="make-fixture", hidden=False)
+@click.argument("name")
+@click.argument("dst", type=click.Path(file_okay=False))
+def make_fixture(name: str, dst: str) -> None:
+    """Write the tiny synthetic checkpoint NAME (a real repo's exact layout) into DST.
+
+    NAME is one of: bitnet_b1_58-large, bitnet-b1.58-2B-4T, bitnet-b1.58-2B-4T-bf16,
+    Llama3-8B-1.58-100B-tokens. Used by the tests, `make demo` and the benchmarks.
+    """
+    from bitconv.synth.checkpoints import FIXTURES, make_fixture as run
+
+    if name not in FIXTURES:
+        raise click.BadParameter(f"choose one of: {', '.join(FIXTURES)}", param_hint="NAME")
+    click.echo(str(run(name, dst)))
+
+
+def main() -> None:
+    cli(prog_name="bitconv")

@@ -1,0 +1,29 @@
+"""Registry of model families: detection from config.json.
+
+Each module states one family's differences from the shared Llama shape (families/base.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bitconv.errors import InputError
+from bitconv.families import bitnet, bitnet_b158, llama
+from bitconv.families.base import Family
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (bitnet.FAMILY, bitnet_b158.FAMILY, llama.FAMILY)}
+KNOWN = ("BitnetForCausalLM (1bitLLM), BitNetForCausalLM (BitNet b1.58 2B4T), "
+         "LlamaForCausalLM with quant_method 'bitnet'")
+
+
+def detect(config: Mapping[str, Any]) -> Family:
+    """The family of a checkpoint, from its config.json."""
+    for fam in FAMILIES.values():
+        if fam.detect(config):
+            return fam
+    archs = config.get("architectures") or [config.get("model_type", "?")]
+    if "LlamaForCausalLM" in archs:
+        raise InputError("config.json: LlamaForCausalLM without quantization_config.quant_method "
+                         "'bitnet' is not a BitNet checkpoint")
+    raise InputError(f"config.json: unknown architecture {', '.join(map(str, archs))}; "
+                     f"bitconv knows {KNOWN}")

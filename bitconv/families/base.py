@@ -1,0 +1,165 @@
+"""What every family shares: the Llama-shaped tensor map, shape checks and GGUF hyperparameters.
+
+A family module only states how it differs (detection, sub-norm names, GGUF arch, q/k layout).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gguf import GGUFValueType as T
+
+from bitconv.checkpoint import Checkpoint
+from bitconv.errors import InputError
+from bitconv.types import KV
+
+Kind = Literal["ternary", "f16", "f32"]
+
+# HF suffix under model.layers.N. -> GGUF name under blk.N. (gguf-py tensor_mapping.py, bitnet-cpp.md §3.1)
+TERNARY = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+IGNORED = ("self_attn.rotary_emb.inv_freq",)  # recomputed by every runtime from rope_theta
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # registry key and `inspect` label
+    arch: str  # GGUF general.architecture
+    title: str  # the real models it covers
+    detect: Callable[[Mapping[str, Any]], bool]
+    sub_norms: tuple[str, str] | None  # HF (attn, ffn) sub-norm suffixes, or None
+    permute_qk: bool  # GGUF `llama` wants q/k rows in the interleaved RoPE order
+    tied_output: bool  # the arch has no output.weight: lm_head is token_embd
+    extra_kvs: Callable[[Mapping[str, Any], str], list[KV]] = lambda config, arch: []
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One GGUF tensor and where its values come from."""
+
+    gguf_name: str
+    source: str  # HF tensor name
+    kind: Kind
+    shape: tuple[int, ...]  # logical numpy shape (out, in) even when the source is packed
+    scale_source: str | None = None  # HF weight_scale tensor for packed sources
+    heads: int = 0  # > 0: permute rows for GGUF llama RoPE, with this many heads
+
+
+def cfg(config: Mapping[str, Any], key: str) -> Any:
+    if key not in config:
+        raise InputError(f"config.json: missing {key!r}")
+    return config[key]
+
+
+@dataclass(frozen=True)
+class Dims:
+    hidden: int
+    inter: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def of(cls, c: Mapping[str, Any]) -> Dims:
+        heads = cfg(c, "num_attention_heads")
+        head_dim = c.get("head_dim") or cfg(c, "hidden_size") // heads
+        return cls(cfg(c, "hidden_size"), cfg(c, "intermediate_size"), cfg(c, "num_hidden_layers"),
+                   heads, c.get("num_key_value_heads") or heads, head_dim, cfg(c, "vocab_size"))
+
+
+def plan(ck: Checkpoint, fam: Family) -> list[PlannedTensor]:
+    """Every GGUF tensor of the model in file order, checked against config.json."""
+    d = Dims.of(ck.config)
+    q, kv = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    out_in = {"self_attn.q_proj": (q, d.hidden), "self_attn.k_proj": (kv, d.hidden),
+              "self_attn.v_proj": (kv, d.hidden), "self_attn.o_proj": (d.hidden, q),
+              "mlp.gate_proj": (d.inter, d.hidden), "mlp.up_proj": (d.inter, d.hidden),
+              "mlp.down_proj": (d.hidden, d.inter)}
+    heads = {"self_attn.q_proj": d.heads, "self_attn.k_proj": d.kv_heads} if fam.permute_qk else {}
+    out = [_dense(ck, "model.embed_tokens.weight", "token_embd.weight", "f16", (d.vocab, d.hidden))]
+    used = {"model.embed_tokens.weight"}
+    for i in range(d.layers):
+        p = f"model.layers.{i}."
+        for suffix, g in NORMS.items():
+            out.append(_dense(ck, f"{p}{suffix}.weight", f"blk.{i}.{g}.weight", "f32", (d.hidden,)))
+        if fam.sub_norms:
+            attn, ffn = fam.sub_norms
+            out.append(_dense(ck, f"{p}{attn}.weight", f"blk.{i}.attn_sub_norm.weight", "f32", (q,)))
+            out.append(_dense(ck, f"{p}{ffn}.weight", f"blk.{i}.ffn_sub_norm.weight", "f32",
+                              (d.inter,)))
+        for suffix, g in TERNARY.items():
+            out.append(_ternary(ck, f"{p}{suffix}", f"blk.{i}.{g}.weight", out_in[suffix],
+                                heads.get(suffix, 0)))
+        used.update(f"{p}{s}" for s in IGNORED)
+    out.append(_dense(ck, "model.norm.weight", "output_norm.weight", "f32", (d.hidden,)))
+    if "lm_head.weight" in ck.tensors:
+        if fam.tied_output:
+            raise InputError(f"{ck.path.name}: has an untied lm_head.weight, which GGUF arch "
+                             f"{fam.arch!r} cannot hold")
+        out.append(_dense(ck, "lm_head.weight", "output.weight", "f16", (d.vocab, d.hidden)))
+    used.update(t.source for t in out)
+    used.update(t.scale_source for t in out if t.scale_source)
+    extra = sorted(set(ck.tensors) - used)
+    if extra:
+        raise InputError(f"{ck.path.name}: unexpected tensor {extra[0]!r} for family {fam.name} "
+                         f"({len(extra)} unexpected in all)")
+    return out
+
+
+def _dense(ck: Checkpoint, src: str, name: str, kind: Kind, shape: tuple[int, ...]) -> PlannedTensor:
+    ref = ck.ref(src)
+    if ref.shape != shape:
+        raise InputError(f"{src}: shape {list(ref.shape)} does not match config.json "
+                         f"(expected {list(shape)})")
+    if ref.dtype not in ("F32", "F16", "BF16"):
+        raise InputError(f"{src}: dtype {ref.dtype} is not a float type")
+    return PlannedTensor(name, src, kind, shape)
+
+
+def _ternary(ck: Checkpoint, prefix: str, name: str, shape: tuple[int, int],
+             heads: int) -> PlannedTensor:
+    src, scale = f"{prefix}.weight", f"{prefix}.weight_scale"
+    ref = ck.ref(src)
+    if ref.dtype == "U8":  # HF-packed: [out/4, in] plus a one-element weight_scale
+        if ref.shape != (shape[0] // 4, shape[1]) or shape[0] % 4:
+            raise InputError(f"{src}: packed shape {list(ref.shape)} does not match config.json "
+                             f"(expected {[shape[0] // 4, shape[1]]})")
+        if ck.ref(scale).shape not in ((), (1,)):
+            raise InputError(f"{scale}: expected one value, got shape {list(ck.ref(scale).shape)}")
+        return PlannedTensor(name, src, "ternary", shape, scale, heads)
+    if ref.shape != shape:
+        raise InputError(f"{src}: shape {list(ref.shape)} does not match config.json "
+                         f"(expected {list(shape)})")
+    if ref.dtype not in ("F32", "F16", "BF16"):
+        raise InputError(f"{src}: dtype {ref.dtype} is neither float nor HF-packed uint8")
+    if scale in ck.tensors:
+        raise InputError(f"{scale}: a weight_scale beside unpacked {ref.dtype} weights is ambiguous")
+    return PlannedTensor(name, src, "ternary", shape, None, heads)
+
+
+def hparam_kvs(config: Mapping[str, Any], arch: str) -> list[KV]:
+    """The {arch}.* hyperparameters llama.cpp and bitnet.cpp read (llama-cpp.md §3.2)."""
+    d = Dims.of(config)
+    kvs = [
+        KV(f"{arch}.vocab_size", T.UINT32, d.vocab),
+        KV(f"{arch}.context_length", T.UINT32, cfg(config, "max_position_embeddings")),
+        KV(f"{arch}.embedding_length", T.UINT32, d.hidden),
+        KV(f"{arch}.block_count", T.UINT32, d.layers),
+        KV(f"{arch}.feed_forward_length", T.UINT32, d.inter),
+        KV(f"{arch}.rope.dimension_count", T.UINT32, d.head_dim),
+        KV(f"{arch}.attention.head_count", T.UINT32, d.heads),
+        KV(f"{arch}.attention.head_count_kv", T.UINT32, d.kv_heads),
+        KV(f"{arch}.attention.layer_norm_rms_epsilon", T.FLOAT32, cfg(config, "rms_norm_eps")),
+        KV(f"{arch}.rope.freq_base", T.FLOAT32, config.get("rope_theta", 10000.0)),
+    ]
+    if "head_dim" in config:
+        kvs += [KV(f"{arch}.attention.key_length", T.UINT32, d.head_dim),
+                KV(f"{arch}.attention.value_length", T.UINT32, d.head_dim)]
+    return kvs

@@ -1,0 +1,435 @@
+"""GGUF v3 container: a streaming writer and a header-only reader that know bitnet.cpp's types.
+
+Stock gguf-py cannot read type 36 (I2_S): its reader does `GGMLQuantizationType(36)` and raises,
+and n/4 + 32 bytes fits no (block_size, type_size) pair. So bitconv owns the container code and
+takes only the value-type enum and block sizes from gguf-py. References: reference/llama-cpp.md
+§2.5-2.6, reference/bitnet-cpp.md §1.1 and §2.1.
+
+Layout (little-endian; `str` = u64 byte length + UTF-8 bytes, no NUL):
+
+    "GGUF" | u32 version = 3 | u64 n_tensors | u64 n_kv
+    n_kv x      str key | u32 value_type | value
+                    ARRAY value = u32 subtype | u64 count | count x value
+    n_tensors x str name | u32 n_dims | u64 ne[0] .. ne[n_dims-1] | u32 ggml_type | u64 offset
+                    ne[0] is the contiguous axis (numpy's last); offset counts from the data start
+    zeros up to a multiple of `general.alignment` (default 32) from byte 0  <- data start
+    tensor 0 bytes | zeros to alignment | tensor 1 bytes | zeros to alignment | ...
+
+GGUF stores no byte sizes: readers derive them from type and shape (`tensor_nbytes`), and llama.cpp
+requires each offset to equal the running sum of padded sizes, so tensors are written in info order.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from bitconv.errors import InputError, PackError
+from bitconv.types import KV
+
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSION = 3
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+MAX_NAME_BYTES = 63  # GGML_MAX_NAME = 64 counts the C string's NUL (ggml/src/gguf.cpp L657)
+
+# ggml type ids. 36/38/39 are bitnet.cpp's (Eddie-Wang1120/llama.cpp:ggml/include/ggml.h L393-396);
+# upstream ggml has retired ids at 36-38 and MXFP4 at 39, so these files are fork-only.
+F32, F16, I8, BF16, TQ1_0, TQ2_0, I2_S, TL1, TL2 = 0, 1, 24, 30, 34, 35, 36, 38, 39
+TYPE_NAMES: dict[int, str] = {
+    F32: "F32", F16: "F16", I8: "I8", BF16: "BF16", TQ1_0: "TQ1_0", TQ2_0: "TQ2_0",
+    I2_S: "I2_S", TL1: "TL1", TL2: "TL2",
+}
+_PLAIN_SIZES = {F32: 4, F16: 2, I8: 1, BF16: 2}
+_ARRAY_DTYPES = {F32: np.dtype("<f4"), F16: np.dtype("<f2"), I8: np.dtype("i1")}
+
+_V = GGUFValueType
+_SCALAR_FMT: dict[GGUFValueType, str] = {
+    _V.UINT8: "<B", _V.INT8: "<b", _V.UINT16: "<H", _V.INT16: "<h", _V.UINT32: "<I",
+    _V.INT32: "<i", _V.FLOAT32: "<f", _V.BOOL: "<?", _V.UINT64: "<Q", _V.INT64: "<q",
+    _V.FLOAT64: "<d",
+}
+_NP_DTYPES = {vt: np.dtype(fmt) for vt, fmt in _SCALAR_FMT.items()}
+_U64 = struct.Struct("<Q")
+
+
+def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
+    """Byte size of a tensor's data as ggml_nbytes computes it; `shape` is in numpy order.
+
+    Raises InputError for an unknown type or a shape the type cannot hold.
+    """
+    if ggml_type not in TYPE_NAMES:
+        raise InputError(f"unknown ggml type {ggml_type}")
+    n = math.prod(shape)
+    if ggml_type in _PLAIN_SIZES:
+        return n * _PLAIN_SIZES[ggml_type]
+    if n == 0:
+        return 0  # ggml_nbytes returns 0 as soon as one ne[i] <= 0, even for I2_S
+    name, ne0 = TYPE_NAMES[ggml_type], shape[-1]
+    if ggml_type in (TQ1_0, TQ2_0):
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+        if ne0 % block:
+            raise InputError(f"{name} needs the last dimension to be a multiple of {block}, "
+                             f"got shape {shape}")
+        return n // block * type_size
+    if ggml_type in (I2_S, TL1):
+        return n // 4 + 32  # packed 2-bit codes, then the float32 scale in a 32-byte tail
+    # TL2: bitnet.cpp ggml.c L3480-3487; integer arithmetic left to right, ne2/ne3 ignored as there.
+    ne1 = shape[-2] if len(shape) > 1 else 1
+    if ne0 < 256:
+        raise InputError(f"TL2 needs at least 256 columns, got shape {shape}")
+    nbytes = (ne0 - 256) * ne1 // 3 * 5 // 8 + 256 * ne1 // 2 * 4 // 8
+    return _pad_to(nbytes, 32) + 32
+
+
+def _pad_to(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def _first_duplicate(items: Iterable[str]) -> str | None:
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            return item
+        seen.add(item)
+    return None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor announced to GGUFWriter before any data is written."""
+
+    name: str
+    shape: tuple[int, ...]  # numpy order
+    ggml_type: int
+    nbytes: int
+
+
+def _encode_str(s: str | bytes) -> bytes:
+    b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+    return _U64.pack(len(b)) + b
+
+
+def _encode_array(key: str, subtype: GGUFValueType, value: Any) -> bytes:
+    if subtype == _V.STRING:
+        items = [_encode_str(s) for s in value]
+        return struct.pack("<IQ", subtype, len(items)) + b"".join(items)
+    if subtype not in _NP_DTYPES:
+        raise PackError(f"KV {key!r}: arrays of {subtype.name} are not supported")
+    src = np.asarray(value)
+    try:
+        arr = src.astype(_NP_DTYPES[subtype])
+        # A silent wrap or truncation would corrupt ids, so integers and bools must be exact.
+        ok = src.ndim == 1 and (arr.dtype.kind not in "iub" or np.array_equal(arr, src))
+    except (OverflowError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PackError(f"KV {key!r}: value is not a 1-D array of {subtype.name}")
+    return struct.pack("<IQ", subtype, arr.size) + arr.tobytes()
+
+
+def _encode_kv(kv: KV) -> bytes:
+    vtype = GGUFValueType(kv.vtype)
+    head = _encode_str(kv.key) + struct.pack("<I", vtype)
+    if vtype == _V.STRING:
+        if not isinstance(kv.value, (str, bytes)):
+            raise PackError(f"KV {kv.key!r}: STRING value must be str, got {kv.value!r}")
+        return head + _encode_str(kv.value)
+    if vtype == _V.ARRAY:
+        if kv.subtype is None:
+            raise PackError(f"KV {kv.key!r}: ARRAY needs a subtype")
+        return head + _encode_array(kv.key, GGUFValueType(kv.subtype), kv.value)
+    if vtype == _V.BOOL and not isinstance(kv.value, (bool, np.bool_)):
+        raise PackError(f"KV {kv.key!r}: BOOL value must be bool, got {kv.value!r}")
+    try:
+        return head + struct.pack(_SCALAR_FMT[vtype], kv.value)
+    except (struct.error, OverflowError, TypeError):
+        raise PackError(f"KV {kv.key!r}: {kv.value!r} does not fit {vtype.name}") from None
+
+
+def _encode_header(kvs: Sequence[KV], tensors: Sequence[TensorInfo], alignment: int) -> bytes:
+    kvs = list(kvs)
+    keys = [kv.key for kv in kvs]
+    if "general.alignment" in keys:
+        kv = kvs[keys.index("general.alignment")]
+        if kv.vtype != _V.UINT32 or kv.value != alignment:
+            raise PackError(f"KV 'general.alignment' = {kv.value!r} disagrees with alignment="
+                            f"{alignment}; pass only alignment=")
+    elif alignment != DEFAULT_ALIGNMENT:
+        kvs.append(KV("general.alignment", _V.UINT32, alignment))
+    if (dup := _first_duplicate(keys)) is not None:
+        raise PackError(f"duplicate KV key {dup!r}")
+    if (dup := _first_duplicate(t.name for t in tensors)) is not None:
+        raise PackError(f"duplicate tensor name {dup!r}")
+    parts = [GGUF_MAGIC, struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(kvs))]
+    parts += [_encode_kv(kv) for kv in kvs]
+    offset = 0
+    for t in tensors:
+        name = t.name.encode("utf-8")
+        if len(name) > MAX_NAME_BYTES:
+            raise PackError(f"tensor name {t.name!r} is {len(name)} bytes; llama.cpp allows at "
+                            f"most {MAX_NAME_BYTES}")
+        if len(t.shape) > MAX_DIMS or any(d < 0 for d in t.shape):
+            raise PackError(f"tensor {t.name!r}: bad shape {t.shape} (GGUF allows up to 4 dims)")
+        try:
+            expected = tensor_nbytes(t.ggml_type, t.shape)
+        except InputError as e:
+            raise PackError(f"tensor {t.name!r}: {e}") from None
+        if t.nbytes != expected:
+            raise PackError(f"tensor {t.name!r}: nbytes {t.nbytes} but {TYPE_NAMES[t.ggml_type]} "
+                            f"{t.shape} takes {expected}")
+        dims = tuple(reversed(t.shape))  # GGUF lists ne[0] (the contiguous axis) first
+        parts += [_encode_str(name), struct.pack(f"<I{len(dims)}Q", len(dims), *dims),
+                  struct.pack("<IQ", t.ggml_type, offset)]
+        offset += _pad_to(t.nbytes, alignment)
+    return b"".join(parts)
+
+
+class GGUFWriter:
+    """Streams a GGUF file: the header at construction, then each tensor's bytes in info order.
+
+    Only the current chunk is ever in memory. `f` must be positioned at the start of the file,
+    since GGUF padding is counted from byte 0; it may be unseekable, and is not closed.
+
+    Example:
+        w = GGUFWriter(f, kvs, [TensorInfo("a", (2, 32), F32, 256)])
+        w.write(a[:1]); w.write(a[1:]); w.end_tensor(); w.close()
+    """
+
+    def __init__(self, f: BinaryIO, kvs: Sequence[KV], tensors: Sequence[TensorInfo],
+                 alignment: int = DEFAULT_ALIGNMENT) -> None:
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise PackError(f"alignment must be a power of two, got {alignment}")
+        self._f, self._tensors, self._alignment = f, tuple(tensors), alignment
+        self._index = self._received = self._pos = 0
+        self._emit(memoryview(_encode_header(kvs, self._tensors, alignment)))
+        self._pad()
+
+    def write(self, chunk: npt.NDArray[Any] | bytes | memoryview) -> None:
+        """Append raw bytes of the current tensor (numpy arrays as their little-endian bytes)."""
+        if isinstance(chunk, np.ndarray):
+            arr = np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("<"))  # no copy if LE
+            view = memoryview(arr.reshape(-1).view(np.uint8))
+        else:
+            view = memoryview(chunk).cast("B")
+        t = self._current()
+        if self._received + len(view) > t.nbytes:
+            raise AssertionError(f"tensor {t.name!r}: got {self._received + len(view)} bytes, "
+                                 f"expected {t.nbytes}")
+        self._received += len(view)
+        self._emit(view)
+
+    def end_tensor(self) -> None:
+        """Finish the current tensor: check its byte count, pad to the alignment."""
+        t = self._current()
+        if self._received != t.nbytes:
+            raise AssertionError(f"tensor {t.name!r}: got {self._received} bytes, "
+                                 f"expected {t.nbytes}")
+        self._pad()
+        self._index, self._received = self._index + 1, 0
+
+    def close(self) -> None:
+        """Check every tensor was written and flush `f` (which stays open)."""
+        if self._index != len(self._tensors):
+            missing = len(self._tensors) - self._index
+            raise AssertionError(f"{missing} of {len(self._tensors)} tensors not written, "
+                                 f"next is {self._tensors[self._index].name!r}")
+        self._f.flush()
+
+    # Misuse is a bug in bitconv, not bad input: AssertionError, raised even under `python -O`.
+    def _current(self) -> TensorInfo:
+        if self._index >= len(self._tensors):
+            raise AssertionError("GGUFWriter: all tensors were already written")
+        return self._tensors[self._index]
+
+    def _emit(self, view: memoryview) -> None:
+        self._f.write(view)
+        self._pos += len(view)
+
+    def _pad(self) -> None:
+        self._emit(memoryview(bytes(-self._pos % self._alignment)))
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]  # numpy order
+    offset: int  # absolute file offset
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    """A parsed GGUF header. KV values: str, bool, int, float; string arrays as list[str];
+    numeric and bool arrays as read-only 1-D numpy arrays; arrays of arrays as lists."""
+
+    path: Path
+    version: int
+    alignment: int
+    kvs: dict[str, Any]
+    kv_types: dict[str, GGUFValueType]  # ARRAY for arrays; the element type is the numpy dtype
+    tensors: tuple[GGUFTensor, ...]
+    data_offset: int
+    file_size: int
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _Header:
+    """A cursor over the mmapped file; reading past the end raises _Truncated or struct.error."""
+
+    def __init__(self, buf: mmap.mmap, path: Path) -> None:
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        vals = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return vals
+
+    def raw(self, n: int) -> bytes:
+        if self.pos + n > len(self.buf):
+            raise _Truncated
+        self.pos += n
+        return self.buf[self.pos - n:self.pos]
+
+    def string(self) -> str:
+        return self.raw(self.unpack("<Q")[0]).decode("utf-8")
+
+    def value(self, vtype: int, key: str) -> Any:
+        if vtype == _V.STRING:
+            return self.string()
+        if vtype == _V.ARRAY:
+            return self.array(key)
+        return self.unpack(_SCALAR_FMT[self.vtype(vtype, key)])[0]
+
+    def array(self, key: str) -> Any:
+        subtype, count = self.unpack("<IQ")
+        if subtype == _V.STRING:
+            return self.strings(count)
+        if subtype == _V.ARRAY:
+            return [self.array(key) for _ in range(count)]
+        dtype = _NP_DTYPES[self.vtype(subtype, key)]
+        return np.frombuffer(self.raw(count * dtype.itemsize), dtype=dtype)  # read-only, owns bytes
+
+    def vtype(self, vtype: int, key: str) -> GGUFValueType:
+        if vtype not in _SCALAR_FMT:
+            raise InputError(f"{self.path}: unknown GGUF value type {vtype} in KV {key!r}")
+        return GGUFValueType(vtype)
+
+    def strings(self, count: int) -> list[str]:
+        # Inlined loop: a 128k-entry token list decodes in well under a second.
+        buf, pos, size, out = self.buf, self.pos, len(self.buf), []
+        for _ in range(count):
+            (n,) = _U64.unpack_from(buf, pos)
+            if pos + 8 + n > size:
+                raise _Truncated
+            out.append(buf[pos + 8:pos + 8 + n].decode("utf-8"))
+            pos += 8 + n
+        self.pos = pos
+        return out
+
+    def tensor_info(self) -> tuple[str, tuple[int, ...], int, int]:
+        name = self.string()
+        (n_dims,) = self.unpack("<I")
+        if n_dims > MAX_DIMS:
+            raise InputError(f"{self.path}: tensor {name!r} has {n_dims} dims, GGUF allows 4")
+        dims = self.unpack(f"<{n_dims}Q")
+        ggml_type, offset = self.unpack("<IQ")
+        return name, tuple(reversed(dims)), ggml_type, offset
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """Read and check a GGUF header (tensor data is not read; see `tensor_bytes`).
+
+    Every tensor's size is derived with `tensor_nbytes` (I2_S/TL1/TL2 aware), its offset must be
+    the running padded sum, as llama.cpp requires, and its data must lie inside the file.
+    Raises InputError with a one-line message on any malformed or truncated file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != GGUF_MAGIC:
+                raise InputError(f"{path}: not a GGUF file (bad magic)")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                h = _Header(buf, path)
+                h.pos = 4
+                return _parse(h, len(buf))
+    except (_Truncated, struct.error):
+        raise InputError(f"{path}: truncated GGUF header") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: invalid UTF-8 in GGUF header") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _parse(h: _Header, size: int) -> GGUFFile:
+    path = h.path
+    (version,) = h.unpack("<I")
+    if version > 0xFFFF and version & 0xFFFF == 0:  # a small number in the wrong byte order
+        raise InputError(f"{path}: big-endian GGUF files are not supported")
+    if version not in (2, 3):  # v2 and v3 share this layout; v3 only added big-endian files
+        raise InputError(f"{path}: unsupported GGUF version {version} "
+                         f"(bitconv reads versions 2 and 3)")
+    n_tensors, n_kv = h.unpack("<QQ")
+    kvs: dict[str, Any] = {}
+    kv_types: dict[str, GGUFValueType] = {}
+    for _ in range(n_kv):
+        key = h.string()
+        (vtype,) = h.unpack("<I")
+        if key in kvs:
+            raise InputError(f"{path}: duplicate KV key {key!r}")
+        kvs[key] = h.value(vtype, key)
+        kv_types[key] = GGUFValueType(vtype)
+    alignment = kvs.get("general.alignment", DEFAULT_ALIGNMENT)
+    if (kv_types.get("general.alignment", _V.UINT32) != _V.UINT32
+            or alignment <= 0 or alignment & (alignment - 1)):
+        raise InputError(f"{path}: general.alignment must be a power-of-two UINT32, "
+                         f"got {alignment!r}")
+    infos = [h.tensor_info() for _ in range(n_tensors)]
+    data_offset = _pad_to(h.pos, alignment)
+    if (dup := _first_duplicate(name for name, *_ in infos)) is not None:
+        raise InputError(f"{path}: duplicate tensor name {dup!r}")
+    tensors: list[GGUFTensor] = []
+    expected = 0
+    for name, shape, ggml_type, offset in infos:
+        try:
+            nbytes = tensor_nbytes(ggml_type, shape)
+        except InputError as e:
+            raise InputError(f"{path}: tensor {name!r}: {e}") from None
+        if offset != expected:
+            raise InputError(f"{path}: tensor {name!r} has offset {offset}, expected {expected}")
+        end = data_offset + offset + nbytes
+        if end > size:
+            raise InputError(f"{path}: truncated: tensor {name!r} ends at byte {end}, "
+                             f"file has {size}")
+        tensors.append(GGUFTensor(name, ggml_type, shape, data_offset + offset, nbytes))
+        expected += _pad_to(nbytes, alignment)
+    return GGUFFile(path, version, alignment, kvs, kv_types, tuple(tensors), data_offset, size)
+
+
+def tensor_bytes(gf: GGUFFile, t: GGUFTensor) -> npt.NDArray[np.uint8]:
+    """A read-only uint8 memmap of one tensor's bytes (nothing is read until it is used)."""
+    if t.nbytes == 0:
+        empty = np.zeros(0, np.uint8)
+        empty.flags.writeable = False
+        return empty
+    return np.memmap(gf.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(t.nbytes,))
+
+
+def tensor_array(gf: GGUFFile, t: GGUFTensor) -> npt.NDArray[Any]:
+    """A read-only typed view of an F32, F16 or I8 tensor, in numpy order `t.shape`."""
+    dtype = _ARRAY_DTYPES.get(t.ggml_type)
+    if dtype is None:
+        raise InputError(f"{gf.path}: tensor {t.name!r} is {TYPE_NAMES[t.ggml_type]}; "
+                         f"only F32, F16 and I8 tensors can be read as arrays")
+    return tensor_bytes(gf, t).view(dtype).reshape(t.shape)

@@ -1,0 +1,36 @@
+"""Atomic outputs: write `<out>.incomplete`, fsync, then rename; never a partial file under `out`."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from bitconv.errors import OutputError
+
+
+def check_writable(out: Path, force: bool) -> None:
+    """Refuse early (before any work) when `out` exists and --force was not given."""
+    if out.exists() and not force:
+        raise OutputError(f"{out}: already exists; pass --force to overwrite")
+    if out.is_dir():
+        raise OutputError(f"{out}: is a directory")
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent}: no such directory")
+
+
+@contextmanager
+def atomic_output(out: Path, force: bool = False) -> Iterator[BinaryIO]:
+    """Yield a file that appears as `out` only if the block completes without an exception."""
+    check_writable(out, force)
+    tmp = out.with_name(out.name + ".incomplete")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,170 @@
+"""Stage `pack`: checkpoint directory -> packed GGUF, streamed tensor by tensor.
+
+The GGUF header goes out first (every packed size follows from the shapes), then each tensor
+is read through an mmap in row chunks, converted, written and its pages released, so memory
+stays near one chunk whatever the model size.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGUFValueType as T
+from tqdm import tqdm
+
+from bitconv import ternary
+from bitconv.checkpoint import Checkpoint, load_checkpoint
+from bitconv.errors import InputError, PackError
+from bitconv.families import detect
+from bitconv.families.base import Family, PlannedTensor, hparam_kvs, plan
+from bitconv.formats import get_format
+from bitconv.gguf_io import F16, F32, GGUFWriter, TensorInfo, tensor_nbytes
+from bitconv.outputs import atomic_output, check_writable
+from bitconv.safetensors_io import MappedFiles, to_float32
+from bitconv.tokenizer import tokenizer_kvs
+from bitconv.types import KV
+
+CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per row chunk
+F16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class PackResult:
+    path: Path
+    format: str
+    family: str
+    tensors: int
+    nbytes: int
+
+
+def default_output(src: Path, fmt: str) -> Path:
+    """`<checkpoint dir name>-<format>.gguf` in the current directory."""
+    return Path(f"{src.resolve().name}-{fmt}.gguf")
+
+
+def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
+         force: bool = False, scale_rule: ternary.ScaleRule | None = None,
+         progress: bool = False) -> PackResult:
+    """Pack a BitNet checkpoint directory into a GGUF file of the given format.
+
+    Args:
+        src: Hugging Face checkpoint directory (config.json + safetensors).
+        format: a key of bitconv.formats.FORMATS.
+        out: output path; default `<dir name>-<format>.gguf` in the current directory.
+        force: overwrite an existing output.
+        scale_rule: override the weight_scale convention (and skip its sanity check).
+    Example:
+        >>> pack("tests/data/bitnet-b1.58-2B-4T", format="i2s").path
+        PosixPath('bitnet-b1.58-2B-4T-i2s.gguf')
+    """
+    src = Path(src)
+    codec = get_format(format)
+    out = Path(out) if out is not None else default_output(src, format)
+    check_writable(out, force)
+    ck = load_checkpoint(src)
+    fam = detect(ck.config)
+    items = plan(ck, fam)
+    for t in items:
+        if t.kind == "ternary":
+            try:
+                codec.check_shape(t.shape)
+            except PackError as e:
+                raise PackError(f"{t.source}: {e}") from None
+    gtype = {"f32": F32, "f16": F16, "ternary": codec.SPEC.ggml_type}
+    infos = [TensorInfo(t.gguf_name, t.shape, gtype[t.kind],
+                        codec.nbytes(t.shape) if t.kind == "ternary"
+                        else tensor_nbytes(gtype[t.kind], t.shape)) for t in items]
+    kvs = metadata(ck, fam, codec)
+    rule = scale_rule or ternary.scale_rule(dict(ck.config))
+    total = sum(i.nbytes for i in infos)
+    with atomic_output(out, force) as f, MappedFiles() as mf, \
+            tqdm(total=total, unit="B", unit_scale=True, desc=f"pack {format}", file=sys.stderr,
+                 disable=not progress, leave=False) as bar:
+        w = GGUFWriter(f, kvs, infos)
+        for t, info in zip(items, infos):
+            bar.set_postfix_str(t.gguf_name, refresh=False)
+            chunks = (_ternary_chunks(ck, mf, t, codec, rule, scale_rule is None)
+                      if t.kind == "ternary" else _dense_chunks(ck, mf, t))
+            for chunk in chunks:
+                w.write(chunk)
+            w.end_tensor()
+            mf.release(ck.ref(t.source))
+            bar.update(info.nbytes)
+        w.close()
+    return PackResult(out, format, fam.name, len(items), total)
+
+
+def metadata(ck: Checkpoint, fam: Family, codec: ModuleType) -> list[KV]:
+    """general.*, then {arch}.* hyperparameters, then tokenizer.* (deterministic order)."""
+    kvs = [KV("general.architecture", T.STRING, fam.arch),
+           KV("general.name", T.STRING, ck.path.resolve().name),
+           KV("general.file_type", T.UINT32, codec.SPEC.file_type),
+           KV("general.quantization_version", T.UINT32, 2)]
+    kvs += hparam_kvs(ck.config, fam.arch) + fam.extra_kvs(ck.config, fam.arch)
+    return kvs + tokenizer_kvs(ck.path, ck.config["vocab_size"], _pre_tokenizer(ck.path))
+
+
+def _pre_tokenizer(path: Path) -> str | None:
+    """llama.cpp's pre-tokenizer name; our writer sets it instead of hashing (DESIGN.md §5b)."""
+    tj = path / "tokenizer.json"
+    if (path / "tokenizer.model").is_file() or not tj.is_file():
+        return None
+    added = {t["content"] for t in json.loads(tj.read_text(encoding="utf-8")).get("added_tokens", [])}
+    return "llama-bpe" if "<|begin_of_text|>" in added else "default"
+
+
+def _row_chunks(rows: int, cols: int, multiple: int = 1) -> Iterator[slice]:
+    step = max(multiple, CHUNK_ELEMS // max(cols, 1) // multiple * multiple)
+    for a in range(0, rows, step):
+        yield slice(a, min(a + step, rows))
+
+
+def _dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor) -> Iterator[npt.NDArray]:
+    ref = ck.ref(t.source)
+    dt = np.float16 if t.kind == "f16" else np.float32
+    rows, cols = (t.shape[0], int(np.prod(t.shape[1:]))) if len(t.shape) > 1 else (1, t.shape[0])
+    for rs in _row_chunks(rows, cols):
+        x = to_float32(mf.view(ref, rs if len(t.shape) > 1 else slice(None)), ref.dtype)
+        if not np.isfinite(x).all():
+            raise InputError(f"{t.source}: holds NaN or Inf values")
+        if dt is np.float16 and np.abs(x).max(initial=0) > F16_MAX:
+            raise InputError(f"{t.source}: values exceed the float16 range of {t.gguf_name}")
+        yield x.astype(dt, copy=False)
+
+
+def _ternary_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, codec: ModuleType,
+                    rule: ternary.ScaleRule, checked: bool) -> Iterator[npt.NDArray[np.uint8]]:
+    """Codes in row chunks (whole heads when q/k are permuted), then the codec's tail."""
+    ref = ck.ref(t.source)
+    out_f, in_f = t.shape
+    head = out_f // t.heads if t.heads else 1
+    if t.scale_source:  # HF-packed: never re-quantized
+        scale = to_float32(mf.view(ck.ref(t.scale_source)), ck.ref(t.scale_source).dtype)
+        m = ternary.multiplier_from_scale(t.scale_source, float(scale.reshape(-1)[0]), rule, checked)
+        packed = mf.view(ref)
+        for rs in _row_chunks(out_f, in_f, head):
+            codes = ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)
+            yield codec.pack_body(_permute(codes, head) if t.heads else codes)
+        yield codec.pack_tail(m)
+        return
+    scan = ternary.AbsmeanScan(t.source)
+    for rs in _row_chunks(out_f, in_f):
+        scan.add(to_float32(mf.view(ref, rs), ref.dtype))
+    m, already = scan.result()
+    for rs in _row_chunks(out_f, in_f, head):
+        codes = ternary.ternarize_chunk(to_float32(mf.view(ref, rs), ref.dtype), m, already, t.source)
+        yield codec.pack_body(_permute(codes, head) if t.heads else codes)
+    yield codec.pack_tail(m)
+
+
+def _permute(rows: npt.NDArray, head_dim: int) -> npt.NDArray:
+    """HF rotate_half order -> GGUF llama interleaved order, per head (llama.cpp LlamaModel.permute):
+    rows (h, 2, d/2) of each head become (h, d/2, 2)."""
+    n = rows.shape[0] // head_dim
+    return (rows.reshape(n, 2, head_dim // 2, -1).swapaxes(1, 2).reshape(rows.shape))

@@ -1,0 +1,190 @@
+"""GGUF tokenizer metadata read from a checkpoint's tokenizer files, without transformers.
+
+Mirrors llama.cpp's convert_hf_to_gguf (reference/llama-cpp.md §3.6): `_set_vocab_sentencepiece`
+for `tokenizer.model`, `_set_vocab_gpt2` for a BPE `tokenizer.json`, then gguf's `SpecialVocab`
+for merges, special ids, add_* flags and the chat template. KVs come in the order the converter
+writes them: model, pre, tokens, scores, token_type, merges, special ids, add_* flags, template.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gguf import GGUFValueType, Keys, TokenType
+from google.protobuf.message import DecodeError
+from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
+from bitconv.errors import InputError
+from bitconv.types import KV
+
+K = Keys.Tokenizer
+_SPECIAL_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID}
+_PAD_SCORE = -10000.0  # llama.cpp's score for ids no tokenizer file names
+_ADDED_SCORE = -1000.0  # llama.cpp's score for added_tokens.json entries
+
+
+def tokenizer_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
+    """The `tokenizer.*` GGUF metadata for the checkpoint directory `src`.
+
+    `tokenizer.model` (SentencePiece) is used when present, else `tokenizer.json` (BPE only).
+    The token list is padded to `vocab_size` with `[PAD{i}]` (UNUSED), as llama.cpp does.
+
+    Args:
+        src: checkpoint directory.
+        vocab_size: the model's vocab size (embedding rows); the tokenizer may not exceed it.
+        pre: llama.cpp pre-tokenizer name for BPE (e.g. "llama-bpe"); SentencePiece uses "default".
+
+    Example:
+        >>> kvs = tokenizer_kvs(Path("ckpt"), 128256, "llama-bpe")
+        >>> [kv.key for kv in kvs][:2]
+        ['tokenizer.ggml.model', 'tokenizer.ggml.pre']
+    """
+    if (src / "tokenizer.model").is_file():
+        return _spm_kvs(src, vocab_size)
+    if (src / "tokenizer.json").is_file():
+        return _bpe_kvs(src, vocab_size, pre)
+    raise InputError(f"{src}: no tokenizer.model or tokenizer.json")
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from e
+
+
+def _looks_special(token: str) -> bool:
+    # llama.cpp's TextModel.does_token_look_special: added tokens that are control tokens in practice.
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<｜") and token.endswith("｜>"))
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
+def _place(src: Path, table: list[str | None], tok_id: int, token: str) -> None:
+    if not isinstance(tok_id, int) or not 0 <= tok_id < len(table):
+        raise InputError(f"{src}: token {token!r} has id {tok_id}, outside the model's vocab_size "
+                         f"{len(table)}; check that config.json and the tokenizer files match")
+    table[tok_id] = token
+
+
+def _bpe_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
+    path = src / "tokenizer.json"
+    tj = _read_json(path)
+    model = tj.get("model", {}) if isinstance(tj, dict) else {}
+    if model.get("type") != "BPE":
+        raise InputError(f"{path}: model type {model.get('type')!r} is not supported (BPE only)")
+    if pre is None:
+        raise InputError(f"{path}: a BPE tokenizer needs a llama.cpp pre-tokenizer name "
+                         "(e.g. 'llama-bpe' for Llama-3)")
+    tokens: list[str | None] = [None] * vocab_size
+    for token, tok_id in model.get("vocab", {}).items():
+        _place(src, tokens, tok_id, token)
+    types = [TokenType.NORMAL] * vocab_size
+    for added in tj.get("added_tokens", []):
+        _place(src, tokens, added["id"], added["content"])
+        special = added.get("special", False) or _looks_special(added["content"])
+        types[added["id"]] = TokenType.CONTROL if special else TokenType.USER_DEFINED
+    for i, token in enumerate(tokens):
+        if token is None:
+            tokens[i], types[i] = f"[PAD{i}]", TokenType.UNUSED
+    # Merges are "a b" strings, or [a, b] pairs since tokenizers 0.20; a space inside a part
+    # becomes U+0120 as in gguf's SpecialVocab, so "a b" stays splittable.
+    merges = [m if isinstance(m, str) else " ".join(p.replace(" ", "\u0120") for p in m)
+              for m in model.get("merges", [])]
+    kvs = [KV(K.MODEL, GGUFValueType.STRING, "gpt2"), KV(K.PRE, GGUFValueType.STRING, pre),
+           KV(K.LIST, GGUFValueType.ARRAY, tokens, GGUFValueType.STRING),
+           KV(K.TOKEN_TYPE, GGUFValueType.ARRAY, [int(t) for t in types], GGUFValueType.INT32),
+           KV(K.MERGES, GGUFValueType.ARRAY, merges, GGUFValueType.STRING)]
+    lookup = {t: i for i, t in enumerate(tokens)}
+    return kvs + _special_kvs(src, lookup, vocab_size, {}, _template_adds(tj))
+
+
+def _template_adds(tj: Mapping[str, Any]) -> dict[str, str]:
+    """{"bos"/"eos": token} that the post-processor's TemplateProcessing puts around one sequence."""
+    post = tj.get("post_processor") or {}
+    for proc in post.get("processors", [post]):
+        if proc.get("type") == "TemplateProcessing":
+            single = proc.get("single", [])
+            ends = {"bos": single[0] if single else {}, "eos": single[-1] if single else {}}
+            return {typ: e["SpecialToken"]["id"] for typ, e in ends.items() if "SpecialToken" in e}
+    return {}
+
+
+def _spm_kvs(src: Path, vocab_size: int) -> list[KV]:
+    path = src / "tokenizer.model"
+    try:
+        proto = spm_pb2.ModelProto.FromString(path.read_bytes())
+    except DecodeError as e:
+        raise InputError(f"{path}: not a SentencePiece model ({e})") from e
+    tokens: list[str | None] = [None] * vocab_size
+    scores = [_PAD_SCORE] * vocab_size
+    types = [TokenType.UNUSED] * vocab_size
+    for i, piece in enumerate(proto.pieces):  # SentencePiece's piece types share gguf's numbering
+        _place(src, tokens, i, piece.piece)
+        scores[i], types[i] = piece.score, TokenType(piece.type)
+    # Added tokens: tokenizer_config's added_tokens_decoder beyond the pieces, then added_tokens.json.
+    decoder = (_read_json(src / "tokenizer_config.json") or {}).get("added_tokens_decoder", {})
+    added = {v["content"]: int(k) for k, v in decoder.items() if int(k) >= len(proto.pieces)}
+    added |= _read_json(src / "added_tokens.json") or {}
+    for token, tok_id in sorted(added.items(), key=lambda kv: kv[1]):
+        if tok_id < len(proto.pieces) and proto.pieces[tok_id].piece == token:
+            continue  # an added entry that restates a piece changes nothing
+        _place(src, tokens, tok_id, token)
+        special = decoder.get(str(tok_id), {}).get("special", False) or _looks_special(token)
+        scores[tok_id] = _ADDED_SCORE
+        types[tok_id] = TokenType.CONTROL if special else TokenType.USER_DEFINED
+    for i, token in enumerate(tokens):
+        if token is None:
+            tokens[i] = f"[PAD{i}]"
+    kvs = [KV(K.MODEL, GGUFValueType.STRING, "llama"), KV(K.PRE, GGUFValueType.STRING, "default"),
+           KV(K.LIST, GGUFValueType.ARRAY, tokens, GGUFValueType.STRING),
+           KV(K.SCORES, GGUFValueType.ARRAY, scores, GGUFValueType.FLOAT32),
+           KV(K.TOKEN_TYPE, GGUFValueType.ARRAY, [int(t) for t in types], GGUFValueType.INT32)]
+    ts = proto.trainer_spec
+    defaults = {"unk": ts.unk_id, "bos": ts.bos_id, "eos": ts.eos_id, "pad": ts.pad_id}
+    lookup = {t: i for i, t in enumerate(tokens)}
+    return kvs + _special_kvs(src, lookup, vocab_size, defaults, {})
+
+
+def _special_kvs(src: Path, lookup: Mapping[str, int], vocab_size: int,
+                 defaults: Mapping[str, int], template: Mapping[str, str]) -> list[KV]:
+    """Special ids, add_* flags and the chat template.
+
+    Ids: the tokenizer_config.json `*_token` name looked up in the vocab, else config.json's
+    `*_token_id`, else the SentencePiece trainer's id (`defaults`; -1 means none).
+    """
+    tc = _read_json(src / "tokenizer_config.json") or {}
+    cfg = _read_json(src / "config.json") or {}
+    kvs: list[KV] = []
+    for typ, key in _SPECIAL_KEYS.items():
+        name = _name(tc, typ)
+        tok_id = lookup.get(name) if name is not None else None
+        if tok_id is None and isinstance(cfg.get(f"{typ}_token_id"), int):
+            tok_id = cfg[f"{typ}_token_id"]
+        if tok_id is None and defaults.get(typ, -1) >= 0:
+            tok_id = defaults[typ]
+        if tok_id is not None and 0 <= tok_id < vocab_size:
+            kvs.append(KV(key, GGUFValueType.UINT32, tok_id))
+    for typ, key in (("bos", K.ADD_BOS), ("eos", K.ADD_EOS)):
+        flag = tc.get(f"add_{typ}_token")
+        if not isinstance(flag, bool) and template:  # infer from TemplateProcessing, like gguf
+            flag = template.get(typ) is not None and template.get(typ) == _name(tc, typ)
+        if isinstance(flag, bool):
+            kvs.append(KV(key, GGUFValueType.BOOL, flag))
+    chat = tc.get("chat_template")
+    if not isinstance(chat, str) and (src / "chat_template.jinja").is_file():
+        chat = (src / "chat_template.jinja").read_text(encoding="utf-8")
+    if isinstance(chat, str):
+        kvs.append(KV(K.CHAT_TEMPLATE, GGUFValueType.STRING, chat))
+    return kvs
+
+
+def _name(tc: Mapping[str, Any], typ: str) -> str | None:
+    entry = tc.get(f"{typ}_token")
+    name = entry.get("content") if isinstance(entry, dict) else entry
+    return name if isinstance(name, str) else None

@@ -1,0 +1,178 @@
+"""Bad inputs: one line on stderr, exit code 1, nothing left behind. Messages are pinned exactly."""
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+from bitconv.cli import cli
+from bitconv.synth.checkpoints import Shape, make_fixture
+from conftest import patch_bytes, tensor_range
+
+Q0 = "model.layers.0.self_attn.q_proj.weight"
+
+
+def run_pack(src, out):
+    return CliRunner().invoke(cli, ["pack", str(src), "--format", "i2s", "-o", str(out)])
+
+
+def assert_fails(result, out, message):
+    assert result.exit_code == 1, (result.exit_code, result.stderr, result.exception)
+    assert result.stderr == f"Error: {message}\n"
+    assert result.stdout == ""
+    assert not out.exists()
+    assert not out.with_name(out.name + ".incomplete").exists()
+
+
+def test_success_prints_only_the_path(fixtures_root, tmp_path):
+    out = tmp_path / "m.gguf"
+    r = run_pack(fixtures_root / "bitnet-b1.58-2B-4T", out)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == f"{out}\n"
+    assert out.stat().st_size > 0
+
+
+def test_default_output_name(fixtures_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T")])
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == "bitnet-b1.58-2B-4T-i2s.gguf\n"
+    assert (tmp_path / "bitnet-b1.58-2B-4T-i2s.gguf").is_file()
+
+
+def test_missing_config(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    (ck / "config.json").unlink()
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out,
+                 f"{ck}: no config.json (is this a Hugging Face checkpoint directory?)")
+
+
+def test_malformed_config(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    (ck / "config.json").write_text('{"architectures": ["BitNetForCausalLM"],\n "hidden_size": }')
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out,
+                 f"{ck}/config.json: malformed JSON (Expecting value at line 2)")
+
+
+def test_unknown_architecture(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["architectures"], cfg["model_type"] = ["MistralForCausalLM"], "mistral"
+    (ck / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out,
+                 "config.json: unknown architecture MistralForCausalLM; bitconv knows "
+                 "BitnetForCausalLM (1bitLLM), BitNetForCausalLM (BitNet b1.58 2B4T), "
+                 "LlamaForCausalLM with quant_method 'bitnet'")
+
+
+def test_missing_tensor(fixture_copy, tmp_path):
+    ck = fixture_copy("Llama3-8B-1.58-100B-tokens")
+    victim = "model.layers.1.mlp.up_proj.weight"
+    index = json.loads((ck / "model.safetensors.index.json").read_text())
+    shard = ck / index["weight_map"].pop(victim)
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    # Drop it from the shard's header too; the data section stays as it was.
+    raw = shard.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    del header[victim]
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    shard.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, f"{ck.name}: missing tensor {victim!r}")
+
+
+def test_shape_i2s_cannot_pack(tmp_path):
+    ck = make_fixture("bitnet-b1.58-2B-4T", tmp_path / "odd", Shape(inter=320))
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out,
+                 "model.layers.0.mlp.down_proj.weight: i2s needs in_features % 128 == 0, got 320")
+
+
+def test_packed_byte_with_code_3(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    start, _, dtype = tensor_range(ck / "model.safetensors", Q0)
+    assert dtype == "U8"
+    # packed row 2, column 5; bits 4-5 = 0b11 -> quarter 2 holds code 3
+    patch_bytes(ck / "model.safetensors", start + 2 * 256 + 5, bytes([0b00110101]))
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out,
+                 f"{Q0}: packed byte holds code 3 (not a ternary value) at row 2 (bits 4-5), column 5")
+
+
+@pytest.mark.parametrize("bits,what", [(0x7FC0, "NaN"), (0x7F80, "+Inf")])
+def test_nan_or_inf_weight(fixture_copy, tmp_path, bits, what):
+    ck = fixture_copy("bitnet-b1.58-2B-4T-bf16")
+    start, _, dtype = tensor_range(ck / "model.safetensors", Q0)
+    assert dtype == "BF16"
+    patch_bytes(ck / "model.safetensors", start + 2 * 1000, struct.pack("<H", bits))
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, f"{Q0}: holds NaN or Inf values; refusing to ternarize")
+
+
+def test_scale_contradicting_the_rule(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    start, _, dtype = tensor_range(ck / "model.safetensors", Q0 + "_scale")
+    assert dtype == "BF16"
+    patch_bytes(ck / "model.safetensors", start, struct.pack("<H", 0x4248))  # bf16 50.0: an inverse
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out,
+                 f"{Q0}_scale: weight_scale 50 contradicts the declared rule (autobitlinear "
+                 "multiplies, so it should be below 20); pass --scale-rule to force one")
+    r = CliRunner().invoke(cli, ["pack", str(ck), "-o", str(out), "--scale-rule", "multiply"])
+    assert r.exit_code == 0, r.stderr
+
+
+def test_inverse_scale_declared_as_divide_but_small(fixture_copy, tmp_path):
+    ck = fixture_copy("Llama3-8B-1.58-100B-tokens")
+    index = json.loads((ck / "model.safetensors.index.json").read_text())
+    shard = ck / index["weight_map"][Q0 + "_scale"]
+    start, _, _ = tensor_range(shard, Q0 + "_scale")
+    patch_bytes(shard, start, struct.pack("<H", 0x3FC0))  # bf16 1.5: looks like a beta
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out,
+                 f"{Q0}_scale: weight_scale 1.5 contradicts the declared rule (bitlinear divides, "
+                 "so it should be at least 5); pass --scale-rule to force one")
+
+
+def test_output_exists_without_force(fixtures_root, tmp_path):
+    out = tmp_path / "o.gguf"
+    out.write_bytes(b"precious")
+    r = run_pack(fixtures_root / "bitnet-b1.58-2B-4T", out)
+    assert r.exit_code == 1
+    assert r.stderr == f"Error: {out}: already exists; pass --force to overwrite\n"
+    assert out.read_bytes() == b"precious"
+    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T"), "-o", str(out), "--force"])
+    assert r.exit_code == 0 and out.read_bytes()[:4] == b"GGUF"
+
+
+def test_truncated_safetensors(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    st = ck / "model.safetensors"
+    size = st.stat().st_size
+    with open(st, "r+b") as f:
+        f.truncate(size - 1000)
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, f"model.safetensors: truncated safetensors file "
+                 f"(data ends at byte {size}, file has {size - 1000})")
+
+
+def test_failure_midway_leaves_nothing_and_keeps_existing_output(fixture_copy, tmp_path):
+    """A corrupt late tensor fails after the header was written: the old file stays intact."""
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    name = "model.layers.1.mlp.down_proj.weight"
+    start, _, _ = tensor_range(ck / "model.safetensors", name)
+    patch_bytes(ck / "model.safetensors", start, b"\xff")
+    out = tmp_path / "o.gguf"
+    out.write_bytes(b"old")
+    r = CliRunner().invoke(cli, ["pack", str(ck), "-o", str(out), "--force"])
+    assert r.exit_code == 1
+    assert "code 3" in r.stderr
+    assert out.read_bytes() == b"old"
+    assert not (tmp_path / "o.gguf.incomplete").exists()
