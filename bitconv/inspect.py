@@ -74,7 +74,9 @@ def _describe_checkpoint(path: Path) -> Description:
         "family": f"{fam.name} ({fam.title})",
         "gguf arch": fam.arch,
         "weights": "HF-packed uint8 + weight_scale" if packed else "float (ternarized by absmean)",
-        "scale rule": (f"{rule} by weight_scale" if packed else "absmean multiplier"),
+        "scale rule": (f"{rule} by weight_scale (linear_class "
+                       f"{(ck.config.get('quantization_config') or {}).get('linear_class', 'bitlinear')})"
+                       if packed else "absmean: multiplier = max(mean|W|, 1e-5)"),
         "dims": f"hidden {d.hidden}, ffn {d.inter}, layers {d.layers}, heads {d.heads}/"
                 f"{d.kv_heads} (head_dim {d.head_dim}), vocab {d.vocab}",
         "files": ", ".join(ck.files),
@@ -100,6 +102,8 @@ def _short(v: Any) -> Any:
         items = [x.item() if isinstance(x, np.generic) else x for x in items]
         more = f", ... ({len(v)} items)" if len(v) > MAX_SHOWN_ITEMS else ""
         return "[" + ", ".join(repr(x) for x in items) + more + "]"
+    if isinstance(v, float):
+        return f"{v:.7g}"  # float32 metadata: show the value, not its float64 widening
     if isinstance(v, str) and len(v) > 80:
         return repr(v[:77] + "...")
     return v

@@ -14,11 +14,12 @@ from typing import Any
 
 from gguf import GGUFValueType, Keys, TokenType
 from google.protobuf.message import DecodeError
-from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+from sentencepiece import sentencepiece_model_pb2
 
 from bitconv.errors import InputError
 from bitconv.types import KV
 
+spm_pb2: Any = sentencepiece_model_pb2  # generated protobuf code: no static attributes
 K = Keys.Tokenizer
 _SPECIAL_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID}
 _PAD_SCORE = -10000.0  # llama.cpp's score for ids no tokenizer file names
@@ -58,7 +59,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _looks_special(token: str) -> bool:
-    # llama.cpp's TextModel.does_token_look_special: added tokens that are control tokens in practice.
+    # llama.cpp's does_token_look_special: added tokens that act as control tokens in practice.
     return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
             or (token.startswith("<|") and token.endswith("|>"))
             or (token.startswith("<｜") and token.endswith("｜>"))
@@ -70,6 +71,11 @@ def _place(src: Path, table: list[str | None], tok_id: int, token: str) -> None:
         raise InputError(f"{src}: token {token!r} has id {tok_id}, outside the model's vocab_size "
                          f"{len(table)}; check that config.json and the tokenizer files match")
     table[tok_id] = token
+
+
+def _pad_names(tokens: list[str | None]) -> list[str]:
+    # Ids that no tokenizer file names get llama.cpp's placeholder.
+    return [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
 
 
 def _bpe_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
@@ -91,21 +97,22 @@ def _bpe_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
         types[added["id"]] = TokenType.CONTROL if special else TokenType.USER_DEFINED
     for i, token in enumerate(tokens):
         if token is None:
-            tokens[i], types[i] = f"[PAD{i}]", TokenType.UNUSED
+            types[i] = TokenType.UNUSED
+    names = _pad_names(tokens)
     # Merges are "a b" strings, or [a, b] pairs since tokenizers 0.20; a space inside a part
     # becomes U+0120 as in gguf's SpecialVocab, so "a b" stays splittable.
     merges = [m if isinstance(m, str) else " ".join(p.replace(" ", "\u0120") for p in m)
               for m in model.get("merges", [])]
     kvs = [KV(K.MODEL, GGUFValueType.STRING, "gpt2"), KV(K.PRE, GGUFValueType.STRING, pre),
-           KV(K.LIST, GGUFValueType.ARRAY, tokens, GGUFValueType.STRING),
+           KV(K.LIST, GGUFValueType.ARRAY, names, GGUFValueType.STRING),
            KV(K.TOKEN_TYPE, GGUFValueType.ARRAY, [int(t) for t in types], GGUFValueType.INT32),
            KV(K.MERGES, GGUFValueType.ARRAY, merges, GGUFValueType.STRING)]
-    lookup = {t: i for i, t in enumerate(tokens)}
+    lookup = {t: i for i, t in enumerate(names)}
     return kvs + _special_kvs(src, lookup, vocab_size, {}, _template_adds(tj))
 
 
 def _template_adds(tj: Mapping[str, Any]) -> dict[str, str]:
-    """{"bos"/"eos": token} that the post-processor's TemplateProcessing puts around one sequence."""
+    """{"bos"/"eos": token} that the TemplateProcessing post-processor puts around a sequence."""
     post = tj.get("post_processor") or {}
     for proc in post.get("processors", [post]):
         if proc.get("type") == "TemplateProcessing":
@@ -127,7 +134,7 @@ def _spm_kvs(src: Path, vocab_size: int) -> list[KV]:
     for i, piece in enumerate(proto.pieces):  # SentencePiece's piece types share gguf's numbering
         _place(src, tokens, i, piece.piece)
         scores[i], types[i] = piece.score, TokenType(piece.type)
-    # Added tokens: tokenizer_config's added_tokens_decoder beyond the pieces, then added_tokens.json.
+    # Added tokens: added_tokens_decoder entries beyond the pieces, then added_tokens.json.
     decoder = (_read_json(src / "tokenizer_config.json") or {}).get("added_tokens_decoder", {})
     added = {v["content"]: int(k) for k, v in decoder.items() if int(k) >= len(proto.pieces)}
     added |= _read_json(src / "added_tokens.json") or {}
@@ -138,16 +145,14 @@ def _spm_kvs(src: Path, vocab_size: int) -> list[KV]:
         special = decoder.get(str(tok_id), {}).get("special", False) or _looks_special(token)
         scores[tok_id] = _ADDED_SCORE
         types[tok_id] = TokenType.CONTROL if special else TokenType.USER_DEFINED
-    for i, token in enumerate(tokens):
-        if token is None:
-            tokens[i] = f"[PAD{i}]"
+    names = _pad_names(tokens)
     kvs = [KV(K.MODEL, GGUFValueType.STRING, "llama"), KV(K.PRE, GGUFValueType.STRING, "default"),
-           KV(K.LIST, GGUFValueType.ARRAY, tokens, GGUFValueType.STRING),
+           KV(K.LIST, GGUFValueType.ARRAY, names, GGUFValueType.STRING),
            KV(K.SCORES, GGUFValueType.ARRAY, scores, GGUFValueType.FLOAT32),
            KV(K.TOKEN_TYPE, GGUFValueType.ARRAY, [int(t) for t in types], GGUFValueType.INT32)]
     ts = proto.trainer_spec
     defaults = {"unk": ts.unk_id, "bos": ts.bos_id, "eos": ts.eos_id, "pad": ts.pad_id}
-    lookup = {t: i for i, t in enumerate(tokens)}
+    lookup = {t: i for i, t in enumerate(names)}
     return kvs + _special_kvs(src, lookup, vocab_size, defaults, {})
 
 

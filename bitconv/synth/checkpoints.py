@@ -189,7 +189,9 @@ def make_fixture(name: str, dst: str | Path, shape: Shape | None = None) -> Path
     fx = FIXTURES[name] if shape is None else replace(FIXTURES[name], shape=shape)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    tok = (write_llama2_spm if fx.kind == "1bitllm" else write_llama3_bpe)(dst, fx.shape.vocab)
+    # Full-size shapes keep the tiny tokenizer: GGUF pads the token list to config's vocab_size.
+    writer, tiny = (write_llama2_spm, 512) if fx.kind == "1bitllm" else (write_llama3_bpe, 1024)
+    tok = writer(dst, min(fx.shape.vocab, tiny))
     config = _config(fx, tok)
     _dump(dst / "config.json", config)
     _dump(dst / "generation_config.json", {"_from_model_config": True, "bos_token_id":

@@ -5,18 +5,21 @@
 - `write_llama2_spm`: LLaMA-2 SentencePiece `tokenizer.model` (1bitLLM/bitnet_b1_58-*).
 
 Merges are learned from `_CORPUS` by a greedy pair counter: the most frequent adjacent pair wins,
-ties go to the lexicographically smallest pair. Nothing is random, so every run writes the same bytes.
+ties go to the lexicographically smallest pair. Nothing is random: every run writes the same bytes.
 """
 from __future__ import annotations
 
 import json
 from collections import Counter
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Regex, pre_tokenizers
+
+spm_pb2: Any = sentencepiece_model_pb2  # generated protobuf code: no static attributes
 
 _CORPUS = """\
 Hello world, how are you? I am fine, thank you, and how are you today?
@@ -68,21 +71,22 @@ LLAMA3_SPECIALS: tuple[str, ...] = (
     *(f"<|reserved_special_token_{i}|>" for i in range(5, 251)),
 )
 
-# The chat template of microsoft/bitnet-b1.58-2B-4T tokenizer_config.json as quoted by third parties
-# (not downloadable here): Llama-3's template with `Role: ` in place of the header tokens, giving
-# `<|begin_of_text|>System: …<|eot_id|>User: …<|eot_id|>Assistant: `. llama.cpp's "bitnet" chat
-# format (src/llama-chat.cpp) renders the same string.
+# The chat template of microsoft/bitnet-b1.58-2B-4T's tokenizer_config.json, rebuilt from
+# third-party quotes (the Hub is unreachable): Llama-3's template with `Role: ` in place of the
+# header tokens, giving `<|begin_of_text|>System: …<|eot_id|>User: …<|eot_id|>Assistant: `.
+# llama.cpp's "bitnet" chat format (src/llama-chat.cpp) renders the same string.
 BITNET_2B4T_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = message['role'] | capitalize + ': '+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% set content = message['role'] | capitalize + ': '+ message['content'] | trim"
+    " + '<|eot_id|>' %}"
     "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
     "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
 )
 
-# 1bitLLM's config.json says vocab_size 32002 = 32000 SentencePiece pieces + 2 ids. The only evidence
-# about them is `padding_idx=32000` (pad_token_id), so we assume `<pad>` at the first extra id, listed
-# in added_tokens.json, and leave the second id unnamed by any file: an embedding row with no token,
-# which converters must pad (llama.cpp writes `[PAD{i}]`, UNUSED). None marks such a hole.
+# 1bitLLM's config.json says vocab_size 32002 = 32000 SentencePiece pieces + 2 ids. The only
+# evidence about them is `padding_idx=32000` (pad_token_id), so we assume `<pad>` at the first
+# extra id, listed in added_tokens.json, and leave the second id unnamed by any file: an embedding
+# row with no token, which converters must pad (llama.cpp: `[PAD{i}]`, UNUSED). None marks a hole.
 SPM_ADDED: tuple[str | None, ...] = ("<pad>", None)
 
 _LARGE = 1000000000000000019884624838656  # transformers' VERY_LARGE_INTEGER, as in Llama tokenizers
@@ -90,25 +94,29 @@ _LARGE = 1000000000000000019884624838656  # transformers' VERY_LARGE_INTEGER, as
 
 @lru_cache(maxsize=1)
 def _byte_chars() -> tuple[str, ...]:
-    """GPT-2 `bytes_to_unicode` in its own order, which is also the id order of Llama-3's 256 bytes."""
+    """GPT-2 `bytes_to_unicode`, in its order: the id order of Llama-3's 256 byte tokens."""
     bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
     cs = bs[:]
+    n = 0
     for b in range(256):
         if b not in bs:  # the 68 unprintable bytes map to U+0100..U+0143, in byte order
             bs.append(b)
-            cs.append(256 + len(cs) - 188)
+            cs.append(256 + n)
+            n += 1
     return tuple(chr(c) for c in cs)
 
 
 def _learn(words: Counter[tuple[str, ...]], alphabet: tuple[str, ...],
-           n_new: int) -> tuple[list[tuple[str, str]], list[str]]:
+           n_new: int) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     """Greedy BPE: (merges in rank order, the n_new new tokens in creation order)."""
-    known, merges, new = set(alphabet), [], []
+    known = set(alphabet)
+    merges: list[tuple[str, str]] = []
+    new: list[str] = []
     table = dict(words)
     while len(new) < n_new:
         pairs: Counter[tuple[str, str]] = Counter()
         for word, count in table.items():
-            for pair in zip(word, word[1:]):
+            for pair in pairwise(word):
                 pairs[pair] += count
         if not pairs:
             break
@@ -127,7 +135,7 @@ def _learn(words: Counter[tuple[str, ...]], alphabet: tuple[str, ...],
                 new.append(a + b)
     if len(new) < n_new:
         raise ValueError(f"cannot build {n_new} tokens from the embedded corpus")
-    return merges, new
+    return tuple(merges), tuple(new)  # immutable: the callers' results are cached
 
 
 def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
@@ -144,7 +152,7 @@ def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=8)
-def _bpe_merges(n_new: int) -> tuple[list[tuple[str, str]], list[str]]:
+def _bpe_merges(n_new: int) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     pre = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -152,9 +160,9 @@ def _bpe_merges(n_new: int) -> tuple[list[tuple[str, str]], list[str]]:
     return _learn(words, _byte_chars(), n_new)
 
 
-def _added(content: str, special: bool = True) -> dict[str, Any]:
+def _added(content: str) -> dict[str, Any]:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False,
-            "single_word": False, "special": special}
+            "single_word": False, "special": True}
 
 
 def _dump(path: Path, obj: Any, sort_keys: bool = False) -> None:
@@ -210,6 +218,7 @@ def write_llama3_bpe(dst: Path, vocab_size: int) -> dict[str, int]:
         "bos_token": bos, "chat_template": BITNET_2B4T_CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": True, "eos_token": eos,
         "model_input_names": ["input_ids", "attention_mask"],
+        # 2B4T's context length; the real file's value is unverified.
         "model_max_length": 4096, "tokenizer_class": "PreTrainedTokenizerFast"}, sort_keys=True)
     _dump(dst / "special_tokens_map.json",
           {"bos_token": _token_map(bos), "eos_token": _token_map(eos)})
@@ -217,14 +226,14 @@ def write_llama3_bpe(dst: Path, vocab_size: int) -> dict[str, int]:
 
 
 @lru_cache(maxsize=8)
-def _spm_pieces(n_free: int) -> tuple[list[str], list[str]]:
+def _spm_pieces(n_free: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(merged pieces in rank order, the single characters), n_free pieces in total."""
     words = Counter(tuple("▁" + w) for w in _CORPUS.split())
     chars = tuple(sorted({c for w in words for c in w}))
     if n_free < len(chars):
         raise ValueError(f"a synthetic SPM vocab needs {len(chars)} character pieces")
     _, new = _learn(words, chars, n_free - len(chars))
-    return new, list(chars)
+    return new, chars
 
 
 def write_llama2_spm(dst: Path, vocab_size: int) -> dict[str, int]:
@@ -246,7 +255,7 @@ def write_llama2_spm(dst: Path, vocab_size: int) -> dict[str, int]:
     specials = [("<unk>", kind.UNKNOWN), ("<s>", kind.CONTROL), ("</s>", kind.CONTROL)]
     for piece, typ in specials + [(f"<0x{b:02X}>", kind.BYTE) for b in range(256)]:
         proto.pieces.add(piece=piece, score=0.0, type=typ)
-    for rank, piece in enumerate(merged + chars):
+    for rank, piece in enumerate((*merged, *chars)):
         proto.pieces.add(piece=piece, score=float(-rank), type=kind.NORMAL)
     # Trainer and normalizer settings of LLaMA-2's tokenizer.model (meta-llama/Llama-2-7b-hf).
     proto.trainer_spec.MergeFrom(spm_pb2.TrainerSpec(
