@@ -103,6 +103,8 @@ def _bpe_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
     # becomes U+0120 as in gguf's SpecialVocab, so "a b" stays splittable.
     merges = [m if isinstance(m, str) else " ".join(p.replace(" ", "\u0120") for p in m)
               for m in model.get("merges", [])]
+    if not merges:  # llama.cpp refuses a gpt2 vocab without them
+        raise InputError(f"{path}: the BPE model has no merges")
     kvs = [KV(K.MODEL, GGUFValueType.STRING, "gpt2"), KV(K.PRE, GGUFValueType.STRING, pre),
            KV(K.LIST, GGUFValueType.ARRAY, names, GGUFValueType.STRING),
            KV(K.TOKEN_TYPE, GGUFValueType.ARRAY, [int(t) for t in types], GGUFValueType.INT32),
