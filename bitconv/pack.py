@@ -136,6 +136,7 @@ def _dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor) -> Iterator
         if dt is np.float16 and np.abs(x).max(initial=0) > F16_MAX:
             raise InputError(f"{t.source}: values exceed the float16 range of {t.gguf_name}")
         yield x.astype(dt, copy=False)
+        mf.release(ref, rs)
 
 
 def _ternary_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, codec: ModuleType,
@@ -156,10 +157,12 @@ def _ternary_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, codec: Mo
     scan = ternary.AbsmeanScan(t.source)
     for rs in _row_chunks(out_f, in_f):
         scan.add(to_float32(mf.view(ref, rs), ref.dtype))
+        mf.release(ref, rs)
     m, already = scan.result()
     for rs in _row_chunks(out_f, in_f, head):
         codes = ternary.ternarize_chunk(to_float32(mf.view(ref, rs), ref.dtype), m, already, t.source)
         yield codec.pack_body(_permute(codes, head) if t.heads else codes)
+        mf.release(ref, rs)
     yield codec.pack_tail(m)
 
 

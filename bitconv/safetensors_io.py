@@ -108,13 +108,18 @@ class MappedFiles:
         arr = arr.reshape(ref.shape)
         return arr[rows] if arr.ndim else arr
 
-    def release(self, ref: TensorRef) -> None:
-        """Drop the tensor's pages from our resident set (the page cache keeps them)."""
+    def release(self, ref: TensorRef, rows: slice = slice(None)) -> None:
+        """Drop the pages of the tensor (or of a range of its rows) from our resident set;
+        the page cache keeps them. Mapped file pages count in peak RSS too."""
         m = self._maps.get(ref.path)
         if m is None:
             return
-        start = ref.start - ref.start % mmap.PAGESIZE
-        m.madvise(mmap.MADV_DONTNEED, start, ref.end - start)
+        row_bytes = ref.nbytes // ref.shape[0] if ref.shape and ref.shape[0] else ref.nbytes
+        a, b, _ = rows.indices(ref.shape[0] if ref.shape else 1)
+        start, end = ref.start + a * row_bytes, min(ref.start + b * row_bytes, ref.end)
+        start -= start % mmap.PAGESIZE
+        if end > start:
+            m.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 def to_float32(arr: npt.NDArray, dtype: str) -> npt.NDArray[np.float32]:
