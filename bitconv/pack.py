@@ -90,7 +90,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
         for t, info in zip(items, infos):
             bar.set_postfix_str(t.gguf_name, refresh=False)
             chunks = (_ternary_chunks(ck, mf, t, codec, rule, scale_rule is None)
-                      if t.kind == "ternary" else _dense_chunks(ck, mf, t))
+                      if t.kind == "ternary" else dense_chunks(ck, mf, t))
             for chunk in chunks:
                 w.write(chunk)
             w.end_tensor()
@@ -125,7 +125,7 @@ def _row_chunks(rows: int, cols: int, multiple: int = 1) -> Iterator[slice]:
         yield slice(a, min(a + step, rows))
 
 
-def _dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor) -> Iterator[npt.NDArray]:
+def dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor) -> Iterator[npt.NDArray]:
     ref = ck.ref(t.source)
     dt = np.float16 if t.kind == "f16" else np.float32
     rows, cols = (t.shape[0], int(np.prod(t.shape[1:]))) if len(t.shape) > 1 else (1, t.shape[0])
@@ -139,30 +139,42 @@ def _dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor) -> Iterator
         mf.release(ref, rs)
 
 
-def _ternary_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, codec: ModuleType,
-                    rule: ternary.ScaleRule, checked: bool) -> Iterator[npt.NDArray[np.uint8]]:
-    """Codes in row chunks (whole heads when q/k are permuted), then the codec's tail."""
+def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
+                  checked: bool = True) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
+    """The multiplier of planned tensor `t` and an iterator over its codes in row chunks (whole
+    heads when q/k are permuted), in GGUF row order. Packed sources are unpacked and checked,
+    never re-quantized; latent ones take a first pass for the absmean."""
     ref = ck.ref(t.source)
     out_f, in_f = t.shape
     head = out_f // t.heads if t.heads else 1
-    if t.scale_source:  # HF-packed: never re-quantized
-        scale = to_float32(mf.view(ck.ref(t.scale_source)), ck.ref(t.scale_source).dtype)
-        m = ternary.multiplier_from_scale(t.scale_source, float(scale.reshape(-1)[0]), rule, checked)
+    if t.scale_source:
+        sref = ck.ref(t.scale_source)
+        scale = float(to_float32(mf.view(sref), sref.dtype).reshape(-1)[0])
+        m = ternary.multiplier_from_scale(t.scale_source, scale, rule, checked)
         packed = mf.view(ref)
-        for rs in _row_chunks(out_f, in_f, head):
-            codes = ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)
-            yield codec.pack_body(_permute(codes, head) if t.heads else codes)
-        yield codec.pack_tail(m)
-        return
-    scan = ternary.AbsmeanScan(t.source)
-    for rs in _row_chunks(out_f, in_f):
-        scan.add(to_float32(mf.view(ref, rs), ref.dtype))
-        mf.release(ref, rs)
-    m, already = scan.result()
-    for rs in _row_chunks(out_f, in_f, head):
-        codes = ternary.ternarize_chunk(to_float32(mf.view(ref, rs), ref.dtype), m, already, t.source)
-        yield codec.pack_body(_permute(codes, head) if t.heads else codes)
-        mf.release(ref, rs)
+        chunks = (ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)
+                  for rs in _row_chunks(out_f, in_f, head))
+    else:
+        scan = ternary.AbsmeanScan(t.source)
+        for rs in _row_chunks(out_f, in_f):
+            scan.add(to_float32(mf.view(ref, rs), ref.dtype))
+            mf.release(ref, rs)
+        m, already = scan.result()
+
+        def latent() -> Iterator[npt.NDArray[np.int8]]:
+            for rs in _row_chunks(out_f, in_f, head):
+                w = to_float32(mf.view(ref, rs), ref.dtype)
+                yield ternary.ternarize_chunk(w, m, already, t.source)
+                mf.release(ref, rs)
+        chunks = latent()
+    return m, (_permute(c, head) if t.heads else c for c in chunks)
+
+
+def _ternary_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, codec: ModuleType,
+                    rule: ternary.ScaleRule, checked: bool) -> Iterator[npt.NDArray[np.uint8]]:
+    m, codes = ternary_codes(ck, mf, t, rule, checked)
+    for c in codes:
+        yield codec.pack_body(c)
     yield codec.pack_tail(m)
 
 

@@ -1,0 +1,5 @@
+"""Pure-numpy reference runtime: executes a packed GGUF file or a source checkpoint.
+
+weights.py loads either into the same in-memory form (GGUF tensor names, codes + multiplier);
+model.py runs the forward pass for every family.
+"""
