@@ -81,6 +81,36 @@ def inspect(path: str, as_json: bool) -> None:
     click.echo(d.to_json() if as_json else d.to_text())
 
 
+@cli.command()
+@click.argument("packed", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--source", type=click.Path(path_type=str), default=None,
+              help="The checkpoint directory PACKED was made from.")
+@click.option("--tokens", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Length of the fixed token sequence whose logits are compared.")
+@click.option("--scale-rule", type=click.Choice(["multiply", "divide"]), default=None,
+              help="The --scale-rule PACKED was made with, if any.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a report.")
+def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
+           as_json: bool) -> None:
+    """Prove that PACKED computes what SOURCE computes.
+
+    Checks the container, the metadata, every tensor bit for bit (codes and multiplier), and the
+    runtime's logits for a fixed token sequence (exact mode). Exit 0 when all hold, 3 on a
+    mismatch (the first one is named on stderr). Without --source only the container is checked.
+
+    \b
+    Example:
+      bitconv verify model-i2s.gguf --source ./bitnet-b1.58-2B-4T
+    """
+    from bitconv.errors import VerifyError
+    from bitconv.verify import verify as run
+
+    report = run(packed, source=source, tokens=tokens, scale_rule=scale_rule)  # type: ignore[arg-type]
+    click.echo(report.to_json() if as_json else report.to_text())
+    if not report.ok:
+        raise VerifyError(report.first_failure)
+
+
 @cli.command(name="make-fixture", hidden=False)
 @click.argument("name")
 @click.argument("dst", type=click.Path(file_okay=False))

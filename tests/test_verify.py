@@ -1,0 +1,144 @@
+"""`bitconv verify`: exit 0 on every family, exit 3 naming the problem on each corruption."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bitconv.cli import cli
+from bitconv.gguf_io import read_gguf
+from bitconv.pack import pack
+
+FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
+            "Llama3-8B-1.58-100B-tokens"]
+
+
+def run_verify(path, src, *extra):
+    return CliRunner().invoke(cli, ["verify", str(path), "--source", str(src), *extra])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_verify_passes_on_every_family(name, fixtures_root, tmp_path):
+    out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
+    r = run_verify(out, fixtures_root / name)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert r.stderr == ""
+    assert [line.split()[:2] for line in r.stdout.splitlines()] == [
+        ["ok", "container"], ["ok", "metadata"], ["ok", "tensors"], ["ok", "logits"]]
+
+
+def test_verify_json(fixtures_root, tmp_path):
+    import json
+    name = "bitnet-b1.58-2B-4T"
+    out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
+    r = run_verify(out, fixtures_root / name, "--json")
+    d = json.loads(r.stdout)
+    assert d["ok"] is True and [c["name"] for c in d["checks"]] == ["container", "metadata",
+                                                                    "tensors", "logits"]
+
+
+def test_a_packed_file_from_another_source_fails(fixtures_root, tmp_path):
+    out = pack(fixtures_root / "bitnet-b1.58-2B-4T", out=tmp_path / "m.gguf").path
+    r = run_verify(out, fixtures_root / "Llama3-8B-1.58-100B-tokens")
+    assert r.exit_code == 3
+    assert r.stderr.startswith(f"Error: {out}: metadata: general.architecture is 'bitnet-b1.58', "
+                               "the source gives 'llama'")
+
+
+@pytest.fixture
+def packed(fixtures_root, tmp_path):
+    name = "bitnet-b1.58-2B-4T"
+    out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
+    return out, fixtures_root / name, {t.name: t for t in read_gguf(out).tensors}
+
+
+def patch(path, offset, data):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_one_flipped_code(packed):
+    out, src, t = packed
+    ffn = t["blk.1.ffn_down.weight"]
+    byte = out.read_bytes()[ffn.offset + 1000]
+    # element 1000 % 32 + 32*g of block 1000 // 32 ... just move the top code (bits 7-6) by one step
+    top = byte >> 6
+    patch(out, ffn.offset + 1000, bytes([((top + 1) % 3) << 6 | (byte & 0x3F)]))
+    r = run_verify(out, src)
+    assert r.exit_code == 3
+    # byte 1000 = block 31, byte 8 -> element 31*128 + 8 = 3976 of the flat (256, 512) tensor
+    assert r.stderr.startswith(f"Error: {out}: tensors: blk.1.ffn_down.weight: 1 values differ, "
+                               "first at [7, 392]")
+    assert "FAIL  tensors" in r.stdout and "logits" not in r.stdout
+
+
+def test_changed_scale(packed):
+    out, src, t = packed
+    q = t["blk.0.attn_q.weight"]
+    n = q.shape[0] * q.shape[1]
+    old = struct.unpack("<f", out.read_bytes()[q.offset + n // 4: q.offset + n // 4 + 4])[0]
+    patch(out, q.offset + n // 4, struct.pack("<f", old * 1.0001))
+    r = run_verify(out, src)
+    assert r.exit_code == 3
+    assert r.stderr.startswith(f"Error: {out}: tensors: blk.0.attn_q.weight: multiplier ")
+
+
+def test_two_swapped_tensors(packed):
+    out, src, t = packed
+    a, b = t["blk.0.attn_q.weight"], t["blk.0.attn_output.weight"]
+    assert a.nbytes == b.nbytes
+    raw = out.read_bytes()
+    da, db = raw[a.offset:a.offset + a.nbytes], raw[b.offset:b.offset + b.nbytes]
+    patch(out, a.offset, db)
+    patch(out, b.offset, da)
+    r = run_verify(out, src)
+    assert r.exit_code == 3
+    assert r.stderr.startswith(f"Error: {out}: tensors: blk.0.attn_q.weight: ")
+
+
+def test_wrong_head_count(packed):
+    out, src, _ = packed
+    key = b"bitnet-b1.58.attention.head_count"
+    needle = struct.pack("<Q", len(key)) + key + struct.pack("<I", 4)  # u32 value type
+    raw = out.read_bytes()
+    at = raw.index(needle) + len(needle)
+    assert struct.unpack("<I", raw[at:at + 4])[0] == 4
+    patch(out, at, struct.pack("<I", 8))
+    r = run_verify(out, src)
+    assert r.exit_code == 3
+    assert r.stderr == (f"Error: {out}: metadata: bitnet-b1.58.attention.head_count is 8, "
+                        "the source gives 4\n")
+
+
+def test_truncated_file(packed):
+    out, src, _ = packed
+    size = out.stat().st_size
+    with open(out, "r+b") as f:
+        f.truncate(size - 100)
+    r = run_verify(out, src)
+    assert r.exit_code == 3
+    assert r.stderr == (f"Error: {out}: container: {out}: truncated: tensor 'output_norm.weight' "
+                        f"ends at byte {size}, file has {size - 100}\n")
+
+
+def test_without_source_checks_the_container_only(packed):
+    out, _, _ = packed
+    r = CliRunner().invoke(cli, ["verify", str(out)])
+    assert r.exit_code == 0
+    assert r.stdout.startswith("ok    container  24 tensors parse and unpack (14 ternary)")
+
+
+def test_packed_file_runs_like_its_source_incrementally(fixtures_root, tmp_path):
+    """The KV cache: token-by-token decoding gives the prefill's logits."""
+    from bitconv.runtime.model import Cache, Model
+    from bitconv.runtime.weights import load_gguf
+    out = pack(fixtures_root / "Llama3-8B-1.58-100B-tokens", out=tmp_path / "l.gguf").path
+    m = Model(load_gguf(out))
+    ids = np.array([3, 700, 12, 55, 901])
+    full = m.forward(ids)
+    c = Cache()
+    steps = np.concatenate([m.forward(ids[i:i + 1], c) for i in range(len(ids))])
+    np.testing.assert_allclose(steps, full, rtol=0, atol=1e-5 * np.abs(full).max())
