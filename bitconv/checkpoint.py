@@ -41,9 +41,35 @@ def read_config(path: Path) -> dict[str, Any]:
         config = json.loads(cfg.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"{cfg}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{cfg}: not UTF-8 text") from None
     if not isinstance(config, dict):
         raise InputError(f"{cfg}: expected a JSON object")
+    _check_types(config, cfg)
     return config
+
+
+_POSITIVE_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "vocab_size", "max_position_embeddings", "head_dim")
+_POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
+
+
+def _check_types(c: dict[str, Any], cfg: Path) -> None:
+    """Types of the keys bitconv reads, so foreign JSON fails with a message, not a traceback."""
+    for k in _POSITIVE_INTS:
+        v = c.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise InputError(f"{cfg}: {k} must be a positive integer, got {v!r}")
+    for k in _POSITIVE_FLOATS:
+        v = c.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise InputError(f"{cfg}: {k} must be a positive number, got {v!r}")
+    archs = c.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise InputError(f"{cfg}: architectures must be a list of class names, got {archs!r}")
+    for k in ("quantization_config", "rope_parameters"):
+        if c.get(k) is not None and not isinstance(c[k], dict):
+            raise InputError(f"{cfg}: {k} must be an object, got {c[k]!r}")
 
 
 def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:
@@ -52,9 +78,15 @@ def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            files = sorted(set(weight_map.values()))
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise InputError(f"{index}: malformed index (expected a weight_map)") from None
-        return sorted(set(weight_map.values())), weight_map
+        bad = [f for f in files if "/" in f or "\\" in f or f in ("", ".", "..")]
+        if bad:
+            raise InputError(f"{index}: shard name {bad[0]!r} points outside the checkpoint")
+        return files, weight_map
     files = sorted(p.name for p in path.glob("*.safetensors"))
     if not files:
         raise InputError(f"{path}: no *.safetensors weights")

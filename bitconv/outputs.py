@@ -12,10 +12,13 @@ from bitconv.errors import OutputError
 
 def check_writable(out: Path, force: bool) -> None:
     """Refuse early (before any work) when `out` exists and --force was not given."""
-    if out.exists() and not force:
-        raise OutputError(f"{out}: already exists; pass --force to overwrite")
     if out.is_dir():
         raise OutputError(f"{out}: is a directory")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise OutputError(f"{out}: already exists; pass --force to overwrite")
+        if out.is_symlink() or not out.is_file():
+            raise OutputError(f"{out}: not a regular file; refusing to replace it")
     if not out.parent.is_dir():
         raise OutputError(f"{out.parent}: no such directory")
 
@@ -31,6 +34,9 @@ def atomic_output(out: Path, force: bool = False) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
+    except OSError as e:  # disk full, file too large, permission denied, ...
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -82,6 +82,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
                         else tensor_nbytes(gtype[t.kind], t.shape)) for t in items]
     kvs = metadata(ck, fam, codec)
     rule = scale_rule or ternary.scale_rule(dict(ck.config))
+    _check_scales(ck, items, rule, scale_rule is None)
     total = sum(i.nbytes for i in infos)
     with atomic_output(out, force) as f, MappedFiles() as mf, \
             tqdm(total=total, unit="B", unit_scale=True, desc=f"pack {format}", file=sys.stderr,
@@ -100,6 +101,17 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     return PackResult(out, format, fam.name, len(items), total)
 
 
+def _check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ternary.ScaleRule,
+                  checked: bool) -> None:
+    """Every weight_scale, before the output is started: a bad last layer fails in a second."""
+    with MappedFiles() as mf:
+        for t in items:
+            if t.scale_source:
+                ref = ck.ref(t.scale_source)
+                value = float(to_float32(mf.view(ref), ref.dtype).reshape(-1)[0])
+                ternary.multiplier_from_scale(t.scale_source, value, rule, checked)
+
+
 def metadata(ck: Checkpoint, fam: Family, codec: ModuleType) -> list[KV]:
     """general.*, then {arch}.* hyperparameters, then tokenizer.* (deterministic order)."""
     kvs = [KV("general.architecture", T.STRING, fam.arch),
@@ -111,12 +123,19 @@ def metadata(ck: Checkpoint, fam: Family, codec: ModuleType) -> list[KV]:
 
 
 def _pre_tokenizer(path: Path) -> str | None:
-    """llama.cpp's pre-tokenizer name; our writer sets it instead of hashing (DESIGN.md §5b)."""
+    """llama.cpp's pre-tokenizer name; our writer sets it instead of hashing (DESIGN.md §5b).
+    Only Llama-3 vocabularies are mapped so far: others are refused rather than mislabelled."""
     tj = path / "tokenizer.json"
     if (path / "tokenizer.model").is_file() or not tj.is_file():
         return None
-    added = {t["content"] for t in json.loads(tj.read_text(encoding="utf-8")).get("added_tokens", [])}
-    return "llama-bpe" if "<|begin_of_text|>" in added else "default"
+    try:
+        added = {t["content"] for t in json.loads(tj.read_text(encoding="utf-8"))["added_tokens"]}
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{tj}: malformed tokenizer.json") from None
+    if "<|begin_of_text|>" in added:
+        return "llama-bpe"
+    raise InputError(f"{tj}: not a Llama-3 vocabulary; bitconv cannot name its llama.cpp "
+                     "pre-tokenizer yet")
 
 
 def _row_chunks(rows: int, cols: int, multiple: int = 1) -> Iterator[slice]:

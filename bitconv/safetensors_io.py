@@ -62,10 +62,17 @@ def read_header(path: Path) -> dict[str, TensorRef]:
             raise InputError(f"{path.name}: malformed safetensors header ({e})") from None
     base = 8 + n
     refs: dict[str, TensorRef] = {}
+    if not isinstance(header, dict):
+        raise InputError(f"{path.name}: malformed safetensors header (not a JSON object)")
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        dtype, shape, (b, e) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        try:
+            dtype, shape, (b, e) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            if not (all(isinstance(x, int) and x >= 0 for x in (*shape, b, e)) and b <= e):
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path.name}: malformed safetensors header entry {name!r}") from None
         if dtype not in DTYPES:
             raise InputError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
         if e - b != int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize:

@@ -147,6 +147,7 @@ def test_output_exists_without_force(fixtures_root, tmp_path):
     r = run_pack(fixtures_root / "bitnet-b1.58-2B-4T", out)
     assert r.exit_code == 1
     assert r.stderr == f"Error: {out}: already exists; pass --force to overwrite\n"
+    assert r.stdout == "" and not (tmp_path / "o.gguf.incomplete").exists()
     assert out.read_bytes() == b"precious"
     r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T"), "-o", str(out), "--force"])
     assert r.exit_code == 0 and out.read_bytes()[:4] == b"GGUF"
@@ -173,6 +174,116 @@ def test_failure_midway_leaves_nothing_and_keeps_existing_output(fixture_copy, t
     out.write_bytes(b"old")
     r = CliRunner().invoke(cli, ["pack", str(ck), "-o", str(out), "--force"])
     assert r.exit_code == 1
-    assert "code 3" in r.stderr
+    assert r.stderr == (f"Error: {name}: packed byte holds code 3 (not a ternary value) at row 0 "
+                        "(bits 0-1), column 0\n")
     assert out.read_bytes() == b"old"
     assert not (tmp_path / "o.gguf.incomplete").exists()
+
+
+def edit_config(ck, **changes):
+    cfg = json.loads((ck / "config.json").read_text())
+    for k, v in changes.items():
+        if v is ...:
+            cfg.pop(k)
+        else:
+            cfg[k] = v
+    (ck / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"hidden_size": "256"}, "{cfg}: hidden_size must be a positive integer, got '256'"),
+    ({"num_attention_heads": 0}, "{cfg}: num_attention_heads must be a positive integer, got 0"),
+    ({"architectures": 5}, "{cfg}: architectures must be a list of class names, got 5"),
+    ({"quantization_config": "bitnet"}, "{cfg}: quantization_config must be an object, got 'bitnet'"),
+    ({"hidden_size": ...}, "config.json: missing 'hidden_size'"),
+    ({"num_key_value_heads": 3}, "config.json: num_attention_heads 4 is not a multiple of "
+                                 "num_key_value_heads 3"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+     "config.json: RoPE scaling 'llama3' is not supported yet"),
+    ({"quantization_config": ...}, "config.json: LlamaForCausalLM without "
+     "quantization_config.quant_method 'bitnet' is not a BitNet checkpoint"),
+])
+def test_bad_config_values(fixture_copy, tmp_path, changes, message):
+    ck = fixture_copy("Llama3-8B-1.58-100B-tokens")
+    edit_config(ck, **changes)
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, message.format(cfg=ck / "config.json"))
+
+
+def test_config_that_is_not_an_object(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    (ck / "config.json").write_text("[1, 2]")
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, f"{ck}/config.json: expected a JSON object")
+
+
+def test_unexpected_tensor(fixture_copy, tmp_path):
+    """A tensor bitconv would otherwise drop silently (here: a per-projection rms_norm)."""
+    from bitconv.safetensors_io import write_safetensors
+    import numpy as np
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    write_safetensors(ck / "extra.safetensors",
+                      [("model.layers.0.mlp.down_proj.rms_norm.weight", "F32", (512,))],
+                      lambda n: np.ones(512, np.float32))
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, "bitnet-b1.58-2B-4T: unexpected tensor "
+                 "'model.layers.0.mlp.down_proj.rms_norm.weight' for family bitnet-b1.58 "
+                 "(1 unexpected in all)")
+
+
+def test_non_finite_weight_scale(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    start, _, _ = tensor_range(ck / "model.safetensors", Q0 + "_scale")
+    patch_bytes(ck / "model.safetensors", start, struct.pack("<H", 0x7FC0))
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, f"{Q0}_scale: weight_scale nan is not a positive finite number")
+
+
+def test_nan_in_a_dense_tensor(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    start, _, _ = tensor_range(ck / "model.safetensors", "model.norm.weight")
+    patch_bytes(ck / "model.safetensors", start + 6, struct.pack("<H", 0x7FC0))
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, "model.norm.weight: holds NaN or Inf values")
+
+
+def test_index_pointing_outside(fixture_copy, tmp_path):
+    ck = fixture_copy("Llama3-8B-1.58-100B-tokens")
+    index = json.loads((ck / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.norm.weight"] = "../model-00001-of-00002.safetensors"
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, f"{ck}/model.safetensors.index.json: shard name "
+                 "'../model-00001-of-00002.safetensors' points outside the checkpoint")
+
+
+def test_malformed_safetensors_header(fixture_copy, tmp_path):
+    ck = fixture_copy("bitnet-b1.58-2B-4T")
+    blob = b'[1, 2]'
+    (ck / "model.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob)
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out,
+                 "model.safetensors: malformed safetensors header (not a JSON object)")
+
+
+def test_refuses_to_replace_a_symlink(fixtures_root, tmp_path):
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep")
+    out = tmp_path / "o.gguf"
+    out.symlink_to(target)
+    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T"), "-o", str(out),
+                                 "--force"])
+    assert r.exit_code == 1
+    assert r.stderr == f"Error: {out}: not a regular file; refusing to replace it\n"
+    assert target.read_bytes() == b"keep" and out.is_symlink()
+
+
+def test_non_llama3_bpe_vocabulary_is_refused(fixture_copy, tmp_path):
+    ck = fixture_copy("Llama3-8B-1.58-100B-tokens")
+    tj = json.loads((ck / "tokenizer.json").read_text())
+    for t in tj["added_tokens"]:
+        t["content"] = t["content"].replace("begin_of_text", "startoftext")
+    (ck / "tokenizer.json").write_text(json.dumps(tj))
+    out = tmp_path / "o.gguf"
+    assert_fails(run_pack(ck, out), out, f"{ck}/tokenizer.json: not a Llama-3 vocabulary; "
+                 "bitconv cannot name its llama.cpp pre-tokenizer yet")

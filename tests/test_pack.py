@@ -163,3 +163,18 @@ def test_metadata(name, arch, pre, model, fixtures_root, packed):
 def test_pack_is_deterministic(fixtures_root, tmp_path, packed):
     again = pack(fixtures_root / "bitnet-b1.58-2B-4T-bf16", out=tmp_path / "again.gguf").path
     assert again.read_bytes() == packed["bitnet-b1.58-2B-4T-bf16"].read_bytes()
+
+
+@pytest.mark.parametrize("name", ["bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
+                                  "Llama3-8B-1.58-100B-tokens", "bitnet_b1_58-large"])
+def test_row_chunking_does_not_change_a_byte(name, tmp_path, monkeypatch):
+    """Chunks far smaller than a tensor (straddling HF quarter blocks, several heads per chunk,
+    multi-chunk absmean) give the same file as one chunk per tensor."""
+    import bitconv.pack as pk
+    from bitconv.synth.checkpoints import Shape, make_fixture
+    src = make_fixture(name, tmp_path / name, Shape(hidden=512, inter=768, heads=8, kv_heads=2,
+                                                     vocab=1024 if "large" not in name else 512))
+    whole = pack(src, out=tmp_path / "whole.gguf").path
+    monkeypatch.setattr(pk, "CHUNK_ELEMS", 3000)  # a few rows: chunk boundaries everywhere
+    small = pack(src, out=tmp_path / "small.gguf").path
+    assert whole.read_bytes() == small.read_bytes()

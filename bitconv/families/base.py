@@ -68,10 +68,33 @@ class Dims:
 
     @classmethod
     def of(cls, c: Mapping[str, Any]) -> Dims:
-        heads = cfg(c, "num_attention_heads")
-        head_dim = c.get("head_dim") or cfg(c, "hidden_size") // heads
-        return cls(cfg(c, "hidden_size"), cfg(c, "intermediate_size"), cfg(c, "num_hidden_layers"),
-                   heads, c.get("num_key_value_heads") or heads, head_dim, cfg(c, "vocab_size"))
+        heads, hidden = cfg(c, "num_attention_heads"), cfg(c, "hidden_size")
+        kv_heads = c.get("num_key_value_heads") or heads
+        if "head_dim" not in c and hidden % heads:
+            raise InputError(f"config.json: hidden_size {hidden} is not a multiple of "
+                             f"num_attention_heads {heads}")
+        if heads % kv_heads:
+            raise InputError(f"config.json: num_attention_heads {heads} is not a multiple of "
+                             f"num_key_value_heads {kv_heads}")
+        return cls(hidden, cfg(c, "intermediate_size"), cfg(c, "num_hidden_layers"), heads,
+                   kv_heads, c.get("head_dim") or hidden // heads, cfg(c, "vocab_size"))
+
+
+def rope_theta(c: Mapping[str, Any]) -> float:
+    """RoPE base: `rope_theta` (transformers 4.x) or `rope_parameters` (5.x; hf.md §1.6).
+    Scaled RoPE variants are refused rather than written wrongly."""
+    params = c.get("rope_parameters") or {}
+    scaling = c.get("rope_scaling") or {}
+    kind = params.get("rope_type", "default") if params else scaling.get("rope_type",
+                                                                          scaling.get("type"))
+    if kind not in (None, "default") and not (kind == "linear" and scaling.get("factor") == 1.0):
+        raise InputError(f"config.json: RoPE scaling {kind!r} is not supported yet")
+    theta = params.get("rope_theta", c.get("rope_theta"))
+    if theta is None:
+        raise InputError("config.json: missing 'rope_theta' (or rope_parameters.rope_theta)")
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
+        raise InputError(f"config.json: rope_theta must be a positive number, got {theta!r}")
+    return float(theta)
 
 
 def plan(ck: Checkpoint, fam: Family) -> list[PlannedTensor]:
@@ -157,7 +180,7 @@ def hparam_kvs(config: Mapping[str, Any], arch: str) -> list[KV]:
         KV(f"{arch}.attention.head_count", T.UINT32, d.heads),
         KV(f"{arch}.attention.head_count_kv", T.UINT32, d.kv_heads),
         KV(f"{arch}.attention.layer_norm_rms_epsilon", T.FLOAT32, cfg(config, "rms_norm_eps")),
-        KV(f"{arch}.rope.freq_base", T.FLOAT32, config.get("rope_theta", 10000.0)),
+        KV(f"{arch}.rope.freq_base", T.FLOAT32, rope_theta(config)),
     ]
     if "head_dim" in config:
         kvs += [KV(f"{arch}.attention.key_length", T.UINT32, d.head_dim),
