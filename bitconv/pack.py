@@ -109,6 +109,7 @@ def _check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ternary.Scal
             if t.scale_source:
                 ref = ck.ref(t.scale_source)
                 value = float(to_float32(mf.view(ref), ref.dtype).reshape(-1)[0])
+                mf.release(ref)
                 ternary.multiplier_from_scale(t.scale_source, value, rule, checked)
 
 
