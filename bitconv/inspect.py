@@ -18,7 +18,8 @@ from bitconv.checkpoint import load_checkpoint
 from bitconv.errors import InputError
 from bitconv.families import detect
 from bitconv.families.base import Dims
-from bitconv.gguf_io import TYPE_NAMES, read_gguf
+from bitconv.gguf_io import TYPE_NAMES
+from bitconv.gguf_reader import read_gguf
 
 MAX_SHOWN_ITEMS = 8  # long metadata arrays (tokens, merges) are summarised
 

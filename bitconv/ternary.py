@@ -14,7 +14,6 @@ Pure numpy: no files, no families.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from bitconv.cli import FORMAT_NAMES, cli
 from bitconv.formats import FORMATS
-from bitconv.gguf_io import read_gguf
+from bitconv.gguf_reader import read_gguf
 from bitconv.pack import pack
 
 PKG = Path(__file__).resolve().parents[1] / "bitconv"

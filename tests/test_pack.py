@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from bitconv.gguf_io import read_gguf, tensor_array, tensor_bytes
+from bitconv.gguf_reader import read_gguf, tensor_array, tensor_bytes
 from bitconv.pack import pack
 
 TERNARY = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -21,7 +21,8 @@ from bitconv.errors import InputError
 from bitconv.families import detect
 from bitconv.families.base import plan
 from bitconv.formats import FORMATS, get_format
-from bitconv.gguf_io import F16, F32, TYPE_NAMES, read_gguf, tensor_array, tensor_bytes
+from bitconv.gguf_io import F16, F32, TYPE_NAMES
+from bitconv.gguf_reader import read_gguf, tensor_array, tensor_bytes
 from bitconv.pack import dense_chunks, metadata, ternary_codes
 from bitconv.safetensors_io import MappedFiles
 from bitconv.types import TernaryTensor

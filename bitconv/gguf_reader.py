@@ -1,0 +1,202 @@
+"""GGUF v3 header reader that knows bitnet.cpp's types (I2_S = 36, TL1 = 38, TL2 = 39).
+
+Stock gguf-py refuses type 36, and n/4 + 32 bytes fits none of its (block_size, type_size) pairs,
+so bitconv reads the header itself; the layout is drawn in gguf_io.py. Byte sizes come from
+`tensor_nbytes`, shared with the writer.
+"""
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGUFValueType
+
+from bitconv.errors import InputError
+from bitconv.gguf_io import (
+    _ARRAY_DTYPES, _NP_DTYPES, _SCALAR_FMT, _U64, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS,
+    TYPE_NAMES, _first_duplicate, _pad_to, tensor_nbytes,
+)
+
+_V = GGUFValueType
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]  # numpy order
+    offset: int  # absolute file offset
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    """A parsed GGUF header. KV values: str, bool, int, float; string arrays as list[str];
+    numeric and bool arrays as read-only 1-D numpy arrays; arrays of arrays as lists."""
+
+    path: Path
+    version: int
+    alignment: int
+    kvs: dict[str, Any]
+    kv_types: dict[str, GGUFValueType]  # ARRAY for arrays; the element type is the numpy dtype
+    tensors: tuple[GGUFTensor, ...]
+    data_offset: int
+    file_size: int
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _Header:
+    """A cursor over the mmapped file; reading past the end raises _Truncated or struct.error."""
+
+    def __init__(self, buf: mmap.mmap, path: Path) -> None:
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        vals = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return vals
+
+    def raw(self, n: int) -> bytes:
+        if self.pos + n > len(self.buf):
+            raise _Truncated
+        self.pos += n
+        return self.buf[self.pos - n:self.pos]
+
+    def string(self) -> str:
+        return self.raw(self.unpack("<Q")[0]).decode("utf-8")
+
+    def value(self, vtype: int, key: str) -> Any:
+        if vtype == _V.STRING:
+            return self.string()
+        if vtype == _V.ARRAY:
+            return self.array(key)
+        return self.unpack(_SCALAR_FMT[self.vtype(vtype, key)])[0]
+
+    def array(self, key: str) -> Any:
+        subtype, count = self.unpack("<IQ")
+        if subtype == _V.STRING:
+            return self.strings(count)
+        if subtype == _V.ARRAY:
+            return [self.array(key) for _ in range(count)]
+        dtype = _NP_DTYPES[self.vtype(subtype, key)]
+        return np.frombuffer(self.raw(count * dtype.itemsize), dtype=dtype)  # read-only, owns bytes
+
+    def vtype(self, vtype: int, key: str) -> GGUFValueType:
+        if vtype not in _SCALAR_FMT:
+            raise InputError(f"{self.path}: unknown GGUF value type {vtype} in KV {key!r}")
+        return GGUFValueType(vtype)
+
+    def strings(self, count: int) -> list[str]:
+        # Inlined loop: a 128k-entry token list decodes in well under a second.
+        buf, pos, size, out = self.buf, self.pos, len(self.buf), []
+        for _ in range(count):
+            (n,) = _U64.unpack_from(buf, pos)
+            if pos + 8 + n > size:
+                raise _Truncated
+            out.append(buf[pos + 8:pos + 8 + n].decode("utf-8"))
+            pos += 8 + n
+        self.pos = pos
+        return out
+
+    def tensor_info(self) -> tuple[str, tuple[int, ...], int, int]:
+        name = self.string()
+        (n_dims,) = self.unpack("<I")
+        if n_dims > MAX_DIMS:
+            raise InputError(f"{self.path}: tensor {name!r} has {n_dims} dims, GGUF allows 4")
+        dims = self.unpack(f"<{n_dims}Q")
+        ggml_type, offset = self.unpack("<IQ")
+        return name, tuple(reversed(dims)), ggml_type, offset
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """Read and check a GGUF header (tensor data is not read; see `tensor_bytes`).
+
+    Every tensor's size is derived with `tensor_nbytes` (I2_S/TL1/TL2 aware), its offset must be
+    the running padded sum, as llama.cpp requires, and its data must lie inside the file.
+    Raises InputError with a one-line message on any malformed or truncated file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != GGUF_MAGIC:
+                raise InputError(f"{path}: not a GGUF file (bad magic)")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                h = _Header(buf, path)
+                h.pos = 4
+                return _parse(h, len(buf))
+    except (_Truncated, struct.error):
+        raise InputError(f"{path}: truncated GGUF header") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: invalid UTF-8 in GGUF header") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def _parse(h: _Header, size: int) -> GGUFFile:
+    path = h.path
+    (version,) = h.unpack("<I")
+    if version > 0xFFFF and version & 0xFFFF == 0:  # a small number in the wrong byte order
+        raise InputError(f"{path}: big-endian GGUF files are not supported")
+    if version not in (2, 3):  # v2 and v3 share this layout; v3 only added big-endian files
+        raise InputError(f"{path}: unsupported GGUF version {version} "
+                         f"(bitconv reads versions 2 and 3)")
+    n_tensors, n_kv = h.unpack("<QQ")
+    kvs: dict[str, Any] = {}
+    kv_types: dict[str, GGUFValueType] = {}
+    for _ in range(n_kv):
+        key = h.string()
+        (vtype,) = h.unpack("<I")
+        if key in kvs:
+            raise InputError(f"{path}: duplicate KV key {key!r}")
+        kvs[key] = h.value(vtype, key)
+        kv_types[key] = GGUFValueType(vtype)
+    alignment = kvs.get("general.alignment", DEFAULT_ALIGNMENT)
+    if (kv_types.get("general.alignment", _V.UINT32) != _V.UINT32
+            or alignment <= 0 or alignment & (alignment - 1)):
+        raise InputError(f"{path}: general.alignment must be a power-of-two UINT32, "
+                         f"got {alignment!r}")
+    infos = [h.tensor_info() for _ in range(n_tensors)]
+    data_offset = _pad_to(h.pos, alignment)
+    if (dup := _first_duplicate(name for name, *_ in infos)) is not None:
+        raise InputError(f"{path}: duplicate tensor name {dup!r}")
+    tensors: list[GGUFTensor] = []
+    expected = 0
+    for name, shape, ggml_type, offset in infos:
+        try:
+            nbytes = tensor_nbytes(ggml_type, shape)
+        except InputError as e:
+            raise InputError(f"{path}: tensor {name!r}: {e}") from None
+        if offset != expected:
+            raise InputError(f"{path}: tensor {name!r} has offset {offset}, expected {expected}")
+        end = data_offset + offset + nbytes
+        if end > size:
+            raise InputError(f"{path}: truncated: tensor {name!r} ends at byte {end}, "
+                             f"file has {size}")
+        tensors.append(GGUFTensor(name, ggml_type, shape, data_offset + offset, nbytes))
+        expected += _pad_to(nbytes, alignment)
+    return GGUFFile(path, version, alignment, kvs, kv_types, tuple(tensors), data_offset, size)
+
+
+def tensor_bytes(gf: GGUFFile, t: GGUFTensor) -> npt.NDArray[np.uint8]:
+    """A read-only uint8 memmap of one tensor's bytes (nothing is read until it is used)."""
+    if t.nbytes == 0:
+        empty = np.zeros(0, np.uint8)
+        empty.flags.writeable = False
+        return empty
+    return np.memmap(gf.path, dtype=np.uint8, mode="r", offset=t.offset, shape=(t.nbytes,))
+
+
+def tensor_array(gf: GGUFFile, t: GGUFTensor) -> npt.NDArray[Any]:
+    """A read-only typed view of an F32, F16 or I8 tensor, in numpy order `t.shape`."""
+    dtype = _ARRAY_DTYPES.get(t.ggml_type)
+    if dtype is None:
+        raise InputError(f"{gf.path}: tensor {t.name!r} is {TYPE_NAMES[t.ggml_type]}; "
+                         f"only F32, F16 and I8 tensors can be read as arrays")
+    return tensor_bytes(gf, t).view(dtype).reshape(t.shape)
