@@ -111,6 +111,42 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
         raise VerifyError(report.first_failure)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, path_type=str))
+@click.option("--tokens", "token_list", required=True,
+              help="Comma-separated token ids, e.g. 1,15043,3186.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True,
+              help="Output .npy file: float32 logits, shape (positions, vocab).")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def logits(model: str, token_list: str, out: str, force: bool) -> None:
+    """Save the exact-mode logits of MODEL (a GGUF file or checkpoint directory) for every
+    position of a token sequence, to compare bitconv with another engine on the same ids.
+
+    \b
+    Example:
+      bitconv logits model-i2s.gguf --tokens 768,72,101 -o ours.npy
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    from bitconv.errors import InputError
+    from bitconv.outputs import atomic_output
+    from bitconv.runtime.model import Model
+    from bitconv.runtime.weights import load_any
+
+    try:
+        ids = np.array([int(t) for t in token_list.split(",")], dtype=np.int64)
+    except ValueError:
+        raise click.BadParameter("expected comma-separated integers", param_hint="--tokens")
+    if not Path(out).suffix == ".npy":
+        raise InputError(f"{out}: the output must be a .npy file")
+    result = Model(load_any(model)).forward(ids)
+    with atomic_output(Path(out), force) as f:
+        np.save(f, result.astype(np.float32))
+    click.echo(out)
+
+
 @cli.command(name="make-fixture", hidden=False)
 @click.argument("name")
 @click.argument("dst", type=click.Path(file_okay=False))

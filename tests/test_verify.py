@@ -142,3 +142,19 @@ def test_packed_file_runs_like_its_source_incrementally(fixtures_root, tmp_path)
     c = Cache()
     steps = np.concatenate([m.forward(ids[i:i + 1], c) for i in range(len(ids))])
     np.testing.assert_allclose(steps, full, rtol=0, atol=1e-5 * np.abs(full).max())
+
+
+def test_logits_command_saves_the_same_logits_from_file_and_source(fixtures_root, tmp_path):
+    name = "bitnet_b1_58-large"
+    out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    for model, dst in ((out, a), (fixtures_root / name, b)):
+        r = CliRunner().invoke(cli, ["logits", str(model), "--tokens", "1,300,7,42", "-o", str(dst)])
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == f"{dst}\n"
+    la, lb = np.load(a), np.load(b)
+    assert la.shape == (4, 512) and la.dtype == np.float32
+    assert np.array_equal(la, lb)
+    r = CliRunner().invoke(cli, ["logits", str(out), "--tokens", "1,9999", "-o", str(tmp_path / "c.npy")])
+    assert r.exit_code == 1 and r.stderr == "Error: token id out of range 0..511\n"
+    assert not (tmp_path / "c.npy").exists()

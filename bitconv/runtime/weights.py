@@ -59,6 +59,11 @@ def load_gguf(path: str | Path) -> Weights:
     return Weights(dict(gf.kvs), tensors, tuple(t.name for t in gf.tensors))
 
 
+def load_any(path: str | Path) -> Weights:
+    """A GGUF file or a checkpoint directory."""
+    return load_checkpoint_weights(path) if Path(path).is_dir() else load_gguf(path)
+
+
 def load_checkpoint_weights(src: str | Path, scale_rule: ternary.ScaleRule | None = None,
                             format: str = "i2s") -> Weights:
     """What `pack` would write for `src`, unpacked: the reference a packed file must equal."""
