@@ -6,7 +6,6 @@ stays near one chunk whatever the model size.
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from bitconv.formats import get_format
 from bitconv.gguf_io import F16, F32, GGUFWriter, TensorInfo, tensor_nbytes
 from bitconv.outputs import atomic_output, check_writable
 from bitconv.safetensors_io import MappedFiles, to_float32
-from bitconv.tokenizer import tokenizer_kvs
+from bitconv.tokenizer import pre_tokenizer, tokenizer_kvs
 from bitconv.types import KV
 
 CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per row chunk
@@ -107,10 +106,17 @@ def _check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ternary.Scal
     with MappedFiles() as mf:
         for t in items:
             if t.scale_source:
-                ref = ck.ref(t.scale_source)
-                value = float(to_float32(mf.view(ref), ref.dtype).reshape(-1)[0])
-                mf.release(ref)
-                ternary.multiplier_from_scale(t.scale_source, value, rule, checked)
+                _multiplier(ck, mf, t, rule, checked)
+
+
+def _multiplier(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
+                checked: bool) -> np.float32:
+    """The multiplier of an HF-packed tensor, from its one-element weight_scale."""
+    assert t.scale_source is not None
+    ref = ck.ref(t.scale_source)
+    value = float(to_float32(mf.view(ref), ref.dtype).reshape(-1)[0])
+    mf.release(ref)
+    return ternary.multiplier_from_scale(t.scale_source, value, rule, checked)
 
 
 def metadata(ck: Checkpoint, fam: Family, codec: ModuleType) -> list[KV]:
@@ -120,23 +126,7 @@ def metadata(ck: Checkpoint, fam: Family, codec: ModuleType) -> list[KV]:
            KV("general.file_type", T.UINT32, codec.SPEC.file_type),
            KV("general.quantization_version", T.UINT32, 2)]
     kvs += hparam_kvs(ck.config, fam.arch) + fam.extra_kvs(ck.config, fam.arch)
-    return kvs + tokenizer_kvs(ck.path, ck.config["vocab_size"], _pre_tokenizer(ck.path))
-
-
-def _pre_tokenizer(path: Path) -> str | None:
-    """llama.cpp's pre-tokenizer name; our writer sets it instead of hashing (DESIGN.md §5b).
-    Only Llama-3 vocabularies are mapped so far: others are refused rather than mislabelled."""
-    tj = path / "tokenizer.json"
-    if (path / "tokenizer.model").is_file() or not tj.is_file():
-        return None
-    try:
-        added = {t["content"] for t in json.loads(tj.read_text(encoding="utf-8"))["added_tokens"]}
-    except (ValueError, KeyError, TypeError):
-        raise InputError(f"{tj}: malformed tokenizer.json") from None
-    if "<|begin_of_text|>" in added:
-        return "llama-bpe"
-    raise InputError(f"{tj}: not a Llama-3 vocabulary; bitconv cannot name its llama.cpp "
-                     "pre-tokenizer yet")
+    return kvs + tokenizer_kvs(ck.path, ck.config["vocab_size"], pre_tokenizer(ck.path))
 
 
 def _row_chunks(rows: int, cols: int, multiple: int = 1) -> Iterator[slice]:
@@ -168,9 +158,7 @@ def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: terna
     out_f, in_f = t.shape
     head = out_f // t.heads if t.heads else 1
     if t.scale_source:
-        sref = ck.ref(t.scale_source)
-        scale = float(to_float32(mf.view(sref), sref.dtype).reshape(-1)[0])
-        m = ternary.multiplier_from_scale(t.scale_source, scale, rule, checked)
+        m = _multiplier(ck, mf, t, rule, checked)
         packed = mf.view(ref)
         chunks = (ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)
                   for rs in _row_chunks(out_f, in_f, head))

@@ -49,6 +49,22 @@ def tokenizer_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
     raise InputError(f"{src}: no tokenizer.model or tokenizer.json")
 
 
+def pre_tokenizer(path: Path) -> str | None:
+    """llama.cpp's pre-tokenizer name; our writer sets it instead of hashing (DESIGN.md §5b).
+    Only Llama-3 vocabularies are mapped so far: others are refused rather than mislabelled."""
+    tj = path / "tokenizer.json"
+    if (path / "tokenizer.model").is_file() or not tj.is_file():
+        return None
+    try:
+        added = {t["content"] for t in json.loads(tj.read_text(encoding="utf-8"))["added_tokens"]}
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{tj}: malformed tokenizer.json") from None
+    if "<|begin_of_text|>" in added:
+        return "llama-bpe"
+    raise InputError(f"{tj}: not a Llama-3 vocabulary; bitconv cannot name its llama.cpp "
+                     "pre-tokenizer yet")
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         return None
