@@ -126,25 +126,15 @@ def logits(model: str, token_list: str, out: str, force: bool) -> None:
     Example:
       bitconv logits model-i2s.gguf --tokens 768,72,101 -o ours.npy
     """
-    from pathlib import Path
-
     import numpy as np
 
-    from bitconv.errors import InputError
-    from bitconv.outputs import atomic_output
-    from bitconv.runtime.model import Model
-    from bitconv.runtime.weights import load_any
+    from bitconv.logits import save_logits
 
     try:
         ids = np.array([int(t) for t in token_list.split(",")], dtype=np.int64)
     except ValueError:
         raise click.BadParameter("expected comma-separated integers", param_hint="--tokens")
-    if not Path(out).suffix == ".npy":
-        raise InputError(f"{out}: the output must be a .npy file")
-    result = Model(load_any(model)).forward(ids)
-    with atomic_output(Path(out), force) as f:
-        np.save(f, result.astype(np.float32))
-    click.echo(out)
+    click.echo(str(save_logits(model, ids, out, force)))
 
 
 @cli.command(name="make-fixture", hidden=False)

@@ -1,0 +1,28 @@
+"""Stage `logits`: a model (GGUF file or checkpoint directory) + token ids -> float32 .npy.
+
+Lets anyone compare bitconv with another engine on the same ids (exact mode).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from bitconv.errors import InputError
+from bitconv.outputs import atomic_output, check_writable
+from bitconv.runtime.model import Model
+from bitconv.runtime.weights import load_any
+
+
+def save_logits(model: str | Path, ids: npt.NDArray[np.integer], out: str | Path,
+                force: bool = False) -> Path:
+    """Write the logits of every position, shape (len(ids), vocab), to the .npy file `out`."""
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise InputError(f"{out}: the output must be a .npy file")
+    check_writable(out, force)  # before loading the model, not after
+    result = Model(load_any(model)).forward(ids)
+    with atomic_output(out, force) as f:
+        np.save(f, result.astype(np.float32))
+    return out
