@@ -6,6 +6,7 @@ stays near one chunk whatever the model size.
 """
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,29 +76,57 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
                 codec.check_shape(t.shape)
             except PackError as e:
                 raise PackError(f"{t.source}: {e}") from None
-    gtype = {"f32": F32, "f16": F16, "ternary": codec.SPEC.ggml_type}
-    infos = [TensorInfo(t.gguf_name, t.shape, gtype[t.kind],
-                        codec.nbytes(t.shape) if t.kind == "ternary"
-                        else tensor_nbytes(gtype[t.kind], t.shape)) for t in items]
+    infos = [tensor_parts(codec, t) for t in items]
+    # a format's extra file (e.g. TL kernel configuration) goes beside `out`, under the same rules
+    extra = codec.sidecar([(t.gguf_name, t.shape) for t in items if t.kind == "ternary"])
+    side = out.with_name(out.name + extra[0]) if extra else out
+    check_writable(side, force)
     kvs = metadata(ck, fam, codec)
     rule = scale_rule or ternary.scale_rule(dict(ck.config))
     _check_scales(ck, items, rule, scale_rule is None)
-    total = sum(i.nbytes for i in infos)
+    flat = [i for group in infos for i in group]
+    total = sum(i.nbytes for i in flat)
     with atomic_output(out, force) as f, MappedFiles() as mf, \
             tqdm(total=total, unit="B", unit_scale=True, desc=f"pack {format}", file=sys.stderr,
                  disable=not progress, leave=False) as bar:
-        w = GGUFWriter(f, kvs, infos)
-        for t, info in zip(items, infos):
+        w = GGUFWriter(f, kvs, flat)
+        for t, group in zip(items, infos):
             bar.set_postfix_str(t.gguf_name, refresh=False)
-            chunks = (_ternary_chunks(ck, mf, t, codec, rule, scale_rule is None)
+            chunks = (codec.encode(*ternary_codes(ck, mf, t, rule, scale_rule is None,
+                                                   codec.SPEC.row_multiple))
                       if t.kind == "ternary" else dense_chunks(ck, mf, t))
-            for chunk in chunks:
-                w.write(chunk)
-            w.end_tensor()
+            _write_parts(w, group, chunks)
             mf.release(ck.ref(t.source))
-            bar.update(info.nbytes)
+            bar.update(sum(i.nbytes for i in group))
         w.close()
+    if extra is not None:
+        with atomic_output(side, force) as f:
+            f.write(extra[1])
     return PackResult(out, format, fam.name, len(items), total)
+
+
+def tensor_parts(codec: ModuleType, t: PlannedTensor) -> list[TensorInfo]:
+    """The GGUF tensors planned tensor `t` becomes: a ternary weight may bring companions."""
+    if t.kind == "ternary":
+        return [TensorInfo(p.name, p.shape, p.ggml_type, p.nbytes)
+                for p in codec.parts(t.gguf_name, t.shape)]
+    gtype = F16 if t.kind == "f16" else F32
+    return [TensorInfo(t.gguf_name, t.shape, gtype, tensor_nbytes(gtype, t.shape))]
+
+
+def _write_parts(w: GGUFWriter, group: list[TensorInfo], chunks: Iterator[npt.NDArray]) -> None:
+    """Write byte chunks into the group's tensors in order, closing each when it is full
+    (codecs never yield a chunk that straddles two parts)."""
+    it = iter(group)
+    part, done = next(it), 0
+    for chunk in chunks:
+        w.write(chunk)
+        done += chunk.nbytes
+        if done == part.nbytes:
+            w.end_tensor()
+            part, done = next(it, part), 0
+    if done:
+        raise PackError(f"{part.name}: codec wrote {done} of {part.nbytes} bytes")  # a codec bug
 
 
 def _check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ternary.ScaleRule,
@@ -150,18 +179,20 @@ def dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor) -> Iterator[
 
 
 def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
-                  checked: bool = True) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
+                  checked: bool = True, row_multiple: int = 1
+                  ) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
     """The multiplier of planned tensor `t` and an iterator over its codes in row chunks (whole
     heads when q/k are permuted), in GGUF row order. Packed sources are unpacked and checked,
     never re-quantized; latent ones take a first pass for the absmean."""
     ref = ck.ref(t.source)
     out_f, in_f = t.shape
     head = out_f // t.heads if t.heads else 1
+    step = math.lcm(head, row_multiple)  # whole heads to permute, whole row tiles to pack
     if t.scale_source:
         m = _multiplier(ck, mf, t, rule, checked)
         packed = mf.view(ref)
         chunks = (ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)
-                  for rs in _row_chunks(out_f, in_f, head))
+                  for rs in _row_chunks(out_f, in_f, step))
     else:
         scan = ternary.AbsmeanScan(t.source)
         for rs in _row_chunks(out_f, in_f):
@@ -170,20 +201,12 @@ def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: terna
         m, already = scan.result()
 
         def latent() -> Iterator[npt.NDArray[np.int8]]:
-            for rs in _row_chunks(out_f, in_f, head):
+            for rs in _row_chunks(out_f, in_f, step):
                 w = to_float32(mf.view(ref, rs), ref.dtype)
                 yield ternary.ternarize_chunk(w, m, already, t.source)
                 mf.release(ref, rs)
         chunks = latent()
     return m, (_permute(c, head) if t.heads else c for c in chunks)
-
-
-def _ternary_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, codec: ModuleType,
-                    rule: ternary.ScaleRule, checked: bool) -> Iterator[npt.NDArray[np.uint8]]:
-    m, codes = ternary_codes(ck, mf, t, rule, checked)
-    for c in codes:
-        yield codec.pack_body(c)
-    yield codec.pack_tail(m)
 
 
 def _permute(rows: npt.NDArray, head_dim: int) -> npt.NDArray:

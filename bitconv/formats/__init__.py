@@ -1,14 +1,25 @@
 """Registry of packed layouts: one codec module per format, looked up by its `--format` name.
 
-Every codec module exposes the same surface (later formats follow this contract):
+Every codec module exposes the same surface; `pack`, the readers, `inspect` and `verify` use
+nothing else, so a new format needs no code outside its module and this registry:
 
-    SPEC                                   FormatSpec: name, ggml/file type ids, block geometry
-    check_shape(shape) -> None             PackError if (out_features, in_features) cannot be packed
-    nbytes(shape) -> int                   size of one packed tensor's data
-    pack_body(codes) -> uint8 array        whole-row chunk of int8 codes -> body bytes (streamable)
-    pack_tail(multiplier) -> uint8 array   the per-tensor bytes after the body
-    pack(codes, multiplier) -> uint8 array body + tail, length nbytes(codes.shape)
-    unpack(data, shape) -> (codes, multiplier)   the inverse; InputError on malformed data
+    SPEC                                    FormatSpec: name, ggml/file type ids, block geometry
+    check_shape(shape) -> None              PackError if (out_features, in_features) cannot be packed
+    parts(name, shape) -> tuple[Part, ...]  the stored tensors one weight becomes, weight first
+    encode(multiplier, chunks) -> Iterator[uint8 array]
+                                            row chunks of int8 codes (row counts a multiple of
+                                            SPEC.row_multiple) -> the bytes of every part in
+                                            order; no yielded array straddles two parts
+    decode(datas, shape) -> (codes, multiplier)
+                                            the inverse, given each part's bytes in parts() order;
+                                            InputError on malformed data
+    sidecar(weights) -> (suffix, bytes) | None
+                                            an extra file written next to the output (a kernel
+                                            configuration), from [(name, shape)] of every weight
+
+plus the format's own helpers (i2s: nbytes, pack, unpack, ...). Several codecs may share a
+ggml type (a lossless variant with a companion scale tensor): a reader picks the one whose
+companion parts are present (`codec_for`).
 
 Each format has a normative spec at formats/<name>.md and tests at tests/test_<name>.py.
 """
@@ -30,3 +41,17 @@ def get_format(name: str) -> ModuleType:
         raise PackError(
             f"unknown format {name!r}; choose one of: {', '.join(sorted(FORMATS))}"
         ) from None
+
+
+def codec_for(ggml_type: int, name: str, shape: tuple[int, int],
+              present: set[str]) -> ModuleType | None:
+    """The codec that wrote weight `name` of this ggml type: among the codecs of that type, the
+    one with the most parts whose companion tensors all exist in the file; None if no codec."""
+    best: tuple[int, ModuleType] | None = None
+    for codec in FORMATS.values():
+        if codec.SPEC.ggml_type != ggml_type or codec.SPEC.container != "gguf":
+            continue
+        parts = codec.parts(name, shape)
+        if all(p.name in present for p in parts[1:]) and (best is None or len(parts) > best[0]):
+            best = (len(parts), codec)
+    return best[1] if best else None

@@ -1,4 +1,5 @@
-"""What every packed layout declares about itself: ids and block geometry, in one place."""
+"""What every packed layout declares about itself (ids, block geometry) and the GGUF tensors one
+ternary weight becomes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,12 +9,15 @@ from dataclasses import dataclass
 class FormatSpec:
     """Identity and geometry of one packed layout.
 
-    name:        the `--format` value, the codec module's name, the spec's stem (formats/<name>.md).
-    ggml_type:   the ggml tensor type id written in GGUF tensor infos.
-    file_type:   the `general.file_type` (llama ftype) a model packed in this layout carries.
-    block_elems: ternary elements per block; in_features must be a multiple of it.
-    block_bytes: packed bytes per block.
-    tail_bytes:  bytes appended once per tensor after the blocks (e.g. a scale), 0 if none.
+    name:         the `--format` value, the codec module's name, the spec's stem (formats/<name>.md).
+    ggml_type:    the ggml tensor type id written in GGUF tensor infos.
+    file_type:    the `general.file_type` (llama ftype) a model packed in this layout carries.
+    block_elems:  ternary elements per block; in_features must be a multiple of it.
+    block_bytes:  packed bytes per block.
+    tail_bytes:   bytes appended once per tensor after the blocks (e.g. a scale), 0 if none.
+    row_multiple: rows per streamed chunk must be a multiple of this (row tiles), 1 if free.
+    lossless:     every float32 multiplier survives exactly (False: e.g. an fp16 block scale).
+    container:    "gguf", or "safetensors" for the transformers export.
     """
 
     name: str
@@ -22,3 +26,17 @@ class FormatSpec:
     block_elems: int
     block_bytes: int
     tail_bytes: int
+    row_multiple: int = 1
+    lossless: bool = True
+    container: str = "gguf"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One stored tensor that a packed ternary weight becomes: the weight itself (always first,
+    under the weight's own name) and any companions, such as a separate F32 scale tensor."""
+
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]  # numpy order
+    nbytes: int

@@ -6,11 +6,13 @@ ggml/include/ggml.h L393-396 and include/llama.h L176-181.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats.base import FormatSpec
+from bitconv.formats.base import FormatSpec, Part
 
 SPEC = FormatSpec(
     name="i2s", ggml_type=36, file_type=40, block_elems=128, block_bytes=32, tail_bytes=32
@@ -149,3 +151,26 @@ def unpack(
     q -= 1                                                   # 0 wraps to 255, i.e. int8 -1
     multiplier = np.frombuffer(data[n_body : n_body + 4].tobytes(), dtype="<f4")[0]
     return q.view(np.int8).reshape(shape), np.float32(multiplier)
+
+
+# --- the registry contract (bitconv/formats/__init__.py) ---
+
+def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
+    """I2_S is one tensor: the scale lives in the tail, never in a separate tensor."""
+    return (Part(name, SPEC.ggml_type, (int(shape[0]), int(shape[1])), nbytes(shape)),)
+
+
+def encode(multiplier: float | np.float32,
+           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
+    for c in chunks:
+        yield pack_body(c)
+    yield pack_tail(multiplier)
+
+
+def decode(datas: Sequence[npt.NDArray[np.uint8]],
+           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
+    return unpack(datas[0], shape)
+
+
+def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
+    return None

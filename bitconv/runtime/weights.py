@@ -20,7 +20,7 @@ from bitconv.checkpoint import load_checkpoint
 from bitconv.errors import InputError
 from bitconv.families import detect
 from bitconv.families.base import plan
-from bitconv.formats import FORMATS, get_format
+from bitconv.formats import codec_for, get_format
 from bitconv.gguf_io import F16, F32, TYPE_NAMES
 from bitconv.gguf_reader import read_gguf, tensor_array, tensor_bytes
 from bitconv.pack import dense_chunks, metadata, ternary_codes
@@ -40,23 +40,34 @@ class Weights:
 
 
 def load_gguf(path: str | Path) -> Weights:
-    """Unpack every tensor of a packed GGUF through the format registry."""
+    """Unpack every tensor of a packed GGUF through the format registry; a weight's companion
+    tensors (e.g. a separate scale) are folded into its TernaryTensor."""
     gf = read_gguf(path)
-    by_type = {m.SPEC.ggml_type: m for m in FORMATS.values()}
+    by_name = {t.name: t for t in gf.tensors}
     tensors: dict[str, Tensor] = {}
+    companions: set[str] = set()
     for t in gf.tensors:
+        if t.name in companions:
+            continue
         if t.ggml_type in (F32, F16):
             tensors[t.name] = np.array(tensor_array(gf, t), dtype=np.float32)
-        elif t.ggml_type in by_type:
-            try:
-                codes, m = by_type[t.ggml_type].unpack(np.asarray(tensor_bytes(gf, t)), t.shape)
-            except InputError as e:
-                raise InputError(f"{t.name}: {e}") from None
-            tensors[t.name] = TernaryTensor(t.name, codes, np.float32(m))
-        else:
+            continue
+        codec = codec_for(t.ggml_type, t.name, t.shape, set(by_name))
+        if codec is None:
             name = TYPE_NAMES.get(t.ggml_type, str(t.ggml_type))
             raise InputError(f"{path}: tensor {t.name!r} has type {name}, which bitconv cannot run")
-    return Weights(dict(gf.kvs), tensors, tuple(t.name for t in gf.tensors))
+        parts = codec.parts(t.name, t.shape)
+        companions.update(p.name for p in parts[1:])
+        datas = [np.asarray(tensor_bytes(gf, by_name[p.name])) for p in parts]
+        try:
+            codes, m = codec.decode(datas, t.shape)
+        except InputError as e:
+            raise InputError(f"{t.name}: {e}") from None
+        tensors[t.name] = TernaryTensor(t.name, codes, np.float32(m))
+    for name in companions:
+        tensors.pop(name, None)  # a companion stored before its weight was loaded as dense
+    order = tuple(t.name for t in gf.tensors if t.name not in companions)
+    return Weights(dict(gf.kvs), tensors, order)
 
 
 def load_any(path: str | Path) -> Weights:
