@@ -206,10 +206,10 @@ def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: terna
                 yield ternary.ternarize_chunk(w, m, already, t.source)
                 mf.release(ref, rs)
         chunks = latent()
-    return m, (_permute(c, head) if t.heads else c for c in chunks)
+    return m, (permute_heads(c, head) if t.heads else c for c in chunks)
 
 
-def _permute(rows: npt.NDArray, head_dim: int) -> npt.NDArray:
+def permute_heads(rows: npt.NDArray, head_dim: int) -> npt.NDArray:
     """HF rotate_half order -> GGUF llama interleaved order, per head (llama.cpp LlamaModel.permute):
     rows (h, 2, d/2) of each head become (h, d/2, 2)."""
     n = rows.shape[0] // head_dim

@@ -18,7 +18,7 @@ import numpy as np
 from bitconv import ternary
 from bitconv.errors import InputError
 from bitconv.runtime.model import Model
-from bitconv.runtime.weights import Weights, load_checkpoint_weights, load_gguf
+from bitconv.runtime.weights import Weights, has_latent, load_checkpoint_weights, load_gguf
 from bitconv.types import TernaryTensor
 
 
@@ -27,6 +27,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    info: bool = False  # reported, never a failure
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Report:
         return f"{self.path}: {c.name}: {c.detail}"
 
     def to_text(self) -> str:
-        return "\n".join(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<10} {c.detail}" for c in self.checks)
+        return "\n".join(f"{'info' if c.info else 'ok  ' if c.ok else 'FAIL'}  {c.name:<10} {c.detail}" for c in self.checks)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
@@ -57,8 +58,15 @@ def fixed_tokens(n: int, vocab: int) -> np.ndarray:
 
 
 def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int = 16,
-           scale_rule: ternary.ScaleRule | None = None) -> Report:
+           scale_rule: ternary.ScaleRule | None = None, mode: str = "exact",
+           drift: bool = True) -> Report:
     """Check `packed` against `source`; without a source only the container and codecs are checked.
+
+    Memory stays near the largest tensor: weights are lazy and both models run with keep=False.
+    `mode` selects the BitLinear numerics of the logits check (runtime/bitlinear.py); file and
+    source must agree bit for bit in any mode. `drift` adds, where the source has unquantized
+    latent weights, how far the ternary model's logits are from the float model's (information,
+    never a failure).
 
     Example:
         >>> verify("m-i2s.gguf", source="bitnet-b1.58-2B-4T").ok
@@ -67,9 +75,9 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
     checks: list[Check] = []
     try:
         got = load_gguf(packed)
+        n_t = sum(isinstance(got.tensors[n], TernaryTensor) for n in got.order)  # decodes each
     except InputError as e:
         return Report(str(packed), _s(source), (Check("container", False, str(e)),))
-    n_t = sum(isinstance(t, TernaryTensor) for t in got.tensors.values())
     checks.append(Check("container", True, f"{len(got.order)} tensors parse and unpack "
                                            f"({n_t} ternary)"))
     if source is None:
@@ -80,7 +88,9 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
         checks.append(Check(name, problem is None, problem or _ok_detail(name, ref)))
         if problem:
             return Report(str(packed), _s(source), tuple(checks))
-    checks.append(_logits(got, ref, tokens))
+    checks.append(_logits(got, ref, tokens, mode))
+    if drift and checks[-1].ok:
+        checks.append(_drift(source, ref, tokens))
     return Report(str(packed), _s(source), tuple(checks))
 
 
@@ -143,15 +153,30 @@ def _at(order: tuple[str, ...], i: int) -> str:
     return repr(order[i]) if i < len(order) else "absent"
 
 
-def _logits(got: Weights, ref: Weights, n: int) -> Check:
+def _logits(got: Weights, ref: Weights, n: int, mode: str) -> Check:
     try:
-        model_got = Model(got)
+        model_got = Model(got, mode, keep=False)
     except InputError as e:
         return Check("logits", False, str(e))
     ids = fixed_tokens(n, model_got.spec.vocab)
-    a, b = model_got.forward(ids), Model(ref).forward(ids)
+    a, b = model_got.forward(ids), Model(ref, mode, keep=False).forward(ids)
     if np.array_equal(a, b):
-        return Check("logits", True, f"{n} positions x {a.shape[1]} logits bit-identical (exact mode)")
+        return Check("logits", True, f"{n} positions x {a.shape[1]} logits bit-identical ({mode} mode)")
     pos = int(np.argmax((a != b).any(axis=1)))
     return Check("logits", False, f"first difference at position {pos} "
                                   f"(max |delta| {float(np.abs(a - b).max()):.3g})")
+
+
+def _drift(source: str | Path, ref: Weights, n: int) -> Check:
+    """Ternary (exact mode) vs unquantized latent weights: max |Δlogit| relative to max |logit|,
+    and how often the top-1 token agrees. Information only: ternarization is meant to differ."""
+    if not has_latent(source):
+        return Check("drift", True, "no latent weights in the source (it is already ternary)",
+                     info=True)
+    ids = fixed_tokens(n, int(len(ref.kvs["tokenizer.ggml.tokens"])))
+    f = Model(load_checkpoint_weights(source, latent=True), keep=False).forward(ids)
+    t = Model(ref, keep=False).forward(ids)
+    rel = float(np.abs(t - f).max() / max(float(np.abs(f).max()), 1e-30))
+    top1 = float((t.argmax(1) == f.argmax(1)).mean())
+    return Check("drift", True, f"vs latent float weights: max |delta| {rel:.3g} of max |logit|, "
+                                f"top-1 agrees at {top1:.0%} of {n} positions", info=True)

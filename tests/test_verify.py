@@ -26,7 +26,8 @@ def test_verify_passes_on_every_family(name, fixtures_root, tmp_path):
     assert r.exit_code == 0, r.stdout + r.stderr
     assert r.stderr == ""
     assert [line.split()[:2] for line in r.stdout.splitlines()] == [
-        ["ok", "container"], ["ok", "metadata"], ["ok", "tensors"], ["ok", "logits"]]
+        ["ok", "container"], ["ok", "metadata"], ["ok", "tensors"], ["ok", "logits"],
+        ["info", "drift"]]
 
 
 def test_verify_json(fixtures_root, tmp_path):
@@ -36,7 +37,7 @@ def test_verify_json(fixtures_root, tmp_path):
     r = run_verify(out, fixtures_root / name, "--json")
     d = json.loads(r.stdout)
     assert d["ok"] is True and [c["name"] for c in d["checks"]] == ["container", "metadata",
-                                                                    "tensors", "logits"]
+                                                                    "tensors", "logits", "drift"]
 
 
 def test_a_packed_file_from_another_source_fails(fixtures_root, tmp_path):

@@ -1,4 +1,4 @@
-"""One forward pass for every family, in float32 numpy (DESIGN.md §5, `exact` mode).
+"""One forward pass for every family, in float32 numpy (DESIGN.md §5).
 
 Per layer (llama-cpp.md §4.3, hf.md §1.6):
     h = rmsnorm(x)·attn_norm;  q,k,v = BitLinear(h);  RoPE;  causal GQA attention
@@ -10,9 +10,7 @@ act: ReLU² for `bitnet-b1.58` (2B4T), SiLU for `bitnet` (1bitLLM) and `llama`.
 RoPE: NEOX halves for the bitnet archs; adjacent pairs for `llama`, whose q/k rows the GGUF
 stores permuted (so both compute HF's rotate_half on the original rows).
 
-BitLinear, exact mode: per-token s = 127 / max(|x|, 1e-5), q = clip(round_half_even(x·s), -128,
-127), y = (q @ codesᵀ) / s · multiplier. q @ codesᵀ runs in float32 BLAS on integers whose sums
-stay below 2^24, so it is exact and fast.
+BitLinear and its modes (exact, bitnet.cpp, llama.cpp): runtime/bitlinear.py.
 """
 from __future__ import annotations
 
@@ -23,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
+from bitconv.runtime.bitlinear import bitlinear, check_mode
 from bitconv.runtime.weights import Weights
 from bitconv.types import TernaryTensor
 
@@ -74,16 +73,38 @@ class Cache:
 
 
 class Model:
-    """A loaded model; weights are held as float32 codes for BLAS (4 bytes per parameter)."""
+    """A runnable model over (lazy) Weights, in one of the BitLinear modes (runtime/bitlinear.py).
 
-    def __init__(self, weights: Weights) -> None:
+    keep=True caches every linear's codes as float32 for BLAS (4 bytes per parameter: fast
+    repeated decoding); keep=False converts each layer's codes when it runs and drops them, so
+    memory stays near one tensor plus the dense ones (what `verify` uses at full size).
+    Ternary tensors run as BitLinear; a dense float tensor in their place (latent weights, for
+    drift reports) runs as a plain float32 matmul.
+
+    Modes other than `exact` also round like their engine outside the matmuls: the hidden state
+    is rounded to fp16 before the F16 LM head (both engines), and `bitnet.cpp` keeps K/V in fp16
+    and rounds Q and the attention probabilities to fp16 (its default, non-flash path;
+    bitnet-cpp.md §5.4). `llama.cpp` mode assumes an F32 KV cache and no flash attention, the
+    settings the interop tests ask llama.cpp for (llama-cpp.md §4.6).
+    """
+
+    def __init__(self, weights: Weights, mode: str = "exact", keep: bool = True) -> None:
         self.spec = Spec.of(dict(weights.kvs))
-        self.w = {n: (t.codes.astype(F32), F32(t.multiplier)) if isinstance(t, TernaryTensor)
-                  else np.asarray(t, F32) for n, t in weights.tensors.items()}
+        self.mode, self.keep = check_mode(mode), keep
+        self.weights = weights
+        self._cache: dict[str, Any] = {}
         s = self.spec
         inv = F32(1) / (F32(s.rope_base) ** (np.arange(0, s.head_dim, 2, dtype=np.int64)
                                             .astype(F32) / F32(s.head_dim)))
         self.inv_freq = inv.astype(F32)  # as HF computes it, in float32
+
+    def _dense(self, name: str) -> Array:
+        if name not in self._cache:
+            self._cache[name] = np.asarray(self.weights.tensors[name], F32)
+        return self._cache[name]
+
+    def _has(self, name: str) -> bool:
+        return name in self.weights.tensors
 
     def forward(self, ids: npt.NDArray[np.integer], cache: Cache | None = None) -> Array:
         """Logits (len(ids), vocab) for `ids` following whatever `cache` already holds."""
@@ -92,19 +113,29 @@ class Model:
         if ids.size and (ids.min() < 0 or ids.max() >= s.vocab):
             raise InputError(f"token id out of range 0..{s.vocab - 1}")
         pos0 = cache.pos
-        x = self.w["token_embd.weight"][ids]
+        x = self._dense("token_embd.weight")[ids]
         cos, sin = self._rope(pos0, len(ids))
         for i in range(s.layers):
-            x = x + self._attention(i, rmsnorm(x, self.w[f"blk.{i}.attn_norm.weight"], s.eps),
+            x = x + self._attention(i, rmsnorm(x, self._dense(f"blk.{i}.attn_norm.weight"), s.eps),
                                     cos, sin, cache)
-            x = x + self._ffn(i, rmsnorm(x, self.w[f"blk.{i}.ffn_norm.weight"], s.eps))
-        x = rmsnorm(x, self.w["output_norm.weight"], s.eps)
-        head = self.w.get("output.weight", self.w["token_embd.weight"])
+            x = x + self._ffn(i, rmsnorm(x, self._dense(f"blk.{i}.ffn_norm.weight"), s.eps))
+        x = rmsnorm(x, self._dense("output_norm.weight"), s.eps)
+        head = self._dense("output.weight" if self._has("output.weight") else "token_embd.weight")
+        if self.mode != "exact":
+            x = x.astype(np.float16).astype(F32)  # ggml's F16 x F32 matmul rounds x to fp16
         return x @ head.T
 
     def _linear(self, name: str, x: Array) -> Array:
-        codes, m = self.w[name]
-        return bitlinear(x, codes, m)
+        w = self._cache.get(name)
+        if w is None:
+            t = self.weights.tensors[name]
+            w = ((t.codes.astype(F32), F32(t.multiplier)) if isinstance(t, TernaryTensor)
+                 else np.asarray(t, F32))
+            if self.keep:
+                self._cache[name] = w
+        if isinstance(w, tuple):
+            return bitlinear(x, w[0], w[1], self.mode)
+        return x @ w.T  # latent float weights
 
     def _attention(self, i: int, h: Array, cos: Array, sin: Array, cache: Cache) -> Array:
         s, p, n = self.spec, f"blk.{i}.", h.shape[0]
@@ -112,6 +143,8 @@ class Model:
         k = self._linear(p + "attn_k.weight", h).reshape(n, s.kv_heads, s.head_dim).transpose(1, 0, 2)
         v = self._linear(p + "attn_v.weight", h).reshape(n, s.kv_heads, s.head_dim).transpose(1, 0, 2)
         q, k = self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin)
+        if self.mode == "bitnet.cpp":
+            q, k, v = _f16(q), _f16(k), _f16(v)  # fp16 KV cache; Q converted for K_f16 · Q
         if len(cache.k) > i:
             k, v = np.concatenate([cache.k[i], k], 1), np.concatenate([cache.v[i], v], 1)
             cache.k[i], cache.v[i] = k, v
@@ -126,9 +159,11 @@ class Model:
         att[:, future] = -np.inf
         att = np.exp(att - att.max(-1, keepdims=True))
         att /= att.sum(-1, keepdims=True)
+        if self.mode == "bitnet.cpp":
+            att = _f16(att)  # P converted to fp16 for V_f16 · P
         out = (att @ v).transpose(1, 0, 2).reshape(n, s.heads * s.head_dim)
-        if p + "attn_sub_norm.weight" in self.w:
-            out = rmsnorm(out, self.w[p + "attn_sub_norm.weight"], s.eps)
+        if self._has(p + "attn_sub_norm.weight"):
+            out = rmsnorm(out, self._dense(p + "attn_sub_norm.weight"), s.eps)
         return self._linear(p + "attn_output.weight", out)
 
     def _ffn(self, i: int, h: Array) -> Array:
@@ -138,8 +173,8 @@ class Model:
             a = np.square(np.maximum(g, F32(0))) * u  # ReLU²
         else:
             a = g / (F32(1) + np.exp(-g)) * u  # SiLU
-        if p + "ffn_sub_norm.weight" in self.w:
-            a = rmsnorm(a, self.w[p + "ffn_sub_norm.weight"], self.spec.eps)
+        if self._has(p + "ffn_sub_norm.weight"):
+            a = rmsnorm(a, self._dense(p + "ffn_sub_norm.weight"), self.spec.eps)
         return self._linear(p + "ffn_down.weight", a)
 
     def _rope(self, pos0: int, n: int) -> tuple[Array, Array]:
@@ -164,8 +199,5 @@ def rmsnorm(x: Array, w: Array, eps: float) -> Array:
     return (x * (F32(1) / np.sqrt(ms + F32(eps)))) * w
 
 
-def bitlinear(x: Array, codes: Array, multiplier: np.float32) -> Array:
-    """Exact-mode BitLinear: int8 per-token activations, integer dot products in float32 BLAS."""
-    s = F32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), F32(1e-5))
-    q = np.clip(np.rint(x * s), -128, 127)
-    return (q @ codes.T) / s * multiplier
+def _f16(x: Array) -> Array:
+    return x.astype(np.float16).astype(F32)

@@ -4,35 +4,55 @@ Both paths give the same form: GGUF tensor names, ternary tensors as TernaryTens
 float32 multiplier), dense tensors as float32 arrays. The checkpoint path goes through the very
 plan, ternarization and f16 rounding that `pack` uses, so a lossless packed file and its source
 load to identical weights.
+
+Tensors are lazy: each access decodes (or ternarizes) that one tensor from a memory map and
+nothing is kept, so a full-size model is never held whole; callers cache what they reuse.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv import ternary
-from bitconv.checkpoint import load_checkpoint
+from bitconv.checkpoint import Checkpoint, load_checkpoint
 from bitconv.errors import InputError
 from bitconv.families import detect
-from bitconv.families.base import plan
+from bitconv.families.base import PlannedTensor, plan
 from bitconv.formats import codec_for, get_format
 from bitconv.gguf_io import F16, F32, TYPE_NAMES
-from bitconv.gguf_reader import read_gguf, tensor_array, tensor_bytes
-from bitconv.pack import dense_chunks, metadata, ternary_codes
-from bitconv.safetensors_io import MappedFiles
+from bitconv.gguf_reader import GGUFFile, GGUFTensor, read_gguf, tensor_array, tensor_bytes
+from bitconv.pack import dense_chunks, metadata, permute_heads, ternary_codes
+from bitconv.safetensors_io import MappedFiles, to_float32
 from bitconv.types import TernaryTensor
 
 Tensor = TernaryTensor | npt.NDArray[np.float32]
 
 
+class LazyTensors(Mapping[str, Tensor]):
+    """name -> tensor, each built by its loader on every access (nothing is cached)."""
+
+    def __init__(self, loaders: dict[str, Callable[[], Tensor]]) -> None:
+        self._loaders = loaders
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._loaders[name]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
 @dataclass(frozen=True)
 class Weights:
-    """A model in memory: GGUF-style metadata and tensors by GGUF name."""
+    """A model: GGUF-style metadata and (lazy) tensors by GGUF name."""
 
     kvs: Mapping[str, Any]
     tensors: Mapping[str, Tensor]
@@ -40,34 +60,34 @@ class Weights:
 
 
 def load_gguf(path: str | Path) -> Weights:
-    """Unpack every tensor of a packed GGUF through the format registry; a weight's companion
-    tensors (e.g. a separate scale) are folded into its TernaryTensor."""
+    """Every tensor of a packed GGUF, unpacked through the format registry on access; a weight's
+    companion tensors (e.g. a separate scale) are folded into its TernaryTensor."""
     gf = read_gguf(path)
     by_name = {t.name: t for t in gf.tensors}
-    tensors: dict[str, Tensor] = {}
+    loaders: dict[str, Callable[[], Tensor]] = {}
     companions: set[str] = set()
     for t in gf.tensors:
-        if t.name in companions:
-            continue
         if t.ggml_type in (F32, F16):
-            tensors[t.name] = np.array(tensor_array(gf, t), dtype=np.float32)
+            loaders[t.name] = lambda t=t: np.array(tensor_array(gf, t), dtype=np.float32)
             continue
         codec = codec_for(t.ggml_type, t.name, t.shape, set(by_name))
         if codec is None:
             name = TYPE_NAMES.get(t.ggml_type, str(t.ggml_type))
             raise InputError(f"{path}: tensor {t.name!r} has type {name}, which bitconv cannot run")
-        parts = codec.parts(t.name, t.shape)
+        parts = [by_name[p.name] for p in codec.parts(t.name, t.shape)]
         companions.update(p.name for p in parts[1:])
-        datas = [np.asarray(tensor_bytes(gf, by_name[p.name])) for p in parts]
-        try:
-            codes, m = codec.decode(datas, t.shape)
-        except InputError as e:
-            raise InputError(f"{t.name}: {e}") from None
-        tensors[t.name] = TernaryTensor(t.name, codes, np.float32(m))
-    for name in companions:
-        tensors.pop(name, None)  # a companion stored before its weight was loaded as dense
+        loaders[t.name] = lambda t=t, codec=codec, parts=parts: _decode(gf, t, codec, parts)
     order = tuple(t.name for t in gf.tensors if t.name not in companions)
-    return Weights(dict(gf.kvs), tensors, order)
+    return Weights(dict(gf.kvs), LazyTensors({n: loaders[n] for n in order}), order)
+
+
+def _decode(gf: GGUFFile, t: GGUFTensor, codec: ModuleType,
+            parts: list[GGUFTensor]) -> TernaryTensor:
+    try:
+        codes, m = codec.decode([np.asarray(tensor_bytes(gf, p)) for p in parts], t.shape)
+    except InputError as e:
+        raise InputError(f"{t.name}: {e}") from None
+    return TernaryTensor(t.name, codes, np.float32(m))
 
 
 def load_any(path: str | Path) -> Weights:
@@ -76,20 +96,40 @@ def load_any(path: str | Path) -> Weights:
 
 
 def load_checkpoint_weights(src: str | Path, scale_rule: ternary.ScaleRule | None = None,
-                            format: str = "i2s") -> Weights:
-    """What `pack` would write for `src`, unpacked: the reference a packed file must equal."""
+                            format: str = "i2s", latent: bool = False) -> Weights:
+    """What `pack` would write for `src`, unpacked: the reference a packed file must equal.
+
+    latent=True gives the unquantized float weights instead of ternary ones wherever the
+    checkpoint has them (1bitLLM, 2B4T -bf16): the model the ternary one approximates.
+    """
     ck = load_checkpoint(src)
     fam = detect(ck.config)
     items = plan(ck, fam)
     rule = scale_rule or ternary.scale_rule(dict(ck.config))
-    tensors: dict[str, Tensor] = {}
-    with MappedFiles() as mf:
-        for t in items:
+
+    def load(t: PlannedTensor) -> Tensor:
+        with MappedFiles() as mf:
+            if t.kind == "ternary" and latent and not t.scale_source:
+                return latent_rows(ck, mf, t)
             if t.kind == "ternary":
                 m, chunks = ternary_codes(ck, mf, t, rule, scale_rule is None)
-                tensors[t.gguf_name] = TernaryTensor(t.gguf_name, np.concatenate(list(chunks)), m)
-            else:
-                parts = [np.array(c, dtype=np.float32) for c in dense_chunks(ck, mf, t)]
-                tensors[t.gguf_name] = np.concatenate(parts).reshape(t.shape)
+                return TernaryTensor(t.gguf_name, np.concatenate(list(chunks)), m)
+            parts = [np.array(c, dtype=np.float32) for c in dense_chunks(ck, mf, t)]
+            return np.concatenate(parts).reshape(t.shape)
+
     kvs = {kv.key: kv.value for kv in metadata(ck, fam, get_format(format))}
-    return Weights(kvs, tensors, tuple(t.gguf_name for t in items))
+    loaders = {t.gguf_name: (lambda t=t: load(t)) for t in items}
+    return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items))
+
+
+def has_latent(src: str | Path) -> bool:
+    """Whether the checkpoint stores unquantized weights for its ternary tensors."""
+    ck = load_checkpoint(src)
+    return any(t.kind == "ternary" and not t.scale_source for t in plan(ck, detect(ck.config)))
+
+
+def latent_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor) -> npt.NDArray[np.float32]:
+    """The float weights of a latent ternary tensor, in GGUF row order (q/k permuted as packed)."""
+    ref = ck.ref(t.source)
+    w = np.array(to_float32(mf.view(ref), ref.dtype), dtype=np.float32)
+    return permute_heads(w, t.shape[0] // t.heads) if t.heads else w
