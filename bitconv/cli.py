@@ -10,6 +10,7 @@ import click
 
 from bitconv.errors import BitconvError
 
+MODES = ("exact", "bitnet.cpp", "llama.cpp")  # runtime/bitlinear.py MODES, checked in tests
 FORMAT_NAMES = ("i2s",)  # kept literal so `--help` does not import numpy; checked in tests
 
 
@@ -89,14 +90,20 @@ def inspect(path: str, as_json: bool) -> None:
               help="Length of the fixed token sequence whose logits are compared.")
 @click.option("--scale-rule", type=click.Choice(["multiply", "divide"]), default=None,
               help="The --scale-rule PACKED was made with, if any.")
+@click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
+              help="BitLinear numerics of the logits check (see `bitconv logits --help`).")
+@click.option("--no-drift", is_flag=True,
+              help="Skip the drift report against the source's unquantized weights.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a report.")
-def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
-           as_json: bool) -> None:
+def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None, mode: str,
+           no_drift: bool, as_json: bool) -> None:
     """Prove that PACKED computes what SOURCE computes.
 
     Checks the container, the metadata, every tensor bit for bit (codes and multiplier), and the
-    runtime's logits for a fixed token sequence (exact mode). Exit 0 when all hold, 3 on a
-    mismatch (the first one is named on stderr). Without --source only the container is checked.
+    runtime's logits for a fixed token sequence, from the file and from the source. Exit 0 when
+    all hold, 3 on a mismatch (the first one is named on stderr). Without --source only the
+    container is checked. Where the source has unquantized weights (1bitLLM, 2B4T -bf16), the
+    report adds an `info` line: how far the ternary model's logits drift from the float model's.
 
     \b
     Example:
@@ -105,7 +112,8 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
     from bitconv.errors import VerifyError
     from bitconv.verify import verify as run
 
-    report = run(packed, source=source, tokens=tokens, scale_rule=scale_rule)  # type: ignore[arg-type]
+    report = run(packed, source=source, tokens=tokens, scale_rule=scale_rule,  # type: ignore[arg-type]
+                 mode=mode, drift=not no_drift)
     click.echo(report.to_json() if as_json else report.to_text())
     if not report.ok:
         raise VerifyError(report.first_failure)
