@@ -121,28 +121,70 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
 
 @cli.command()
 @click.argument("model", type=click.Path(exists=True, path_type=str))
-@click.option("--tokens", "token_list", required=True,
+@click.option("--tokens", "token_list", default=None,
               help="Comma-separated token ids, e.g. 1,15043,3186.")
+@click.option("-p", "--prompt", default=None, help="Text to tokenize instead of --tokens.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), required=True,
               help="Output .npy file: float32 logits, shape (positions, vocab).")
+@click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
+              help="BitLinear numerics: exact (per-token int8, the BitNet definition), "
+                   "bitnet.cpp (its I2_S kernels and fp16 KV), llama.cpp (Q8_K blocks of 256).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
-def logits(model: str, token_list: str, out: str, force: bool) -> None:
-    """Save the exact-mode logits of MODEL (a GGUF file or checkpoint directory) for every
-    position of a token sequence, to compare bitconv with another engine on the same ids.
+def logits(model: str, token_list: str | None, prompt: str | None, out: str, mode: str,
+           force: bool) -> None:
+    """Save the logits of MODEL (a GGUF file or checkpoint directory) for every position of a
+    token sequence, to compare bitconv with another engine on the same ids.
 
     \b
-    Example:
+    Examples:
       bitconv logits model-i2s.gguf --tokens 768,72,101 -o ours.npy
+      bitconv logits model-tq2_0.gguf -p "Hello world" --mode llama.cpp -o ours.npy
     """
     import numpy as np
 
     from bitconv.logits import save_logits
 
-    try:
-        ids = np.array([int(t) for t in token_list.split(",")], dtype=np.int64)
-    except ValueError:
-        raise click.BadParameter("expected comma-separated integers", param_hint="--tokens")
-    click.echo(str(save_logits(model, ids, out, force)))
+    if (token_list is None) == (prompt is None):
+        raise click.UsageError("give exactly one of --tokens and --prompt")
+    ids = None
+    if token_list is not None:
+        try:
+            ids = np.array([int(t) for t in token_list.split(",")], dtype=np.int64)
+        except ValueError:
+            raise click.BadParameter("expected comma-separated integers", param_hint="--tokens")
+    click.echo(str(save_logits(model, out, ids=ids, prompt=prompt, mode=mode, force=force)))
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, path_type=str))
+@click.option("-p", "--prompt", required=True, help="The text to continue.")
+@click.option("-n", "--n-tokens", type=click.IntRange(0, 100000), default=32, show_default=True,
+              help="How many tokens to generate at most.")
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="0 is greedy; above 0 samples from softmax(logits / T).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
+              help="BitLinear numerics (see `bitconv logits --help`).")
+def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, chat: bool,
+        mode: str) -> None:
+    """Generate text from MODEL (a packed GGUF file or a checkpoint directory) with the
+    reference runtime, streaming the new text to stdout.
+
+    The tokenizer comes from the checkpoint's files, or is rebuilt from the GGUF metadata.
+    Generation stops after N tokens or at an end-of-generation token.
+
+    \b
+    Examples:
+      bitconv run model-i2s.gguf -p "The capital of France is" -n 16
+      bitconv run ./bitnet-b1.58-2B-4T -p "Write a haiku" --chat --temperature 0.7 --seed 1
+    """
+    from bitconv.runtime.generate import stream_text
+
+    for piece in stream_text(model, prompt, n_tokens, temperature=temperature, seed=seed,
+                             chat=chat, mode=mode):
+        click.echo(piece, nl=False)
+    click.echo()
 
 
 @cli.command(name="make-fixture", hidden=False)

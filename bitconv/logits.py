@@ -1,6 +1,6 @@
 """Stage `logits`: a model (GGUF file or checkpoint directory) + token ids -> float32 .npy.
 
-Lets anyone compare bitconv with another engine on the same ids (exact mode).
+Lets anyone compare bitconv with another engine on the same ids, in any BitLinear mode.
 """
 from __future__ import annotations
 
@@ -12,17 +12,24 @@ import numpy.typing as npt
 from bitconv.errors import InputError
 from bitconv.outputs import atomic_output, check_writable
 from bitconv.runtime.model import Model
+from bitconv.runtime.text import load_text_codec
 from bitconv.runtime.weights import load_any
 
 
-def save_logits(model: str | Path, ids: npt.NDArray[np.integer], out: str | Path,
-                force: bool = False) -> Path:
-    """Write the logits of every position, shape (len(ids), vocab), to the .npy file `out`."""
+def save_logits(model: str | Path, out: str | Path, *, ids: npt.NDArray[np.integer] | None = None,
+                prompt: str | None = None, mode: str = "exact", force: bool = False) -> Path:
+    """Write the logits of every position, shape (len(ids), vocab), to the .npy file `out`;
+    the ids are given, or `prompt` tokenized by the model's tokenizer (with its BOS)."""
     out = Path(out)
     if out.suffix != ".npy":
         raise InputError(f"{out}: the output must be a .npy file")
     check_writable(out, force)  # before loading the model, not after
-    result = Model(load_any(model)).forward(ids)
+    weights = load_any(model)
+    if ids is None:
+        ids = np.array(load_text_codec(model, weights.kvs).encode(prompt or ""), dtype=np.int64)
+    if not len(ids):
+        raise InputError("no tokens to run")
+    result = Model(weights, mode, keep=False).forward(ids)
     with atomic_output(out, force) as f:
         np.save(f, result.astype(np.float32))
     return out

@@ -22,6 +22,10 @@ from bitconv.types import KV
 spm_pb2: Any = sentencepiece_model_pb2  # generated protobuf code: no static attributes
 K = Keys.Tokenizer
 _SPECIAL_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID}
+# The split regex of Llama-3's pre-tokenizer (`llama-bpe`), as in meta-llama/Meta-Llama-3-8B
+# tokenizer.json; the runtime rebuilds Llama-3 tokenizers from GGUF metadata with it.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PAD_SCORE = -10000.0  # llama.cpp's score for ids no tokenizer file names
 _ADDED_SCORE = -1000.0  # llama.cpp's score for added_tokens.json entries
 

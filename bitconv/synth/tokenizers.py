@@ -19,6 +19,8 @@ from typing import Any
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Regex, pre_tokenizers
 
+from bitconv.tokenizer import LLAMA3_SPLIT
+
 spm_pb2: Any = sentencepiece_model_pb2  # generated protobuf code: no static attributes
 
 _CORPUS = """\
@@ -57,9 +59,6 @@ Quiet evenings are my favorite: a warm blanket, a cup of cocoa, and a journal to
 Jack quickly packed five dozen jugs of liquid wax; vexed zebras just hopped over the fence.
 """
 
-# The split regex of Llama-3's pre-tokenizer, as in meta-llama/Meta-Llama-3-8B tokenizer.json.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 # Meta-Llama-3 (3.0) special tokens, in id order: the list in meta-llama/llama3
 # `llama/tokenizer.py` (Tokenizer.__init__, num_reserved_special_tokens = 256), which the 2B4T and
@@ -154,7 +153,7 @@ def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
 @lru_cache(maxsize=8)
 def _bpe_merges(n_new: int) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     pre = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     words = Counter(tuple(piece) for piece, _ in pre.pre_tokenize_str(_CORPUS))
     return _learn(words, _byte_chars(), n_new)
@@ -193,7 +192,7 @@ def write_llama3_bpe(dst: Path, vocab_size: int) -> dict[str, int]:
         "added_tokens": [{"id": first + i, **_added(t)} for i, t in enumerate(LLAMA3_SPECIALS)],
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": _LLAMA3_SPLIT}, "behavior": "Isolated",
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated",
              "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
              "use_regex": False}]},
