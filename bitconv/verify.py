@@ -17,6 +17,7 @@ import numpy as np
 
 from bitconv import ternary
 from bitconv.errors import InputError
+from bitconv.formats import get_format
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import Weights, has_latent, load_checkpoint_weights, load_gguf
 from bitconv.types import TernaryTensor
@@ -82,12 +83,14 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
                                            f"({n_t} ternary)"))
     if source is None:
         return Report(str(packed), None, tuple(checks))
-    ref = load_checkpoint_weights(source, scale_rule)
+    ref = load_checkpoint_weights(source, scale_rule, format=got.format)
     for name, fn in (("metadata", _metadata), ("tensors", _tensors)):
         problem = fn(got, ref)
         checks.append(Check(name, problem is None, problem or _ok_detail(name, ref)))
         if problem:
             return Report(str(packed), _s(source), tuple(checks))
+    if not get_format(got.format).SPEC.lossless:
+        checks.append(_loss(source, scale_rule, got.format))
     checks.append(_logits(got, ref, tokens, mode))
     if drift and checks[-1].ok:
         checks.append(_drift(source, ref, tokens))
@@ -165,6 +168,25 @@ def _logits(got: Weights, ref: Weights, n: int, mode: str) -> Check:
     pos = int(np.argmax((a != b).any(axis=1)))
     return Check("logits", False, f"first difference at position {pos} "
                                   f"(max |delta| {float(np.abs(a - b).max()):.3g})")
+
+
+def _loss(source: str | Path, scale_rule: ternary.ScaleRule | None, fmt: str) -> Check:
+    """What a lossy format costs: the largest weight error its stored multipliers make,
+    against the multipliers a lossless file holds (information; the file itself was compared
+    with what this format must hold, bit for bit)."""
+    exact = load_checkpoint_weights(source, scale_rule)
+    lossy = load_checkpoint_weights(source, scale_rule, format=fmt)
+    worst, where = 0.0, ""
+    for name in exact.order:
+        a = exact.tensors[name]
+        if isinstance(a, TernaryTensor):
+            b = lossy.tensors[name]
+            assert isinstance(b, TernaryTensor)
+            rel = abs(float(b.multiplier) - float(a.multiplier)) / max(abs(float(a.multiplier)), 1e-30)
+            if rel > worst or not where:
+                worst, where = rel, name
+    return Check("loss", True, f"{fmt} is lossy (fp16 block scale): max weight error "
+                               f"{worst:.3g} relative, in {where}", info=True)
 
 
 def _drift(source: str | Path, ref: Weights, n: int) -> Check:

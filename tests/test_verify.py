@@ -159,3 +159,17 @@ def test_logits_command_saves_the_same_logits_from_file_and_source(fixtures_root
     r = CliRunner().invoke(cli, ["logits", str(out), "--tokens", "1,9999", "-o", str(tmp_path / "c.npy")])
     assert r.exit_code == 1 and r.stderr == "Error: token id out of range 0..511\n"
     assert not (tmp_path / "c.npy").exists()
+
+
+def test_a_lossy_file_verifies_against_what_its_format_holds_and_says_the_cost(fixtures_root,
+                                                                              tmp_path):
+    # 1bitLLM's absmean multipliers are arbitrary float32s: an fp16 block scale cannot hold them
+    src = fixtures_root / "bitnet_b1_58-large"
+    out = pack(src, format="tq2_0-fp16", out=tmp_path / "m.gguf").path
+    r = run_verify(out, src, "--no-drift")
+    assert r.exit_code == 0, r.output
+    loss = next(line for line in r.stdout.splitlines() if line.split()[1] == "loss")
+    assert loss.startswith("info  loss       tq2_0-fp16 is lossy (fp16 block scale): max weight "
+                           "error ")
+    rel = float(loss.split("error ")[1].split()[0])
+    assert 0 < rel <= 2.0 ** -11  # fp16 keeps 11 significant bits: round-to-nearest error bound

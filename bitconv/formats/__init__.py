@@ -25,12 +25,19 @@ Each format has a normative spec at formats/<name>.md and tests at tests/test_<n
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
+from typing import Any
+
+from gguf import GGUFValueType
 
 from bitconv.errors import PackError
-from bitconv.formats import i2s
+from bitconv.formats import hf, i2s, i2s_arm, tl1, tl2, tq1_0, tq2_0
+from bitconv.types import KV
 
-FORMATS: dict[str, ModuleType] = {"i2s": i2s}
+FORMATS: dict[str, ModuleType] = {"i2s": i2s, "tl1": tl1, "tl2": tl2, "tq1_0": tq1_0,
+                                "tq1_0-fp16": tq1_0.fp16, "tq2_0": tq2_0, "tq2_0-fp16": tq2_0.fp16,
+                                "hf": hf, "i2s-arm": i2s_arm}
 
 
 def get_format(name: str) -> ModuleType:
@@ -44,14 +51,32 @@ def get_format(name: str) -> ModuleType:
 
 
 def codec_for(ggml_type: int, name: str, shape: tuple[int, int],
-              present: set[str]) -> ModuleType | None:
+              present: set[str], kvs: Mapping[str, Any] | None = None) -> ModuleType | None:
     """The codec that wrote weight `name` of this ggml type: among the codecs of that type, the
-    one with the most parts whose companion tensors all exist in the file; None if no codec."""
+    one with the most parts whose companion tensors all exist in the file; None if no codec.
+    A codec with a LAYOUT (same bytes per tensor, other order: i2s-arm) is chosen only when the
+    file's `{arch}.tensor_data_layout` (in `kvs`) names it, and then no other codec is."""
+    layout = file_layout(kvs or {})
+    marked = layout in {getattr(c, "LAYOUT", None) for c in FORMATS.values()}
     best: tuple[int, ModuleType] | None = None
     for codec in FORMATS.values():
         if codec.SPEC.ggml_type != ggml_type or codec.SPEC.container != "gguf":
+            continue
+        if getattr(codec, "LAYOUT", None) != (layout if marked else None):
             continue
         parts = codec.parts(name, shape)
         if all(p.name in present for p in parts[1:]) and (best is None or len(parts) > best[0]):
             best = (len(parts), codec)
     return best[1] if best else None
+
+
+def file_layout(kvs: Mapping[str, Any]) -> str | None:
+    """The GGUF `{arch}.tensor_data_layout` value of a file (absent means "reference")."""
+    return kvs.get(f"{kvs.get('general.architecture')}.tensor_data_layout")
+
+
+def layout_kvs(codec: ModuleType, arch: str) -> list[KV]:
+    """What a file written by `codec` must carry to be read back by it: the layout key of a
+    codec with a LAYOUT (formats/i2s-arm.md §1), else nothing."""
+    layout = getattr(codec, "LAYOUT", None)
+    return [KV(f"{arch}.tensor_data_layout", GGUFValueType.STRING, layout)] if layout else []

@@ -57,6 +57,7 @@ class Weights:
     kvs: Mapping[str, Any]
     tensors: Mapping[str, Tensor]
     order: tuple[str, ...]  # tensor names in file order
+    format: str = "i2s"  # the codec the ternary tensors are (or would be) packed with
 
 
 def load_gguf(path: str | Path) -> Weights:
@@ -66,6 +67,7 @@ def load_gguf(path: str | Path) -> Weights:
     by_name = {t.name: t for t in gf.tensors}
     loaders: dict[str, Callable[[], Tensor]] = {}
     companions: set[str] = set()
+    formats: set[str] = set()
     for t in gf.tensors:
         if t.ggml_type in (F32, F16):
             loaders[t.name] = lambda t=t: np.array(tensor_array(gf, t), dtype=np.float32)
@@ -74,11 +76,15 @@ def load_gguf(path: str | Path) -> Weights:
         if codec is None:
             name = TYPE_NAMES.get(t.ggml_type, str(t.ggml_type))
             raise InputError(f"{path}: tensor {t.name!r} has type {name}, which bitconv cannot run")
+        formats.add(codec.SPEC.name)
         parts = [by_name[p.name] for p in codec.parts(t.name, t.shape)]
         companions.update(p.name for p in parts[1:])
         loaders[t.name] = lambda t=t, codec=codec, parts=parts: _decode(gf, t, codec, parts)
+    if len(formats) > 1:
+        raise InputError(f"{path}: ternary tensors in several formats ({', '.join(sorted(formats))})")
     order = tuple(t.name for t in gf.tensors if t.name not in companions)
-    return Weights(dict(gf.kvs), LazyTensors({n: loaders[n] for n in order}), order)
+    return Weights(dict(gf.kvs), LazyTensors({n: loaders[n] for n in order}), order,
+                   formats.pop() if formats else "i2s")
 
 
 def _decode(gf: GGUFFile, t: GGUFTensor, codec: ModuleType,
@@ -113,13 +119,23 @@ def load_checkpoint_weights(src: str | Path, scale_rule: ternary.ScaleRule | Non
                 return latent_rows(ck, mf, t)
             if t.kind == "ternary":
                 m, chunks = ternary_codes(ck, mf, t, rule, scale_rule is None)
-                return TernaryTensor(t.gguf_name, np.concatenate(list(chunks)), m)
+                return TernaryTensor(t.gguf_name, np.concatenate(list(chunks)), stored(codec, m))
             parts = [np.array(c, dtype=np.float32) for c in dense_chunks(ck, mf, t)]
             return np.concatenate(parts).reshape(t.shape)
 
-    kvs = {kv.key: kv.value for kv in metadata(ck, fam, get_format(format))}
+    codec = get_format(format)
+    kvs = {kv.key: kv.value for kv in metadata(ck, fam, codec)}
     loaders = {t.gguf_name: (lambda t=t: load(t)) for t in items}
-    return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items))
+    return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items), format)
+
+
+def stored(codec: ModuleType, m: np.float32) -> np.float32:
+    """The multiplier a file in this format gives back for `m`: `m` itself for a lossless
+    codec; for a lossy one (an fp16 block scale) whatever one block round-trips to."""
+    if codec.SPEC.lossless:
+        return m
+    one = np.ones((1, codec.SPEC.block_elems), np.int8)
+    return np.float32(codec.decode(list(codec.encode(m, iter([one]))), one.shape)[1])
 
 
 def has_latent(src: str | Path) -> bool:

@@ -1,0 +1,185 @@
+"""HF: transformers' packed ternary weights (uint8, four quarter-blocks along dim 0, LSB first).
+
+Spec: formats/hf.md. Reference: huggingface/transformers v5.23.0
+src/transformers/integrations/bitnet.py (`pack_weights`, `unpack_weights`, `BitLinear`,
+`AutoBitLinear`), reference/hf.md §1.1-1.4. Container: safetensors (a checkpoint directory
+written by bitconv/hf_export.py), so SPEC has no ggml type.
+
+Streaming: one byte row r holds rows r, r+R, r+2R, r+3R of the weight (R = out/4), so no row
+chunk of codes packs on its own. Writers allocate the packed tensor (out*in/4 bytes, a quarter
+of one tensor's int8 codes) and OR row chunks into it as they arrive (`pack_chunk_into`); the
+whole model is never held. `encode`, which is not told the shape, keeps the chunks' codes
+(out*in bytes) until the last one.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from bitconv.errors import InputError, PackError
+from bitconv.formats.base import FormatSpec, Part
+
+SPEC = FormatSpec(name="hf", ggml_type=-1, file_type=-1, block_elems=4, block_bytes=1,
+                  tail_bytes=0, container="safetensors")
+
+LinearClass = Literal["autobitlinear", "bitlinear"]
+
+# W (out, in) with R = out/4 rows per quarter; quarter i = rows i*R .. (i+1)*R-1 sits at bits 2i:
+#   packed[r, c]  bit  7 6         | 5 4         | 3 2       | 1 0
+#                      W[3R + r, c] | W[2R + r, c] | W[R + r, c] | W[r, c]
+# code = ternary + 1: -1 -> 0, 0 -> 1, +1 -> 2; code 3 is never written.
+_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)
+
+
+def check_shape(shape: tuple[int, ...]) -> None:
+    """Raise PackError unless (out_features, in_features) can be written HF-packed."""
+    if len(shape) != 2:
+        raise PackError(f"hf packs 2-D weights, got shape {tuple(int(d) for d in shape)}")
+    # transformers' buffer is (out // 4, in): padding rows would unpack to -1 (hf.md §1.1).
+    if int(shape[0]) % 4 or int(shape[0]) == 0:
+        raise PackError(f"hf needs out_features % 4 == 0, got {int(shape[0])}")
+
+
+def packed_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    """(out/4, in): the uint8 tensor a weight of `shape` becomes."""
+    return int(shape[0]) // 4, int(shape[1])
+
+
+def _codes_plus_one(codes: npt.NDArray[np.integer]) -> npt.NDArray[np.uint8]:
+    """code = t + 1 as uint8, refusing anything outside {-1, 0, +1}."""
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise PackError(f"hf codes must be an integer array, got dtype {codes.dtype}")
+    bad = codes.size and (codes.min() < -1 or codes.max() > 1)
+    if bad:
+        flat = codes.reshape(-1)
+        first = int(np.argmax((flat < -1) | (flat > 1)))
+        raise PackError(f"hf codes must be -1, 0 or +1, got {int(flat[first])} at element {first}")
+    # int8 -1 viewed as uint8 is 255, and 255 + 1 wraps to 0
+    return np.ascontiguousarray(codes, dtype=np.int8).view(np.uint8) + np.uint8(1)
+
+
+def pack_chunk_into(packed: npt.NDArray[np.uint8], start: int,
+                    codes: npt.NDArray[np.int8]) -> None:
+    """OR rows [start, start + len(codes)) of the weight into `packed` (R, in), which must
+    start zeroed. Chunks may come in any order and sizes; each row must come exactly once."""
+    R = packed.shape[0]
+    q = _codes_plus_one(codes)
+    stop = start + q.shape[0]
+    if q.ndim != 2 or q.shape[1] != packed.shape[1] or start < 0 or stop > 4 * R:
+        raise PackError(f"hf chunk of shape {q.shape} at row {start} does not fit a weight "
+                        f"packed as {packed.shape}")
+    row = start
+    while row < stop:  # at most 4 pieces: one per quarter the chunk touches
+        i, r = divmod(row, R)
+        n = min(stop, (i + 1) * R) - row
+        packed[r:r + n] |= q[row - start: row - start + n] << _SHIFTS[i]
+        row += n
+
+
+def pack(codes: npt.NDArray[np.int8]) -> npt.NDArray[np.uint8]:
+    """Pack ternary codes (out, in), out % 4 == 0, as transformers' `pack_weights` does.
+
+    Returns:
+        uint8 (out/4, in).
+
+    Example:
+        >>> pack(np.array([[1], [0], [-1], [1]], np.int8)).tolist()
+        [[134]]
+    """
+    shape = np.shape(codes)
+    check_shape(shape)
+    packed = np.zeros(packed_shape(shape), dtype=np.uint8)
+    pack_chunk_into(packed, 0, codes)
+    return packed
+
+
+def unpack(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.int8]:
+    """Decode uint8 (R, in) into int8 codes (4R, in); InputError on a code 3.
+
+    Example:
+        >>> unpack(np.array([[134]], np.uint8)).ravel().tolist()
+        [1, 0, -1, 1]
+    """
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint8 or packed.ndim != 2:
+        raise InputError(f"hf weight must be 2-D uint8, got {packed.dtype} {packed.shape}")
+    q = (packed[None] >> _SHIFTS[:, None, None]) & 3        # (quarter i, r, c) = row i*R + r
+    if q.size and q.max() > 2:
+        i, r, c = np.unravel_index(int(np.argmax(q == 3)), q.shape)
+        raise InputError(f"hf data holds code 3 (not a ternary value) at row "
+                         f"{i * packed.shape[0] + r}, column {c}")
+    q -= 1                                                   # 0 wraps to 255, i.e. int8 -1
+    return q.view(np.int8).reshape(4 * packed.shape[0], packed.shape[1])
+
+
+# --- weight_scale: the two transformers conventions (hf.md §1.4) ---
+
+def weight_scale(multiplier: float | np.float32, linear_class: LinearClass) -> np.float32:
+    """The float32 weight_scale that gives back `multiplier` exactly.
+
+    autobitlinear multiplies (w = t * weight_scale): the multiplier itself. bitlinear divides
+    (w = t / weight_scale; readers compute float32(1) / weight_scale): a float32 s with
+    1/s == multiplier after rounding, searched around fl(1/m). About one float32 in six has no
+    such s; PackError then, since a nearby s would change the weights by one ulp.
+    """
+    m = np.float32(multiplier)
+    if not (np.isfinite(m) and m > 0):
+        raise PackError(f"hf multiplier {float(m)} is not a positive finite number")
+    if linear_class == "autobitlinear":
+        return m
+    s0 = np.float32(1) / m
+    for s in (s0, *_neighbours(s0, 2)):
+        if np.float32(1) / s == m:
+            return np.float32(s)
+    raise PackError(f"hf multiplier {float(m)!r} has no float32 inverse whose reciprocal is "
+                    "exactly it; write it as autobitlinear (weight_scale multiplies)")
+
+
+def _neighbours(x: np.float32, k: int) -> list[np.float32]:
+    out, up, down = [], x, x
+    for _ in range(k):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(0))
+        out += [up, down]
+    return out
+
+
+def multiplier(ws: float | np.float32, linear_class: LinearClass) -> np.float32:
+    """The inverse of weight_scale(): w = multiplier * t."""
+    s = np.float32(ws)
+    return s if linear_class == "autobitlinear" else np.float32(1) / s
+
+
+# --- the registry contract (bitconv/formats/__init__.py), defaults: autobitlinear, F32 scale ---
+
+def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
+    """`<name>` uint8 (out/4, in) and `<name>_scale` (`...weight_scale`), one float32."""
+    rows, cols = packed_shape(shape)
+    return (Part(name, SPEC.ggml_type, (rows, cols), rows * cols),
+            Part(name + "_scale", SPEC.ggml_type, (1,), 4))
+
+
+def encode(multiplier: float | np.float32,
+           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
+    codes = [np.asarray(c) for c in chunks]
+    whole = np.concatenate(codes) if len(codes) != 1 else codes[0]
+    yield pack(whole).reshape(-1)
+    yield np.array([weight_scale(multiplier, "autobitlinear")], "<f4").view(np.uint8)
+
+
+def decode(datas: Sequence[npt.NDArray[np.uint8]],
+           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
+    rows, cols = packed_shape(shape)
+    data, scale = np.asarray(datas[0], np.uint8).reshape(-1), np.asarray(datas[1], np.uint8)
+    if data.size != rows * cols or scale.size != 4:
+        raise InputError(f"hf data is {data.size} + {scale.size} bytes, expected "
+                         f"{rows * cols} + 4 for shape {tuple(shape)}")
+    m = np.frombuffer(scale.tobytes(), "<f4")[0]
+    return unpack(data.reshape(rows, cols)), multiplier(m, "autobitlinear")
+
+
+def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
+    return None

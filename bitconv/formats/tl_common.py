@@ -1,0 +1,123 @@
+"""Helpers shared by the TL1 and TL2 codecs: code checks, the pair index, nibbles, the scale tail,
+whole-tensor buffering and the kernel-config sidecar. Layouts: formats/tl1.md, formats/tl2.md.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from bitconv.errors import InputError, PackError
+from bitconv.formats import tiling
+from bitconv.formats.tiling import Fmt, Tiling
+
+TAIL_BYTES = 32  # float32 LE multiplier + 28 zero bytes: the "+ 32" of ggml_nbytes
+GROUP_ELEMS = 1 << 22  # codes packed per step of encode(), in whole BM-row tiles
+SIDECAR_SUFFIX = ".kernel_config.ini"
+
+U8 = npt.NDArray[np.uint8]
+I8 = npt.NDArray[np.int8]
+
+
+def as_codes(fmt: Fmt, codes: npt.ArrayLike) -> I8:
+    """`codes` as a 2-D int8 array in {-1, 0, +1}, or PackError naming the first bad element."""
+    arr = np.asarray(codes)
+    if arr.ndim != 2:
+        raise PackError(f"{fmt} packs 2-D weights, got shape {tuple(int(d) for d in arr.shape)}")
+    if arr.dtype.kind not in "iu":
+        raise PackError(f"{fmt} codes must be an integer array, got dtype {arr.dtype}")
+    bad = (arr < -1) | (arr > 1)
+    if bad.any():
+        first = int(np.argmax(bad.reshape(-1)))
+        raise PackError(f"{fmt} codes must be -1, 0 or +1, got {int(arr.reshape(-1)[first])} "
+                        f"at element {first}")
+    return np.ascontiguousarray(arr, dtype=np.int8)
+
+
+def pair_index(codes: I8) -> U8:
+    """(R, 2n) codes -> (R, n) TL1 pair indices 3*t0 + t1 + 4 in 0..8 (t0 the even column)."""
+    c = codes.reshape(codes.shape[0], codes.shape[1] // 2, 2).astype(np.uint8)  # -1 -> 255: sums wrap
+    return (c[..., 0] * np.uint8(3) + c[..., 1] + np.uint8(4)).astype(np.uint8)
+
+
+def pair_codes(idx: U8) -> I8:
+    """(R, n) pair indices 0..8 -> (R, 2n) codes; the inverse of pair_index."""
+    t0 = idx // 3
+    out = np.stack([t0, idx - 3 * t0], axis=-1).astype(np.int8) - 1
+    return out.reshape(idx.shape[0], 2 * idx.shape[1])
+
+
+def join_nibbles(x: U8) -> U8:
+    """(..., 2) values below 16 -> (...) bytes, x[..., 0] in the high nibble."""
+    return ((x[..., 0] << 4) | x[..., 1]).astype(np.uint8)
+
+
+def split_nibbles(b: U8) -> U8:
+    """(...) bytes -> (..., 2): high nibble first."""
+    return np.stack([b >> 4, b & 15], axis=-1).astype(np.uint8)
+
+
+def tail(multiplier: float | np.float32) -> U8:
+    out = np.zeros(TAIL_BYTES, dtype=np.uint8)
+    out[:4] = np.array([multiplier], dtype="<f4").view(np.uint8)
+    return out
+
+
+def read_multiplier(data: U8, offset: int) -> np.float32:
+    return np.float32(np.frombuffer(data[offset:offset + 4].tobytes(), dtype="<f4")[0])
+
+
+def check_length(fmt: Fmt, data: npt.ArrayLike, shape: tuple[int, int], expected: int) -> U8:
+    arr = np.asarray(data, dtype=np.uint8).reshape(-1)
+    if arr.size != expected:
+        raise InputError(f"{fmt} data is {arr.size} bytes, expected {expected} for shape {shape}")
+    return arr
+
+
+def bad_index(fmt: Fmt, what: str, idx: npt.NDArray[np.integer], limit: int, group: int,
+              col0: int = 0) -> None:
+    """InputError for the first (row-major) index above `limit` in `idx`, whose column g covers
+    weight columns col0 + group*g onwards."""
+    bad = idx > limit
+    if bad.any():
+        row, g = divmod(int(np.argmax(bad.reshape(-1))), idx.shape[1])
+        c = col0 + group * g
+        raise InputError(f"{fmt} data holds {what} {int(idx[row, g])} (not a ternary "
+                         f"{'pair' if group == 2 else 'triple'}) at row {row}, "
+                         f"columns {c}..{c + group - 1}")
+
+
+def gather(fmt: Fmt, chunks: Iterable[npt.ArrayLike]) -> I8:
+    """All row chunks of one tensor as one array. The layout depends on (M, K), and encode() is
+    not told M, so TL codecs hold one tensor's int8 codes (M*K bytes) before packing."""
+    parts = [as_codes(fmt, c) for c in chunks]
+    if not parts:
+        raise PackError(f"{fmt}: no rows to pack")
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def tile_groups(t: Tiling) -> Iterator[slice]:
+    """Row ranges of whole BM tiles, about GROUP_ELEMS codes each, covering all M rows."""
+    step = max(1, GROUP_ELEMS // (t.BM * t.K)) * t.BM
+    for a in range(0, t.M, step):
+        yield slice(a, min(a + step, t.M))
+
+
+def resolve(fmt: Fmt, shape: tuple[int, int], t: Tiling | None) -> Tiling:
+    """`t` checked against `shape`, or bitconv's choice for `shape`."""
+    shape = (int(shape[0]), int(shape[1]))
+    if t is None:
+        return tiling.choose(fmt, shape)
+    if (t.fmt, t.M, t.K) != (fmt, *shape):
+        raise PackError(f"{fmt}: tiling for {t.fmt} ({t.M}, {t.K}) used on shape {shape}")
+    if (why := tiling.problem(t)) is not None:
+        raise PackError(f"{fmt} cannot use BM={t.BM}, BK={t.BK}, bm={t.bm} for shape {shape}: "
+                        f"{why}")
+    return t
+
+
+def sidecar(fmt: Fmt, weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
+    if not weights:
+        return None
+    return SIDECAR_SUFFIX, tiling.kernel_config(fmt, [shape for _, shape in weights])

@@ -1,0 +1,143 @@
+"""TQ1_0: llama.cpp's base-3 ternary blocks (ggml type 34), 256 elements -> 52 bytes + fp16 d.
+
+Spec: formats/tq1_0.md. Reference: ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-common.h L272-277
+(block_tq1_0), ggml/src/ggml-quants.c L2316 (quantize_row_tq1_0_ref), L2428 (dequantize).
+
+Two codecs live here, as for TQ2_0:
+    tq1_0       (this module) lossless: d = 1 in every block + an F32 [1] `<name>.scale`
+    tq1_0-fp16  (`fp16`) d = fp16(multiplier) in every block; reads back float32(fp16(m))
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from bitconv.errors import InputError
+from bitconv.formats import tq_common as tq
+from bitconv.formats.base import FormatSpec, Part
+
+SPEC = FormatSpec(name="tq1_0", ggml_type=34, file_type=36, block_elems=256, block_bytes=54,
+                  tail_bytes=0)
+SPEC_FP16 = FormatSpec(name="tq1_0-fp16", ggml_type=34, file_type=36, block_elems=256,
+                       block_bytes=54, tail_bytes=0, lossless=False)
+
+# One block of 256 digits q = ternary + 1 -> qs[48] | qh[4] | d (fp16 LE). Five (qh: four)
+# digits per byte, the first the most significant base-3 digit, spaced like TQ2_0's groups:
+#   qs[m]      m < 32   digits q[m], q[m+32], q[m+64], q[m+96], q[m+128]         (e < 160)
+#   qs[32+m]   m < 16   digits q[160+m], q[176+m], q[192+m], q[208+m], q[224+m]  (160 <= e < 240)
+#   qh[m]      m < 4    digits q[240+m], q[244+m], q[248+m], q[252+m], then 0   (e >= 240)
+# value v = sum digit_n * 3^(4-n) (0..242), stored as byte = ceil(v * 256 / 243), so that
+# digit n reads back as ((uint8)(byte * 3^n) * 3) >> 8 without a division.
+_W5 = np.array([81, 27, 9, 3, 1], dtype=np.uint16).reshape(1, 5, 1)
+_POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8).reshape(1, 5, 1)
+
+
+def pack_qs(q: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """(n_blocks, 256) digits 0..2 -> (n_blocks, 52) bytes: qs[48] then qh[4]."""
+    v = np.concatenate([
+        (q[:, :160].reshape(-1, 5, 32) * _W5).sum(axis=1, dtype=np.uint16),      # (n, 32)
+        (q[:, 160:240].reshape(-1, 5, 16) * _W5).sum(axis=1, dtype=np.uint16),   # (n, 16)
+        (q[:, 240:].reshape(-1, 4, 4) * _W5[:, :4]).sum(axis=1, dtype=np.uint16),  # (n, 4)
+    ], axis=1)
+    return ((v * 256 + 242) // 243).astype(np.uint8)
+
+
+def _digits(b: npt.NDArray[np.uint8], n: int) -> npt.NDArray[np.uint8]:
+    """(n_blocks, width) bytes -> (n_blocks, n, width) digits, digit n outer (element order)."""
+    shifted = b[:, None, :] * _POW3[:, :n]          # uint8 products wrap, as in the C code
+    return ((shifted.astype(np.uint16) * 3) >> 8).astype(np.uint8)
+
+
+def unpack_qs(b: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """(n_blocks, 52) bytes -> (n_blocks, 256) digits 0..2. Every byte reads as digits 0..2, but
+    13 byte values (and qh bytes with a non-zero fifth digit) are no packing of any digits:
+    InputError for those, so that every accepted file repacks to the same bytes."""
+    n = b.shape[0]
+    q = np.concatenate([_digits(b[:, :32], 5).reshape(n, 160),
+                        _digits(b[:, 32:48], 5).reshape(n, 80),
+                        _digits(b[:, 48:52], 4).reshape(n, 16)], axis=1)
+    bad = pack_qs(q) != b
+    if bad.any():
+        block, i = (int(x) for x in np.unravel_index(int(np.argmax(bad)), bad.shape))
+        where = f"qs[{i}]" if i < 48 else f"qh[{i - 48}]"
+        raise InputError(f"tq1_0 data holds byte 0x{int(b[block, i]):02x} at {where} of block "
+                         f"{block}, which is not the packing of any ternary digits")
+    return q
+
+
+def check_shape(shape: tuple[int, int]) -> None:
+    """Raise PackError unless `shape` (out_features, in_features) has in_features % 256 == 0."""
+    tq.check_shape(SPEC, shape)
+
+
+def nbytes(shape: tuple[int, int]) -> int:
+    """54 bytes per 256 elements (the weight tensor only)."""
+    return tq.nbytes(SPEC, shape)
+
+
+def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
+    """Pack ternary codes (rows, K), K % 256 == 0, into TQ1_0 blocks that all carry fp16(d).
+
+    Example:
+        >>> pack(np.zeros((1, 256), np.int8))[[0, 47, 48, 51, 52, 53]].tobytes().hex()
+        '80807f7f003c'
+    """
+    return tq.pack_rows(SPEC, pack_qs, codes, tq.fp16_d(SPEC_FP16, d))
+
+
+def unpack(data: npt.NDArray[np.uint8],
+           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float16]]:
+    """TQ1_0 bytes -> (int8 codes of `shape`, each block's d as fp16); InputError on bytes that
+    are no packing of ternary digits."""
+    codes, d_bits = tq.unpack_rows(SPEC, unpack_qs, data, shape)
+    return codes, d_bits.view(np.float16)
+
+
+# --- the registry contract (bitconv/formats/__init__.py), lossless variant ---
+
+def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
+    """The weight, then its F32 [1] `.scale` companion."""
+    return tq.weight_part(SPEC, name, shape), tq.scale_part(name)
+
+
+def encode(multiplier: float | np.float32,
+           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
+    return tq.encode_lossless(SPEC, pack_qs, multiplier, chunks)
+
+
+def decode(datas: Sequence[npt.NDArray[np.uint8]],
+           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
+    return tq.decode_lossless(SPEC, unpack_qs, datas, shape)
+
+
+def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
+    return None
+
+
+# --- the lossy variant, registered as "tq1_0-fp16" ---
+
+def _check_shape_fp16(shape: tuple[int, int]) -> None:
+    tq.check_shape(SPEC_FP16, shape)
+
+
+def _parts_fp16(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
+    return (tq.weight_part(SPEC_FP16, name, shape),)
+
+
+def _encode_fp16(multiplier: float | np.float32,
+                 chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
+    return tq.encode_lossy(SPEC_FP16, pack_qs, multiplier, chunks)
+
+
+def _decode_fp16(datas: Sequence[npt.NDArray[np.uint8]],
+                 shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
+    return tq.decode_lossy(SPEC_FP16, unpack_qs, datas, shape)
+
+
+fp16 = tq.codec_module(
+    f"{__name__}.fp16", "TQ1_0 with d = fp16(multiplier) in every block (lossy); formats/tq1_0.md",
+    SPEC=SPEC_FP16, check_shape=_check_shape_fp16, parts=_parts_fp16, encode=_encode_fp16,
+    decode=_decode_fp16, sidecar=sidecar, nbytes=nbytes, pack=pack, unpack=unpack,
+)

@@ -1,0 +1,120 @@
+"""TQ2_0: llama.cpp's 2-bit ternary blocks (ggml type 35), 256 elements -> 64 bytes + fp16 d.
+
+Spec: formats/tq2_0.md. Reference: ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-common.h L283-288
+(block_tq2_0), ggml/src/ggml-quants.c L2382 (quantize_row_tq2_0_ref), L2467 (dequantize).
+
+Two codecs live here:
+    tq2_0       (this module) lossless: d = 1 in every block, the exact float32 multiplier in an
+                F32 [1] companion `<name>.scale`, which llama.cpp multiplies in after the matmul
+    tq2_0-fp16  (`fp16`) llama.cpp's standard form: d = fp16(multiplier) in every block, no
+                companion; the multiplier read back is float32(fp16(m)), so SPEC.lossless=False
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from bitconv.formats import tq_common as tq
+from bitconv.formats.base import FormatSpec, Part
+
+SPEC = FormatSpec(name="tq2_0", ggml_type=35, file_type=37, block_elems=256, block_bytes=66,
+                  tail_bytes=0)
+SPEC_FP16 = FormatSpec(name="tq2_0-fp16", ggml_type=35, file_type=37, block_elems=256,
+                       block_bytes=66, tail_bytes=0, lossless=False)
+
+# One block of 256 digits q = ternary + 1 -> qs[64], then d (fp16 LE). Two halves j of 128;
+# byte m (0..31) of half j holds elements 128j + m + 32l at bit shift 2l:
+#   bit   7 6          | 5 4          | 3 2          | 1 0
+#         q[128j+m+96] | q[128j+m+64] | q[128j+m+32] | q[128j+m]
+# element e -> byte (e // 128) * 32 + e % 32, shift 2 * ((e % 128) // 32). Code 3 never written.
+_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)  # shift of group l
+
+
+def pack_qs(q: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """(n_blocks, 256) digits 0..2 -> (n_blocks, 64) qs bytes."""
+    g = q.reshape(-1, 2, 4, 32)                  # (n_blocks, half j, group l, byte m)
+    qs: npt.NDArray[np.uint8] = np.bitwise_or.reduce(g << _SHIFTS, axis=2)  # (n, j, m)
+    return qs.reshape(-1, 64)
+
+
+def unpack_qs(qs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """(n_blocks, 64) qs bytes -> (n_blocks, 256) digits 0..3, element order."""
+    q = (qs.reshape(-1, 2, 1, 32) >> _SHIFTS) & np.uint8(3)  # (n_blocks, j, l, m): 128j+32l+m
+    return q.reshape(-1, 256)
+
+
+def check_shape(shape: tuple[int, int]) -> None:
+    """Raise PackError unless `shape` (out_features, in_features) has in_features % 256 == 0."""
+    tq.check_shape(SPEC, shape)
+
+
+def nbytes(shape: tuple[int, int]) -> int:
+    """66 bytes per 256 elements (the weight tensor only)."""
+    return tq.nbytes(SPEC, shape)
+
+
+def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
+    """Pack ternary codes (rows, K), K % 256 == 0, into TQ2_0 blocks that all carry fp16(d).
+
+    Example:
+        >>> pack(np.zeros((1, 256), np.int8))[[0, 63, 64, 65]].tobytes().hex()
+        '5555003c'
+    """
+    return tq.pack_rows(SPEC, pack_qs, codes, tq.fp16_d(SPEC_FP16, d))
+
+
+def unpack(data: npt.NDArray[np.uint8],
+           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float16]]:
+    """TQ2_0 bytes -> (int8 codes of `shape`, each block's d as fp16); InputError on code 3."""
+    codes, d_bits = tq.unpack_rows(SPEC, unpack_qs, data, shape)
+    return codes, d_bits.view(np.float16)
+
+
+# --- the registry contract (bitconv/formats/__init__.py), lossless variant ---
+
+def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
+    """The weight, then its F32 [1] `.scale` companion."""
+    return tq.weight_part(SPEC, name, shape), tq.scale_part(name)
+
+
+def encode(multiplier: float | np.float32,
+           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
+    return tq.encode_lossless(SPEC, pack_qs, multiplier, chunks)
+
+
+def decode(datas: Sequence[npt.NDArray[np.uint8]],
+           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
+    return tq.decode_lossless(SPEC, unpack_qs, datas, shape)
+
+
+def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
+    return None
+
+
+# --- the lossy variant, registered as "tq2_0-fp16" ---
+
+def _check_shape_fp16(shape: tuple[int, int]) -> None:
+    tq.check_shape(SPEC_FP16, shape)
+
+
+def _parts_fp16(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
+    return (tq.weight_part(SPEC_FP16, name, shape),)
+
+
+def _encode_fp16(multiplier: float | np.float32,
+                 chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
+    return tq.encode_lossy(SPEC_FP16, pack_qs, multiplier, chunks)
+
+
+def _decode_fp16(datas: Sequence[npt.NDArray[np.uint8]],
+                 shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
+    return tq.decode_lossy(SPEC_FP16, unpack_qs, datas, shape)
+
+
+fp16 = tq.codec_module(
+    f"{__name__}.fp16", "TQ2_0 with d = fp16(multiplier) in every block (lossy); formats/tq2_0.md",
+    SPEC=SPEC_FP16, check_shape=_check_shape_fp16, parts=_parts_fp16, encode=_encode_fp16,
+    decode=_decode_fp16, sidecar=sidecar, nbytes=nbytes, pack=pack, unpack=unpack,
+)
