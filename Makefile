@@ -14,12 +14,8 @@ fixtures:  ## regenerate the tiny checkpoints under tests/data (deterministic)
 	for n in bitnet_b1_58-large bitnet-b1.58-2B-4T bitnet-b1.58-2B-4T-bf16 Llama3-8B-1.58-100B-tokens; do \
 	  $(PYTHON) -m bitconv make-fixture $$n tests/data/$$n >/dev/null || exit 1; done
 
-demo:   ## generate the embedded tiny 2B4T checkpoint, pack it to I2_S, inspect and verify it
-	rm -rf $(DEMO) && mkdir -p $(DEMO)
-	$(PYTHON) -m bitconv make-fixture bitnet-b1.58-2B-4T-bf16 $(DEMO)/bitnet-b1.58-2B-4T-bf16
-	$(PYTHON) -m bitconv pack $(DEMO)/bitnet-b1.58-2B-4T-bf16 --format i2s -o $(DEMO)/model-i2s.gguf
-	$(PYTHON) -m bitconv inspect $(DEMO)/model-i2s.gguf
-	$(PYTHON) -m bitconv verify $(DEMO)/model-i2s.gguf --source $(DEMO)/bitnet-b1.58-2B-4T-bf16
+demo:   ## pull the embedded tiny 2B4T model from a local fake hub, pack it to I2_S, inspect, verify
+	PYTHON=$(PYTHON) DEMO=$(DEMO) sh scripts/demo.sh
 
 bench:  ## full-size conversion benchmark (generates multi-GB inputs under build/bench)
 	$(PYTHON) bench/bench_pack.py

@@ -11,7 +11,9 @@ import click
 from bitconv.errors import BitconvError
 
 MODES = ("exact", "bitnet.cpp", "llama.cpp")  # runtime/bitlinear.py MODES, checked in tests
-FORMAT_NAMES = ("i2s",)  # kept literal so `--help` does not import numpy; checked in tests
+# kept literal so `--help` does not import numpy; checked in tests
+FORMAT_NAMES = ("i2s", "tl1", "tl2", "tq1_0", "tq1_0-fp16", "tq2_0", "tq2_0-fp16", "hf",
+                "i2s-arm")
 
 
 class BitconvGroup(click.Group):
@@ -33,7 +35,8 @@ def cli() -> None:
     """Convert, pack and verify 1.58-bit (BitNet b1.58) language models.
 
     Results go to stdout (a path, a table, a JSON object); progress and errors go to stderr.
-    Exit status: 0 ok, 1 bad input or refused output, 2 usage error, 3 verification mismatch.
+    Exit status: 0 ok, 1 bad input or refused output, 2 usage error, 3 verification mismatch,
+    4 network or hub failure during a pull (trying again may work).
     """
 
 
@@ -50,18 +53,61 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | None,
          quiet: bool) -> None:
-    """Pack the checkpoint directory SRC into a GGUF file and print its path.
+    """Pack the checkpoint directory SRC into a GGUF file and print its path. SRC may also be
+    a Hugging Face repo id (owner/name, not an existing path): it is pulled first, as by `pull`.
 
     \b
     Examples:
       bitconv pack ./bitnet-b1.58-2B-4T --format i2s
+      bitconv pack microsoft/bitnet-b1.58-2B-4T
       bitconv pack ./Llama3-8B-1.58-100B-tokens -o llama3-i2s.gguf --force
     """
+    from bitconv.hub import resolve_source
     from bitconv.pack import pack as run
 
-    res = run(src, format=fmt, out=out, force=force, scale_rule=scale_rule,  # type: ignore[arg-type]
+    source = resolve_source(src, progress=not quiet and sys.stderr.isatty())  # owner/name: pull
+    if out is None and source.repo is not None:  # a cache snapshot dir is named by its sha
+        out = f"{source.name}-{fmt}.gguf"
+    res = run(source.path, format=fmt, out=out, force=force,
+              scale_rule=scale_rule,  # type: ignore[arg-type]
               progress=not quiet and sys.stderr.isatty())
     click.echo(str(res.path))
+
+
+@cli.command()
+@click.argument("repo_id")
+@click.option("--revision", default=None,
+              help="Branch, tag or commit [default: main]; resolved to a commit sha and recorded.")
+@click.option("--local-dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Write real files here instead of the Hugging Face cache.")
+@click.option("--include", multiple=True, metavar="PATTERN",
+              help="Fetch the files matching this glob (repeatable) instead of what conversion "
+                   "needs (config, tokenizer, *.safetensors and index).")
+@click.option("--offline", is_flag=True,
+              help="Use only the cache (as HF_HUB_OFFLINE=1 does); name what is missing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object (path, repo, sha, files with size and sha256).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def pull(repo_id: str, revision: str | None, local_dir: str | None, include: tuple[str, ...],
+         offline: bool, as_json: bool, quiet: bool) -> None:
+    """Download REPO_ID (owner/name) from the Hugging Face Hub at one commit, check every file
+    against the hub's sha256 / size, and print the local directory.
+
+    Honours HF_ENDPOINT, HF_HOME, HF_HUB_CACHE, HF_TOKEN, HF_HUB_OFFLINE, HF_HUB_ETAG_TIMEOUT and
+    HF_HUB_DOWNLOAD_TIMEOUT. A second pull of a complete snapshot transfers no file contents.
+    The manifest (repo, commit, files, sizes, sha256) is DIR/.bitconv-pull.json.
+
+    \b
+    Examples:
+      bitconv pull microsoft/bitnet-b1.58-2B-4T
+      bitconv pull microsoft/bitnet-b1.58-2B-4T-bf16 --revision main --local-dir ./bf16
+      MODEL := $(shell bitconv pull microsoft/bitnet-b1.58-2B-4T)     # in a Makefile
+    """
+    from bitconv.hub import pull as run
+
+    snap = run(repo_id, revision=revision, local_dir=local_dir, include=include or None,
+               offline=offline, progress=not quiet and sys.stderr.isatty())
+    click.echo(snap.to_json() if as_json else str(snap.path))
 
 
 @cli.command()

@@ -65,6 +65,10 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     """
     src = Path(src)
     codec = get_format(format)
+    if codec.SPEC.container == "safetensors":  # a checkpoint directory, not a GGUF
+        from bitconv import hf_export
+        return hf_export.export(src, out=out, force=force, scale_rule=scale_rule,
+                                progress=progress)
     out = Path(out) if out is not None else default_output(src, format)
     check_writable(out, force)
     ck = load_checkpoint(src)

@@ -1,0 +1,302 @@
+"""`--format hf`: a checkpoint directory that transformers loads (`from_pretrained(dir)`), with
+HF-packed uint8 linears + `weight_scale` and a `quantization_config` that says how to read them.
+
+Layout of the output directory (spec: formats/hf.md §5):
+    config.json         the source's, with quantization_config {quant_method: bitnet, linear_class,
+                        quantization_mode: offline} matching the weight_scale convention written;
+                        1bitLLM becomes transformers' own BitNetForCausalLM with hidden_act silu
+    model.safetensors   HF tensor names (no q/k permutation: that is GGUF-only); linears packed by
+                        formats/hf.py; embeddings and norms copied byte for byte from the source
+    tokenizer files, generation_config.json and licence files, copied
+
+Streamed tensor by tensor: a packed weight is assembled in memory (out*in/4 bytes), dense
+tensors are copied in row chunks through the source mmap. The directory is written as
+`<out>.incomplete/`, fsynced and renamed; an existing output is only replaced with `force`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from bitconv import ternary
+from bitconv.checkpoint import Checkpoint, load_checkpoint
+from bitconv.errors import OutputError, PackError
+from bitconv.families import detect
+from bitconv.families.base import Family, PlannedTensor, plan
+from bitconv.formats import hf
+from bitconv.pack import PackResult, _check_scales, _row_chunks, ternary_codes
+from bitconv.safetensors_io import DTYPES, MappedFiles
+
+# transformers' BitNetForCausalLM names the two sub-norms so (hf.md §1.6, §1.7)
+HF_SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+# 1bitLLM's remote-code knobs; the export runs on transformers' own class instead
+REMOTE_CODE_KEYS = ("auto_map", "input_bits", "weight_bits")
+COPIED = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+          "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json",
+          "chat_template.jinja", "chat_template.json", "LICENSE", "LICENSE.txt", "NOTICE")
+WEIGHTS = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One tensor of model.safetensors and where its bytes come from."""
+
+    name: str  # HF name in the export
+    dtype: str  # safetensors dtype
+    shape: tuple[int, ...]
+    kind: str  # "dense" (copied) | "packed" | "scale" (computed) | "scale-copy"
+    src: PlannedTensor
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+
+
+def default_output(src: Path) -> Path:
+    """`<checkpoint dir name>-hf` in the current directory."""
+    return Path(f"{src.resolve().name}-hf")
+
+
+def export(src: str | Path, *, out: str | Path | None = None, force: bool = False,
+           scale_rule: ternary.ScaleRule | None = None, linear_class: hf.LinearClass | None = None,
+           progress: bool = False) -> PackResult:
+    """Write checkpoint `src` as a transformers-loadable HF-packed checkpoint directory.
+
+    Args:
+        src: checkpoint directory of any family bitconv knows.
+        out: output directory; default `<dir name>-hf` in the current directory.
+        force: replace an existing output directory (one holding a config.json).
+        scale_rule: how the source's weight_scale is read (default: its linear_class).
+        linear_class: convention to write; default the source's own for HF-packed sources
+            (the one `scale_rule` reads by; weight_scale then copied byte for byte),
+            autobitlinear (float32 multiplier) for latent ones. bitlinear needs each multiplier to have an exact float32 inverse.
+    Example:
+        >>> export("tests/data/Llama3-8B-1.58-100B-tokens").path
+        PosixPath('Llama3-8B-1.58-100B-tokens-hf')
+    """
+    src = Path(src)
+    out = Path(out) if out is not None else default_output(src)
+    check_dir_writable(out, force, src)
+    ck = load_checkpoint(src)
+    fam = detect(ck.config)
+    items = plan(ck, fam)
+    for t in items:
+        if t.kind == "ternary":
+            try:
+                hf.check_shape(t.shape)
+            except PackError as e:
+                raise PackError(f"{t.source}: {e}") from None
+    rule = scale_rule or ternary.scale_rule(dict(ck.config))
+    _check_scales(ck, items, rule, scale_rule is None)
+    # default: the convention the source's weight_scale is read by, so it is copied as it is
+    packed_src = any(t.scale_source for t in items)
+    target = linear_class or ("bitlinear" if packed_src and rule == "divide" else "autobitlinear")
+    entries = _entries(ck, fam, items, rule, target)
+    config = export_config(ck.config, fam, target, "lm_head.weight" in ck.tensors)
+    total = sum(e.nbytes for e in entries)
+    with atomic_dir(out, force) as tmp, MappedFiles() as mf, \
+            tqdm(total=total, unit="B", unit_scale=True, desc="export hf", file=sys.stderr,
+                 disable=not progress, leave=False) as bar:
+        _write_json(tmp / "config.json", config)
+        for name in COPIED:
+            if (src / name).is_file():
+                _copy_aux(src / name, tmp / name)
+        multipliers: dict[str, np.float32] = {}
+
+        def chunks(e: _Entry) -> Iterator[npt.NDArray[Any]]:
+            bar.set_postfix_str(e.name, refresh=False)
+            yield from _tensor_chunks(ck, mf, e, rule, scale_rule is None, target, multipliers)
+            bar.update(e.nbytes)
+
+        write_safetensors_streamed(tmp / WEIGHTS, entries, chunks)
+    return PackResult(out, "hf", fam.name, len(entries), total)
+
+
+def _export_name(source: str, fam: Family) -> str:
+    """HF name in the export: 1bitLLM's sub-norms take transformers' BitNet names."""
+    for theirs, ours in zip(fam.sub_norms or (), HF_SUB_NORMS):
+        source = source.replace(f".{theirs}.", f".{ours}.")
+    return source
+
+
+def _entries(ck: Checkpoint, fam: Family, items: list[PlannedTensor], rule: ternary.ScaleRule,
+             target: hf.LinearClass) -> list[_Entry]:
+    """Every exported tensor, sorted by name (a weight comes right before its weight_scale)."""
+    out = []
+    for t in items:
+        name = _export_name(t.source, fam)
+        if t.kind != "ternary":
+            ref = ck.ref(t.source)
+            out.append(_Entry(name, ref.dtype, ref.shape, "dense", t))
+            continue
+        t = replace(t, heads=0)  # HF rows stay in rotate_half order
+        out.append(_Entry(name, "U8", hf.packed_shape((t.shape[0], t.shape[1])), "packed", t))
+        scale = name + "_scale"
+        # the stored weight_scale already means what the target convention says: keep its bytes
+        if t.scale_source and target == ("autobitlinear" if rule == "multiply" else "bitlinear"):
+            ref = ck.ref(t.scale_source)
+            out.append(_Entry(scale, ref.dtype, ref.shape, "scale-copy", t))
+        else:
+            out.append(_Entry(scale, "F32", (1,), "scale", t))
+    return sorted(out, key=lambda e: e.name)
+
+
+def _tensor_chunks(ck: Checkpoint, mf: MappedFiles, e: _Entry, rule: ternary.ScaleRule,
+                   checked: bool, target: hf.LinearClass,
+                   multipliers: dict[str, np.float32]) -> Iterator[npt.NDArray[Any]]:
+    t = e.src
+    if e.kind == "packed":
+        m, codes = ternary_codes(ck, mf, t, rule, checked)
+        packed = np.zeros(e.shape, dtype=np.uint8)
+        row = 0
+        for c in codes:
+            hf.pack_chunk_into(packed, row, c)
+            row += c.shape[0]
+        mf.release(ck.ref(t.source))
+        multipliers[e.name] = m
+        yield packed
+    elif e.kind == "scale":
+        m = multipliers[e.name[: -len("_scale")]]
+        try:
+            yield np.array([hf.weight_scale(m, target)], dtype="<f4")
+        except PackError as err:
+            raise PackError(f"{t.source}: {err}") from None
+    else:  # dense or scale-copy: the source's bytes as they are
+        ref = ck.ref(t.scale_source if e.kind == "scale-copy" and t.scale_source else t.source)
+        if len(ref.shape) < 2:
+            yield mf.view(ref)
+            return
+        for rs in _row_chunks(ref.shape[0], int(np.prod(ref.shape[1:]))):
+            yield mf.view(ref, rs)
+            mf.release(ref, rs)
+
+
+def export_config(config: Mapping[str, Any], fam: Family, linear_class: hf.LinearClass,
+                  lm_head: bool) -> dict[str, Any]:
+    """config.json of the export: the source's, made explicit where transformers' defaults
+    differ from what bitconv computes, with a quantization_config for `linear_class`."""
+    c = dict(config)
+    if fam.sub_norms:  # a BitNet graph: transformers' BitNetForCausalLM, ReLU² or SiLU
+        for k in REMOTE_CODE_KEYS:
+            c.pop(k, None)
+        c.update(architectures=["BitNetForCausalLM"], model_type="bitnet",
+                 hidden_act="relu2" if fam.arch == "bitnet-b1.58" else "silu")
+    heads = c["num_attention_heads"]
+    # BitNetConfig defaults kv heads to 5 and untied embeddings: say what the weights mean
+    c.update(num_key_value_heads=c.get("num_key_value_heads") or heads, tie_word_embeddings=not lm_head)
+    qc = dict(config.get("quantization_config") or {})
+    qc.update(quant_method="bitnet", linear_class=linear_class, quantization_mode="offline")
+    c["quantization_config"] = qc
+    return c
+
+
+def write_safetensors_streamed(path: Path, entries: list[_Entry],
+                               chunks: Callable[[_Entry], Iterable[npt.NDArray[Any]]]) -> None:
+    """safetensors with the header first, then each entry's `chunks(entry)` in order."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for e in entries:
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
+                          "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for e in entries:
+            done = 0
+            for a in chunks(e):
+                a = np.ascontiguousarray(a)
+                f.write(memoryview(a).cast("B"))
+                done += a.nbytes
+            if done != e.nbytes:  # a bug, not a user error
+                raise PackError(f"{e.name}: wrote {done} of {e.nbytes} bytes")
+
+
+def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _copy_aux(src: Path, dst: Path) -> None:
+    """Copy a tokenizer/licence file; 1bitLLM's remote BitnetTokenizer (a LlamaTokenizer copy)
+    is named as the built-in class so loading needs no remote code."""
+    if src.name == "tokenizer_config.json":
+        tc = json.loads(src.read_text(encoding="utf-8"))
+        if tc.get("tokenizer_class") == "BitnetTokenizer":
+            tc.pop("auto_map", None)
+            tc["tokenizer_class"] = "LlamaTokenizer"
+            _write_json(dst, tc)
+            return
+    shutil.copyfile(src, dst)
+
+
+# --- atomic output directories ---
+
+def check_dir_writable(out: Path, force: bool, src: Path | None = None) -> None:
+    """Refuse early: an existing output without `force`, or anything but a checkpoint
+    directory (config.json, no subdirectories) as the thing `force` would replace."""
+    if src is not None and out.resolve() == src.resolve():
+        raise OutputError(f"{out}: is the source checkpoint; choose another output directory")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise OutputError(f"{out}: already exists; pass --force to overwrite")
+        if out.is_symlink() or not out.is_dir():
+            raise OutputError(f"{out}: not a directory; refusing to replace it")
+        if not (out / "config.json").is_file() or any(p.is_dir() for p in out.iterdir()):
+            raise OutputError(f"{out}: not a checkpoint directory; refusing to replace it")
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent}: no such directory")
+
+
+@contextmanager
+def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield `<out>.incomplete/`; it becomes `out` only if the block completes. An existing
+    `out` (with force) is moved aside to `<out>.old.incomplete` first and removed after the rename."""
+    check_dir_writable(out, force)
+    tmp, old = (out.with_name(out.name + s) for s in (".incomplete", ".old.incomplete"))
+    for stale in (tmp, old):
+        _remove(stale)
+    try:
+        tmp.mkdir()
+        yield tmp
+        for f in sorted(tmp.iterdir()):
+            _fsync(f)
+        _fsync(tmp)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        _fsync(out.parent)
+        _remove(old)
+    except OSError as e:  # disk full, permission denied, ...
+        _remove(tmp)
+        raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def _fsync(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
