@@ -129,7 +129,7 @@ def inspect(path: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("packed", type=click.Path(dir_okay=False, path_type=str))
+@click.argument("packed", type=click.Path(path_type=str))
 @click.option("--source", type=click.Path(path_type=str), default=None,
               help="The checkpoint directory PACKED was made from.")
 @click.option("--tokens", type=click.IntRange(1, 4096), default=16, show_default=True,
@@ -231,6 +231,58 @@ def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, c
                              chat=chat, mode=mode):
         click.echo(piece, nl=False)
     click.echo()
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Release directory [default: ./release/<recipe name>].")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Formats packed and verified in parallel (the bytes do not depend on it).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the path.")
+def release(recipe: str, out: str | None, jobs: int, as_json: bool) -> None:
+    """Pull RECIPE's pinned repo, pack every listed format, verify each, and write
+    MANIFEST.json and SHA256SUMS beside the artifacts; print the release directory.
+
+    Up-to-date artifacts are kept, not rebuilt. A failing verify exits 3 and publishes nothing.
+
+    \b
+    Example:
+      bitconv release recipes/bitnet-b1.58-2B-4T.toml -j2
+    """
+    from bitconv.release import release as run
+
+    res = run(recipe, out=out, jobs=jobs, progress=sys.stderr.isatty())
+    click.echo(res.to_json() if as_json else str(res.out))
+
+
+@cli.group()
+def recipe() -> None:
+    """Recipes: one TOML file per real model (recipes/*.toml)."""
+
+
+@recipe.command(name="lock")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=str))
+def recipe_lock(path: str) -> None:
+    """Pull the recipe's revision and record the resolved commit sha and the input files'
+    sha256 in the recipe file; print the sha."""
+    from bitconv.hub import pull
+    from bitconv.recipes import load_recipe, lock
+
+    r = load_recipe(path)
+    snap = pull(r.repo, revision=r.revision)
+    lock(r, snap.sha, {f.path: f.sha256 for f in snap.files if f.sha256})
+    click.echo(snap.sha)
+
+
+@recipe.command(name="check")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=str))
+def recipe_check(paths: tuple[str, ...]) -> None:
+    """Validate recipe files (default: recipes/*.toml); print each name."""
+    from bitconv.recipes import find_recipes, load_recipe
+
+    for p in paths or tuple(str(p) for p in find_recipes()):
+        click.echo(load_recipe(p).name)
 
 
 @cli.command(name="make-fixture", hidden=False)

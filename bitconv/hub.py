@@ -33,8 +33,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bitconv.errors import BitconvError, NetworkError, PullError
-from bitconv.snapshot import (SHA, FileEntry, Snapshot, check, check_all, checkpoint_name,
-                              discard, select, strays, unchanged, unsafe)
+from bitconv.snapshot import (SHA, FileEntry, Snapshot, check, checkpoint_name, discard,
+                              from_cache, pick, strays, unchanged, unsafe)
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
@@ -148,7 +148,7 @@ class _Pull:
         with self._errors():
             self.sha, listing = self._listing()
         target = self.target(self.sha)
-        wanted = self._select(listing)
+        wanted = pick(listing, self.include, self.who)
         old = Snapshot.read(target)
         prev = ({f.path: f for f in old.files}
                 if old is not None and (old.repo, old.sha) == (self.repo, self.sha) else {})
@@ -158,10 +158,11 @@ class _Pull:
             raise PullError(f"{target / stray[0]} is not part of {self.who}: remove it, "
                             "or pull into an empty --local-dir")
         if not (snap.complete and old is not None and snap.to_dict() == old.to_dict()):
-            target.mkdir(parents=True, exist_ok=True)
-            snap.write()  # before any transfer: an interrupted or offline pull knows the listing
-            self._write_ref()
-            snap = self._fetch_all(snap)
+            with self._errors():  # local disk errors (full, read-only) as one line
+                target.mkdir(parents=True, exist_ok=True)
+                snap.write()  # before any transfer: an interrupted or offline pull knows it
+                self._write_ref()
+                snap = self._fetch_all(snap)
         self._write_ref()
         return snap
 
@@ -199,17 +200,6 @@ class _Pull:
                                  x.blob_id or "", x.lfs is not None,
                                  x.lfs.sha256 if x.lfs else None))
         return self.sha, out
-
-    def _select(self, listing: list[FileEntry]) -> list[FileEntry]:
-        by_path = {e.path: e for e in listing}
-        paths = select(list(by_path), self.include)
-        if self.include is not None and not paths:
-            raise PullError(f"{self.who}: no file matches --include {' '.join(self.include)}")
-        if self.include is None and ("config.json" not in paths
-                                     or not any(p.endswith(".safetensors") for p in paths)):
-            raise PullError(f"{self.who}: no config.json and *.safetensors at the top level "
-                            "(bitconv converts safetensors checkpoints; --include fetches others)")
-        return [by_path[p] for p in paths]
 
     def _fetch_all(self, snap: Snapshot) -> Snapshot:
         from tqdm import tqdm
@@ -267,40 +257,21 @@ class _Pull:
             meta.unlink(missing_ok=True)
 
     def _write_ref(self) -> None:
-        if self.local_dir is None and self.rev != self.sha and not unsafe(self.rev):
-            ref = self.storage / "refs" / self.rev  # as huggingface_hub records a branch or tag
-            ref.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ref.with_name(ref.name + ".incomplete")
-            tmp.write_text(self.sha)
-            os.replace(tmp, ref)
+        """Record revision -> sha as huggingface_hub does (best effort: read-only caches)."""
+        ref = self.storage / "refs" / self.rev
+        if self.local_dir is not None or self.rev == self.sha or unsafe(self.rev):
+            return
+        try:
+            if not ref.is_file() or ref.read_text() != self.sha:
+                ref.parent.mkdir(parents=True, exist_ok=True)
+                tmp = ref.with_name(f"{ref.name}.{os.getpid()}.incomplete")
+                tmp.write_text(self.sha)
+                os.replace(tmp, ref)
+        except OSError:
+            pass
 
     def offline(self) -> Snapshot:
-        where = f"{self.repo}@{self.rev}"
-        if self.local_dir is None and not SHA.fullmatch(self.rev):
-            ref = self.storage / "refs" / self.rev
-            if not ref.is_file():
-                raise PullError(f"{where}: offline, and not in the cache ({self.s.cache_dir}); "
-                                "pull it once with network")
-            self.sha = ref.read_text().strip()
-        target = self.target(self.sha or self.rev)
-        snap = Snapshot.read(target)
-        if (snap is None or snap.repo != self.repo
-                or (snap.sha != self.sha and self.rev not in (snap.revision, snap.sha))):
-            raise PullError(f"{where}: offline, and {target} has no bitconv pull manifest for it; "
-                            "pull it once with network")
-        self.sha = snap.sha
-        done, missing, bad = check_all(self._select(list(snap.files)), target)
-        if missing:
-            raise PullError(f"{self.who}: offline, and {len(missing)} file(s) are missing from "
-                            f"{target}: {', '.join(missing)}; pull again with network")
-        if bad:
-            raise PullError(f"{self.who}: offline, and {', '.join(bad)} does not match the "
-                            "hub's listing; pull again with network")
-        by_path = {f.path: f for f in done}
-        merged = replace(snap, files=tuple(by_path.get(f.path, f) for f in snap.files))
-        if merged != snap:
-            merged.write()  # verified offline against the listing the hub gave
-        return replace(merged, revision=self.rev, include=self.include, files=tuple(done))
+        return from_cache(self.repo, self.rev, self.local_dir, self.storage, self.include)
 
     @contextmanager
     def _errors(self, file: str | None = None) -> Iterator[None]:
@@ -359,6 +330,8 @@ class _Pull:
                                     "could not resume; pull again: verified files are kept")
         if isinstance(e, OSError) and e.errno is None:  # e.g. "Consistency check failed: …"
             return NetworkError(f"{where}: {str(e).splitlines()[0]}")
+        if isinstance(e, OSError):  # the local disk: full, read-only, permissions
+            return PullError(f"{where}: {e.strerror}: {e.filename}")
         return None
 
 

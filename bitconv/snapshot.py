@@ -1,4 +1,4 @@
-"""The local side of `pull`: which files to take, hashing them, and the pull manifest.
+"""The local side of `pull`: which files to take, hashing them, the pull manifest, offline reads.
 
 A pulled snapshot is a directory (the HF cache's `snapshots/<sha>/`, or `--local-dir`) holding the
 files of one commit, plus `.bitconv-pull.json`, the manifest. A dotfile, so no glob for model
@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
+
+from bitconv.errors import PullError
 
 MANIFEST = ".bitconv-pull.json"
 # What conversion reads: config, tokenizer, weights (top level only: subfolders hold other formats)
@@ -85,7 +87,7 @@ class Snapshot:
 
     def write(self) -> None:
         """Write the manifest atomically (a reader sees the old one or the new one)."""
-        tmp = self.manifest.with_name(MANIFEST + ".incomplete")
+        tmp = self.manifest.with_name(f"{MANIFEST}.{os.getpid()}.incomplete")  # per process
         tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, self.manifest)
 
@@ -123,6 +125,50 @@ def select(paths: list[str], include: tuple[str, ...] | None) -> list[str]:
             return "/" not in p and any(fnmatchcase(p, pat) for pat in DEFAULT_INCLUDE)
         return any(fnmatchcase(p, pat) for pat in include)
     return sorted(p for p in paths if taken(p))
+
+
+def pick(listing: list[FileEntry], include: tuple[str, ...] | None, who: str) -> list[FileEntry]:
+    """select() over a listing; refuses an empty result, and by default one without weights."""
+    by_path = {e.path: e for e in listing}
+    paths = select(list(by_path), include)
+    if include is not None and not paths:
+        raise PullError(f"{who}: no file matches --include {' '.join(include)}")
+    if include is None and ("config.json" not in paths
+                            or not any(p.endswith(".safetensors") for p in paths)):
+        raise PullError(f"{who}: no config.json and *.safetensors at the top level "
+                        "(bitconv converts safetensors checkpoints; --include fetches others)")
+    return [by_path[p] for p in paths]
+
+
+def from_cache(repo: str, rev: str, local_dir: Path | None, storage: Path,
+               include: tuple[str, ...] | None) -> Snapshot:
+    """`repo`@`rev` from refs/ and the manifest alone (offline), every file checked; or a
+    PullError naming what is missing. `storage` is the repo's HF cache dir (models--org--name)."""
+    where, sha = f"{repo}@{rev}", rev
+    if local_dir is None and not SHA.fullmatch(rev):
+        ref = storage / "refs" / rev
+        if not ref.is_file():
+            raise PullError(f"{where}: offline, and not in the cache ({storage.parent}); "
+                            "pull it once with network")
+        sha = ref.read_text().strip()
+    target = local_dir if local_dir is not None else storage / "snapshots" / sha
+    snap = Snapshot.read(target)
+    if snap is None or snap.repo != repo or sha not in (snap.revision, snap.sha):
+        raise PullError(f"{where}: offline, and {target} has no bitconv pull manifest for it; "
+                        "pull it once with network")
+    who = f"{repo}@{snap.sha[:7]}"
+    done, missing, bad = check_all(pick(list(snap.files), include, who), target)
+    if missing:
+        raise PullError(f"{who}: offline, and {len(missing)} file(s) are missing from {target}: "
+                        f"{', '.join(missing)}; pull again with network")
+    if bad:
+        raise PullError(f"{who}: offline, and {', '.join(bad)} does not match the hub's "
+                        "listing; pull again with network")
+    by_path = {f.path: f for f in done}
+    merged = replace(snap, files=tuple(by_path.get(f.path, f) for f in snap.files))
+    if merged != snap:
+        merged.write()  # verified offline, against the listing the hub gave
+    return replace(merged, revision=rev, include=include, files=tuple(done))
 
 
 def strays(root: Path, wanted: set[str], include: tuple[str, ...] | None) -> list[str]:

@@ -9,7 +9,7 @@ mode). The first failing check names the offending key, tensor, element or posit
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from bitconv import ternary
 from bitconv.errors import InputError
 from bitconv.formats import get_format
 from bitconv.runtime.model import Model
-from bitconv.runtime.weights import Weights, has_latent, load_checkpoint_weights, load_gguf
+from bitconv.runtime.weights import Weights, has_latent, load_any, load_checkpoint_weights
 from bitconv.types import TernaryTensor
 
 
@@ -61,7 +61,8 @@ def fixed_tokens(n: int, vocab: int) -> np.ndarray:
 def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int = 16,
            scale_rule: ternary.ScaleRule | None = None, mode: str = "exact",
            drift: bool = True) -> Report:
-    """Check `packed` against `source`; without a source only the container and codecs are checked.
+    """Check `packed` (a GGUF file, or an `hf` export directory) against `source`; without a
+    source only the container and codecs are checked.
 
     Memory stays near the largest tensor: weights are lazy and both models run with keep=False.
     `mode` selects the BitLinear numerics of the logits check (runtime/bitlinear.py); file and
@@ -75,7 +76,7 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
     """
     checks: list[Check] = []
     try:
-        got = load_gguf(packed)
+        got = load_any(packed)
         n_t = sum(isinstance(got.tensors[n], TernaryTensor) for n in got.order)  # decodes each
     except InputError as e:
         return Report(str(packed), _s(source), (Check("container", False, str(e)),))
@@ -84,6 +85,8 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
     if source is None:
         return Report(str(packed), None, tuple(checks))
     ref = load_checkpoint_weights(source, scale_rule, format=got.format)
+    if Path(packed).is_dir():  # an `hf` export: a checkpoint's name is its directory's, not content
+        got = replace(got, kvs={**got.kvs, "general.name": ref.kvs.get("general.name")})
     for name, fn in (("metadata", _metadata), ("tensors", _tensors)):
         problem = fn(got, ref)
         checks.append(Check(name, problem is None, problem or _ok_detail(name, ref)))

@@ -1,0 +1,145 @@
+"""`bitconv release` of the demo recipe from the local fake hub: artifacts, manifest, sums,
+idempotence, determinism across -j, and failure without publishing."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bitconv.cli import cli
+from bitconv.recipes import load_recipe
+from bitconv.synth.fakehub import FakeHub
+
+RECIPE = Path(__file__).parent.parent / "recipes" / "demo.toml"
+
+
+@pytest.fixture
+def hub(fixtures_root, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    repo = load_recipe(RECIPE).repo
+    with FakeHub({repo: fixtures_root / "bitnet-b1.58-2B-4T-bf16"}) as h:
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        yield h
+
+
+def release(out, *extra):
+    return CliRunner().invoke(cli, ["release", str(RECIPE), "--out", str(out), *extra])
+
+
+def sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_release_end_to_end(hub, tmp_path):
+    out = tmp_path / "rel"
+    r = release(out, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert [a["format"] for a in res["artifacts"]] == ["i2s", "tl1", "tl2", "tq2_0", "hf"]
+    assert all(a["rebuilt"] and a["verify"] == "ok" for a in res["artifacts"])
+    m = json.loads((out / "MANIFEST.json").read_text())
+    assert m["source"]["repo"] == "bitconv/tiny-bitnet-b1.58-2B-4T-bf16"
+    assert m["source"]["sha"] == res["sha"] and len(res["sha"]) == 40
+    assert m["source"]["inputs"]["model.safetensors"] == sha256(
+        Path(hub.repos["bitconv/tiny-bitnet-b1.58-2B-4T-bf16"]) / "model.safetensors")
+    # every file in the release is listed, and every listed hash is recomputed here
+    listed = {k: v for a in m["artifacts"] for k, v in a["files"].items()}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert on_disk == set(listed) | {"MANIFEST.json", "SHA256SUMS"}
+    for name, v in listed.items():
+        assert sha256(out / name) == v["sha256"] and (out / name).stat().st_size == v["size"]
+    sums = dict(reversed(line.split("  ", 1)) for line in (out / "SHA256SUMS").read_text()
+                .splitlines())
+    assert {k: v["sha256"] for k, v in listed.items()} == sums
+    assert "demo-tl2.gguf.kernel_config.ini" in listed  # the TL sidecar is part of the artifact
+    assert "demo-hf/model.safetensors" in listed
+
+
+def test_second_release_rebuilds_nothing_and_is_identical(hub, tmp_path):
+    out = tmp_path / "rel"
+    assert release(out).exit_code == 0
+    before = (out / "MANIFEST.json").read_bytes(), (out / "SHA256SUMS").read_bytes()
+    r = release(out, "--json")
+    assert r.exit_code == 0, r.output
+    assert not any(a["rebuilt"] for a in json.loads(r.stdout)["artifacts"])
+    assert ((out / "MANIFEST.json").read_bytes(), (out / "SHA256SUMS").read_bytes()) == before
+
+
+def test_release_is_deterministic_across_jobs(hub, tmp_path):
+    assert release(tmp_path / "a", "-j", "1").exit_code == 0
+    assert release(tmp_path / "b", "-j", "2").exit_code == 0
+    assert (tmp_path / "a" / "SHA256SUMS").read_bytes() == (tmp_path / "b" / "SHA256SUMS").read_bytes()
+    assert (tmp_path / "a" / "MANIFEST.json").read_bytes() == \
+        (tmp_path / "b" / "MANIFEST.json").read_bytes()
+
+
+def test_a_corrupted_artifact_is_rebuilt(hub, tmp_path):
+    out = tmp_path / "rel"
+    assert release(out).exit_code == 0
+    good = sha256(out / "demo-i2s.gguf")
+    with open(out / "demo-i2s.gguf", "r+b") as f:
+        f.seek(-100, 2)
+        f.write(b"\xff")
+    r = release(out, "--json")
+    rebuilt = {a["format"] for a in json.loads(r.stdout)["artifacts"] if a["rebuilt"]}
+    assert rebuilt == {"i2s"} and sha256(out / "demo-i2s.gguf") == good
+
+
+def test_a_failing_verify_publishes_nothing(hub, tmp_path, monkeypatch):
+    import bitconv.verify as verify_mod
+
+    real = verify_mod.verify
+
+    def broken(path, **kw):  # a verify that finds a mismatch in the tq2_0 artifact
+        rep = real(path, **kw)
+        if str(path).endswith("tq2_0.gguf"):
+            bad = verify_mod.Check("tensors", False, "blk.0.attn_q.weight: 1 values differ")
+            return verify_mod.Report(rep.path, rep.source, (*rep.checks[:1], bad))
+        return rep
+
+    monkeypatch.setattr(verify_mod, "verify", broken)
+    out = tmp_path / "rel"
+    r = release(out)
+    assert r.exit_code == 3
+    assert r.stderr.startswith("Error: demo-tq2_0.gguf: ")
+    assert "tensors: blk.0.attn_q.weight: 1 values differ" in r.stderr
+    assert not (out / "MANIFEST.json").exists() and not list(out.glob("demo-*"))
+
+
+def test_recipe_facts_are_checked_against_the_pulled_config(hub, tmp_path):
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(RECIPE.read_text().replace("layers = 2", "layers = 3"))
+    r = CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel")])
+    assert r.exit_code == 1
+    assert r.stderr == (f"Error: {recipe}: [model] layers = 3, but the checkpoint's config.json "
+                        "has num_hidden_layers = 2\n")
+
+
+def test_recipe_lock_records_the_commit_and_inputs(hub, tmp_path):
+    recipe = tmp_path / "demo.toml"
+    shutil.copy(RECIPE, recipe)
+    r = CliRunner().invoke(cli, ["recipe", "lock", str(recipe)])
+    assert r.exit_code == 0, r.output
+    locked = load_recipe(recipe)
+    assert locked.commit == r.stdout.strip() and len(locked.commit) == 40
+    assert set(locked.inputs) >= {"model.safetensors", "config.json"}
+    # a locked recipe releases, and a changed input is refused
+    assert release_locked(recipe, tmp_path).exit_code == 0
+    text = recipe.read_text()
+    h = locked.inputs["model.safetensors"]
+    recipe.write_text(text.replace(h, "0" * 64))
+    r = release_locked(recipe, tmp_path)
+    assert r.exit_code == 1 and "input model.safetensors has sha256 " in r.stderr
+
+
+def release_locked(recipe, tmp_path):
+    return CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel")])
