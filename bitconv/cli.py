@@ -44,8 +44,9 @@ def cli() -> None:
 @click.argument("src", type=click.Path(path_type=str))
 @click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default="i2s", show_default=True,
               help="Packed layout to write.")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
-              help="Output file [default: ./<SRC dir name>-<format>.gguf].")
+@click.option("-o", "--out", type=click.Path(), default=None,
+              help="Output file, or directory for --format hf "
+                   "[default: ./<SRC name>-<format>.gguf, ./<SRC name>-hf/].")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--scale-rule", type=click.Choice(["multiply", "divide"]), default=None,
               help="Override how weight_scale is applied (and skip its magnitude check); "

@@ -23,9 +23,10 @@ from bitconv.checkpoint import Checkpoint, load_checkpoint
 from bitconv.errors import InputError, PackError
 from bitconv.families import detect
 from bitconv.families.base import Family, PlannedTensor, hparam_kvs, plan
-from bitconv.formats import get_format
+from bitconv.formats import get_format, layout_kvs
 from bitconv.gguf_io import F16, F32, GGUFWriter, TensorInfo, tensor_nbytes
 from bitconv.outputs import atomic_output, check_writable
+from bitconv.snapshot import checkpoint_name
 from bitconv.safetensors_io import MappedFiles, to_float32
 from bitconv.tokenizer import pre_tokenizer, tokenizer_kvs
 from bitconv.types import KV
@@ -45,7 +46,7 @@ class PackResult:
 
 def default_output(src: Path, fmt: str) -> Path:
     """`<checkpoint dir name>-<format>.gguf` in the current directory."""
-    return Path(f"{src.resolve().name}-{fmt}.gguf")
+    return Path(f"{checkpoint_name(src)}-{fmt}.gguf")
 
 
 def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
@@ -155,10 +156,11 @@ def _multiplier(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary
 def metadata(ck: Checkpoint, fam: Family, codec: ModuleType) -> list[KV]:
     """general.*, then {arch}.* hyperparameters, then tokenizer.* (deterministic order)."""
     kvs = [KV("general.architecture", T.STRING, fam.arch),
-           KV("general.name", T.STRING, ck.path.resolve().name),
+           KV("general.name", T.STRING, checkpoint_name(ck.path)),
            KV("general.file_type", T.UINT32, codec.SPEC.file_type),
            KV("general.quantization_version", T.UINT32, 2)]
     kvs += hparam_kvs(ck.config, fam.arch) + fam.extra_kvs(ck.config, fam.arch)
+    kvs += layout_kvs(codec, fam.arch)
     return kvs + tokenizer_kvs(ck.path, ck.config["vocab_size"], pre_tokenizer(ck.path))
 
 

@@ -169,8 +169,6 @@ def test_packed_tensor_bytes(fixtures_root, tmp_path):
     assert tensor_bytes(gf, t).tobytes() == i2s_arm.pack(ref.codes, ref.multiplier).tobytes()
 
 
-@pytest.mark.xfail(strict=True, reason="pack.metadata does not write layout_kvs(codec, arch) and "
-                                       "load_gguf does not pass kvs to codec_for yet")
 def test_pack_then_load_gguf(fixtures_root, tmp_path):
     src = fixtures_root / "bitnet-b1.58-2B-4T"
     out = pack(src, format="i2s-arm", out=tmp_path / "m.gguf").path

@@ -72,7 +72,7 @@ def load_gguf(path: str | Path) -> Weights:
         if t.ggml_type in (F32, F16):
             loaders[t.name] = lambda t=t: np.array(tensor_array(gf, t), dtype=np.float32)
             continue
-        codec = codec_for(t.ggml_type, t.name, t.shape, set(by_name))
+        codec = codec_for(t.ggml_type, t.name, t.shape, set(by_name), gf.kvs)
         if codec is None:
             name = TYPE_NAMES.get(t.ggml_type, str(t.ggml_type))
             raise InputError(f"{path}: tensor {t.name!r} has type {name}, which bitconv cannot run")
