@@ -52,7 +52,9 @@ def cli() -> None:
               help="Override how weight_scale is applied (and skip its magnitude check); "
                    "by default multiply iff linear_class is autobitlinear.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | None,
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object (path, format, family, tensors, bytes) instead of the path.")
+def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | None, as_json: bool,
          quiet: bool) -> None:
     """Pack the checkpoint directory SRC into a GGUF file and print its path. SRC may also be
     a Hugging Face repo id (owner/name, not an existing path): it is pulled first, as by `pull`.
@@ -72,7 +74,13 @@ def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | Non
     res = run(source.path, format=fmt, out=out, force=force,
               scale_rule=scale_rule,  # type: ignore[arg-type]
               progress=not quiet and sys.stderr.isatty())
-    click.echo(str(res.path))
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"path": str(res.path), "format": res.format, "family": res.family,
+                               "tensors": res.tensors, "bytes": res.nbytes}, indent=2))
+    else:
+        click.echo(str(res.path))
 
 
 @cli.command()

@@ -287,3 +287,15 @@ def test_non_llama3_bpe_vocabulary_is_refused(fixture_copy, tmp_path):
     out = tmp_path / "o.gguf"
     assert_fails(run_pack(ck, out), out, f"{ck}/tokenizer.json: not a Llama-3 vocabulary; "
                  "bitconv cannot name its llama.cpp pre-tokenizer yet")
+
+
+def test_pack_json(fixtures_root, tmp_path):
+    import json
+    out = tmp_path / "m.gguf"
+    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T"), "-o", str(out),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    from bitconv.gguf_reader import read_gguf
+    data = sum(t.nbytes for t in read_gguf(out).tensors)  # tensor bytes, without header/padding
+    assert json.loads(r.stdout) == {"path": str(out), "format": "i2s", "family": "bitnet-b1.58",
+                                    "tensors": 24, "bytes": data}
