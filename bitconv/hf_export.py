@@ -36,7 +36,13 @@ from bitconv.errors import OutputError, PackError
 from bitconv.families import detect
 from bitconv.families.base import Family, PlannedTensor, plan
 from bitconv.formats import hf
-from bitconv.pack import PackResult, _check_scales, _row_chunks, ternary_codes
+from bitconv.pack import (
+    PackResult,
+    _check_scales,
+    _row_chunks,
+    check_shapes,
+    ternary_codes,
+)
 from bitconv.safetensors_io import DTYPES, MappedFiles
 
 # transformers' BitNetForCausalLM names the two sub-norms so (hf.md §1.6, §1.7)
@@ -92,12 +98,7 @@ def export(src: str | Path, *, out: str | Path | None = None, force: bool = Fals
     ck = load_checkpoint(src)
     fam = detect(ck.config)
     items = plan(ck, fam)
-    for t in items:
-        if t.kind == "ternary":
-            try:
-                hf.check_shape(t.shape)
-            except PackError as e:
-                raise PackError(f"{t.source}: {e}") from None
+    check_shapes(hf, items)
     rule = scale_rule or ternary.scale_rule(dict(ck.config))
     _check_scales(ck, items, rule, scale_rule is None)
     # default: the convention the source's weight_scale is read by, so it is copied as it is

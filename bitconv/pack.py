@@ -26,8 +26,8 @@ from bitconv.families.base import Family, PlannedTensor, hparam_kvs, plan
 from bitconv.formats import get_format, layout_kvs
 from bitconv.gguf_io import F16, F32, GGUFWriter, TensorInfo, tensor_nbytes
 from bitconv.outputs import atomic_output, check_writable
-from bitconv.snapshot import checkpoint_name
 from bitconv.safetensors_io import MappedFiles, to_float32
+from bitconv.snapshot import checkpoint_name
 from bitconv.tokenizer import pre_tokenizer, tokenizer_kvs
 from bitconv.types import KV
 
@@ -75,12 +75,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     ck = load_checkpoint(src)
     fam = detect(ck.config)
     items = plan(ck, fam)
-    for t in items:
-        if t.kind == "ternary":
-            try:
-                codec.check_shape(t.shape)
-            except PackError as e:
-                raise PackError(f"{t.source}: {e}") from None
+    check_shapes(codec, items)
     infos = [tensor_parts(codec, t) for t in items]
     # a format's extra file (e.g. TL kernel configuration) goes beside `out`, under the same rules
     extra = codec.sidecar([(t.gguf_name, t.shape) for t in items if t.kind == "ternary"])
@@ -108,6 +103,16 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
         with atomic_output(side, force) as f:
             f.write(extra[1])
     return PackResult(out, format, fam.name, len(items), total)
+
+
+def check_shapes(codec: ModuleType, items: list[PlannedTensor]) -> None:
+    """Every ternary weight fits the format, before anything is written (errors name the source)."""
+    for t in items:
+        if t.kind == "ternary":
+            try:
+                codec.check_shape(t.shape)
+            except PackError as e:
+                raise PackError(f"{t.source}: {e}") from None
 
 
 def tensor_parts(codec: ModuleType, t: PlannedTensor) -> list[TensorInfo]:

@@ -118,26 +118,7 @@ def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes]
 
 # --- the lossy variant, registered as "tq1_0-fp16" ---
 
-def _check_shape_fp16(shape: tuple[int, int]) -> None:
-    tq.check_shape(SPEC_FP16, shape)
-
-
-def _parts_fp16(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    return (tq.weight_part(SPEC_FP16, name, shape),)
-
-
-def _encode_fp16(multiplier: float | np.float32,
-                 chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
-    return tq.encode_lossy(SPEC_FP16, pack_qs, multiplier, chunks)
-
-
-def _decode_fp16(datas: Sequence[npt.NDArray[np.uint8]],
-                 shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    return tq.decode_lossy(SPEC_FP16, unpack_qs, datas, shape)
-
-
-fp16 = tq.codec_module(
+fp16 = tq.lossy_codec(
     f"{__name__}.fp16", "TQ1_0 with d = fp16(multiplier) in every block (lossy); formats/tq1_0.md",
-    SPEC=SPEC_FP16, check_shape=_check_shape_fp16, parts=_parts_fp16, encode=_encode_fp16,
-    decode=_decode_fp16, sidecar=sidecar, nbytes=nbytes, pack=pack, unpack=unpack,
+    SPEC_FP16, pack_qs, unpack_qs, nbytes=nbytes, pack=pack, unpack=unpack,
 )

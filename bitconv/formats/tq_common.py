@@ -189,3 +189,27 @@ def codec_module(qualname: str, doc: str, **surface: Any) -> ModuleType:
     mod = ModuleType(qualname, doc)
     mod.__dict__.update(surface)
     return mod
+
+
+def lossy_codec(qualname: str, doc: str, spec: FormatSpec, pack_qs: PackQs, unpack_qs: PackQs,
+                **helpers: Any) -> ModuleType:
+    """The `-fp16` variant of a TQ type (d = fp16(multiplier) in every block, no companion
+    tensor) as a registry codec; `helpers` are the format's own nbytes/pack/unpack."""
+    def check(shape: tuple[int, int]) -> None:
+        check_shape(spec, shape)
+
+    def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
+        return (weight_part(spec, name, shape),)
+
+    def encode(multiplier: float | np.float32,
+               chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[U8]:
+        return encode_lossy(spec, pack_qs, multiplier, chunks)
+
+    def decode(datas: Sequence[U8], shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
+        return decode_lossy(spec, unpack_qs, datas, shape)
+
+    def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
+        return None
+
+    return codec_module(qualname, doc, SPEC=spec, check_shape=check, parts=parts, encode=encode,
+                        decode=decode, sidecar=sidecar, **helpers)
