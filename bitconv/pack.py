@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from bitconv import ternary
 from bitconv.checkpoint import Checkpoint, load_checkpoint
+from bitconv.dense import dense_part
 from bitconv.errors import InputError, PackError
 from bitconv.families import detect
 from bitconv.families.base import Family, PlannedTensor, hparam_kvs, plan
@@ -29,10 +30,12 @@ from bitconv.outputs import atomic_output, check_writable
 from bitconv.safetensors_io import MappedFiles, to_float32
 from bitconv.snapshot import checkpoint_name
 from bitconv.tokenizer import pre_tokenizer, tokenizer_kvs
+from bitconv.workers import Workers
 from bitconv.types import KV
 
-CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per row chunk
-F16_MAX = 65504.0
+CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per row chunk: one task for a worker thread
+SERIAL = Workers(1)
+KEEP_MAPPED = 128 << 20  # bytes of a latent tensor kept mapped from pass 1 to pass 2
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def default_output(src: Path, fmt: str) -> Path:
 
 def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
          force: bool = False, scale_rule: ternary.ScaleRule | None = None,
-         progress: bool = False) -> PackResult:
+         progress: bool = False, threads: int | None = None) -> PackResult:
     """Pack a BitNet checkpoint directory into a GGUF file of the given format.
 
     Args:
@@ -60,6 +63,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
         out: output path; default `<dir name>-<format>.gguf` in the current directory.
         force: overwrite an existing output.
         scale_rule: override the weight_scale convention (and skip its sanity check).
+        threads: worker threads (default: one per core); the output bytes do not depend on it.
     Example:
         >>> pack("tests/data/bitnet-b1.58-2B-4T", format="i2s").path
         PosixPath('bitnet-b1.58-2B-4T-i2s.gguf')
@@ -86,15 +90,17 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     _check_scales(ck, items, rule, scale_rule is None)
     flat = [i for group in infos for i in group]
     total = sum(i.nbytes for i in flat)
-    with atomic_output(out, force) as f, MappedFiles() as mf, \
+    with atomic_output(out, force) as f, MappedFiles() as mf, Workers(threads) as workers, \
             tqdm(total=total, unit="B", unit_scale=True, desc=f"pack {format}", file=sys.stderr,
                  disable=not progress, leave=False) as bar:
         w = GGUFWriter(f, kvs, flat)
-        for t, group in zip(items, infos):
+        for k, (t, group) in enumerate(zip(items, infos)):
             bar.set_postfix_str(t.gguf_name, refresh=False)
-            chunks = (codec.encode(*ternary_codes(ck, mf, t, rule, scale_rule is None,
-                                                   codec.SPEC.row_multiple))
-                      if t.kind == "ternary" else dense_chunks(ck, mf, t))
+            if k + 1 < len(items):  # cold input: the kernel reads the next tensor meanwhile
+                mf.prefetch(ck.ref(items[k + 1].source))
+            chunks = (workers.background(codec.encode(*ternary_codes(
+                          ck, mf, t, rule, scale_rule is None, codec.SPEC.row_multiple, workers)))
+                      if t.kind == "ternary" else dense_chunks(ck, mf, t, workers))
             _write_parts(w, group, chunks)
             mf.release(ck.ref(t.source))
             bar.update(sum(i.nbytes for i in group))
@@ -175,49 +181,51 @@ def _row_chunks(rows: int, cols: int, multiple: int = 1) -> Iterator[slice]:
         yield slice(a, min(a + step, rows))
 
 
-def dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor) -> Iterator[npt.NDArray]:
+def dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor,
+                 workers: Workers = SERIAL) -> Iterator[npt.NDArray]:
+    """A dense tensor as float16/float32 row chunks, checked finite and in range."""
     ref = ck.ref(t.source)
     dt = np.float16 if t.kind == "f16" else np.float32
-    rows, cols = (t.shape[0], int(np.prod(t.shape[1:]))) if len(t.shape) > 1 else (1, t.shape[0])
-    for rs in _row_chunks(rows, cols):
-        x = to_float32(mf.view(ref, rs if len(t.shape) > 1 else slice(None)), ref.dtype)
-        if not np.isfinite(x).all():
-            raise InputError(f"{t.source}: holds NaN or Inf values")
-        if dt is np.float16 and np.abs(x).max(initial=0) > F16_MAX:
-            raise InputError(f"{t.source}: values exceed the float16 range of {t.gguf_name}")
-        yield x.astype(dt, copy=False)
-        mf.release(ref, rs)
+    if len(t.shape) < 2:
+        yield dense_part(mf.view(ref), ref.dtype, dt, t.source, t.gguf_name)
+        return
+    rows, cols = t.shape[0], int(np.prod(t.shape[1:]))
+    yield from workers.map(lambda rs: dense_part(mf.view(ref, rs), ref.dtype, dt, t.source,
+                                                 t.gguf_name),
+                           _row_chunks(rows, cols), done=lambda rs: mf.release(ref, rs))
 
 
 def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
-                  checked: bool = True, row_multiple: int = 1
+                  checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL
                   ) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
     """The multiplier of planned tensor `t` and an iterator over its codes in row chunks (whole
     heads when q/k are permuted), in GGUF row order. Packed sources are unpacked and checked,
-    never re-quantized; latent ones take a first pass for the absmean."""
+    never re-quantized; latent ones take a first pass for the absmean. Chunks are computed by
+    `workers` and come out in order."""
     ref = ck.ref(t.source)
     out_f, in_f = t.shape
     head = out_f // t.heads if t.heads else 1
     step = math.lcm(head, row_multiple)  # whole heads to permute, whole row tiles to pack
+    order = (lambda c: permute_heads(c, head)) if t.heads else (lambda c: c)
+    release = lambda rs: mf.release(ref, rs)  # noqa: E731
     if t.scale_source:
         m = _multiplier(ck, mf, t, rule, checked)
         packed = mf.view(ref)
-        chunks = (ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)
-                  for rs in _row_chunks(out_f, in_f, step))
-    else:
-        scan = ternary.AbsmeanScan(t.source)
-        for rs in _row_chunks(out_f, in_f):
-            scan.add(to_float32(mf.view(ref, rs), ref.dtype))
-            mf.release(ref, rs)
-        m, already = scan.result()
-
-        def latent() -> Iterator[npt.NDArray[np.int8]]:
-            for rs in _row_chunks(out_f, in_f, step):
-                w = to_float32(mf.view(ref, rs), ref.dtype)
-                yield ternary.ternarize_chunk(w, m, already, t.source)
-                mf.release(ref, rs)
-        chunks = latent()
-    return m, (permute_heads(c, head) if t.heads else c for c in chunks)
+        return m, workers.map(
+            lambda rs: order(ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)),
+            _row_chunks(out_f, in_f, step))
+    scan = ternary.AbsmeanScan(t.source)
+    # pass 2 re-reads the tensor: a small one stays mapped between the passes (no second
+    # round of page faults), a huge one is released chunk by chunk to bound the resident set
+    keep = ref.nbytes <= KEEP_MAPPED
+    for part in workers.map(lambda rs: ternary.scan_part(mf.view(ref, rs), ref.dtype, t.source),
+                            _row_chunks(out_f, in_f), done=None if keep else release):
+        scan.merge(part)
+    m, already = scan.result()
+    return m, workers.map(
+        lambda rs: order(ternary.ternarize_stored(mf.view(ref, rs), ref.dtype, m, already,
+                                                  t.source)),
+        _row_chunks(out_f, in_f, step), done=release)
 
 
 def permute_heads(rows: npt.NDArray, head_dim: int) -> npt.NDArray:

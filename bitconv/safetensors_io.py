@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import mmap
 import struct
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ class MappedFiles:
 
     def __init__(self) -> None:
         self._maps: dict[Path, mmap.mmap] = {}
+        self._lock = threading.Lock()  # views are taken from worker threads too
 
     def __enter__(self) -> MappedFiles:
         return self
@@ -103,10 +105,11 @@ class MappedFiles:
         self._maps.clear()
 
     def _map(self, path: Path) -> mmap.mmap:
-        if path not in self._maps:
-            with open(path, "rb") as f:
-                self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return self._maps[path]
+        with self._lock:
+            if path not in self._maps:
+                with open(path, "rb") as f:
+                    self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            return self._maps[path]
 
     def view(self, ref: TensorRef, rows: slice = slice(None)) -> npt.NDArray:
         """Zero-copy view of `ref` (BF16 as uint16), optionally only a range of rows."""
@@ -114,6 +117,14 @@ class MappedFiles:
         arr = np.frombuffer(self._map(ref.path), dt, ref.nbytes // dt.itemsize, ref.start)
         arr = arr.reshape(ref.shape)
         return arr[rows] if arr.ndim else arr
+
+    def prefetch(self, ref: TensorRef) -> None:
+        """Ask the kernel to start reading a tensor's pages (MADV_WILLNEED) so a cold read
+        overlaps the work on the tensor before it; our resident set does not grow."""
+        m = self._map(ref.path)
+        start = ref.start - ref.start % mmap.PAGESIZE
+        if ref.end > start:
+            m.madvise(mmap.MADV_WILLNEED, start, ref.end - start)
 
     def release(self, ref: TensorRef, rows: slice = slice(None)) -> None:
         """Drop the pages of the tensor (or of a range of its rows) from our resident set;

@@ -14,12 +14,14 @@ Pure numpy: no files, no families.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
+from bitconv.safetensors_io import to_float32
 
 EPS = np.float32(1e-5)
 ScaleRule = Literal["multiply", "divide"]
@@ -28,8 +30,50 @@ MAX_MULTIPLY_SCALE = 20.0
 MIN_DIVIDE_SCALE = 5.0
 
 
+BLOCK = 1 << 16  # elements per inner step: float32 temporaries stay in L2 (~3x whole-chunk ufuncs)
+
+
+@dataclass(frozen=True)
+class ScanPart:
+    """Pass 1 over one row chunk: what the absmean and the already-ternary test need."""
+
+    n: int
+    sum_abs: float  # float64, summed block by block in a fixed order
+    max_abs: np.float32
+    nonzero: int
+
+
+def scan_part(stored: npt.NDArray, dtype: str, name: str = "") -> ScanPart:
+    """Pass 1 over a chunk of stored values (BF16 as uint16 bits, F32 or F16), in BLOCKs."""
+    flat = stored.reshape(-1)
+    buf = np.empty(min(BLOCK, flat.size), np.uint32)
+    total, top, nonzero = 0.0, np.float32(0), 0
+    for i in range(0, flat.size, BLOCK):
+        a = _abs32(flat[i:i + BLOCK], dtype, buf)
+        s = float(np.add.reduce(a, dtype=np.float64))
+        if not math.isfinite(s):
+            raise InputError(f"{name}: holds NaN or Inf values; refusing to ternarize")
+        bits = a.view(np.uint32)  # |w| >= 0 orders like its bits, and integer passes are faster
+        total += s
+        top = max(top, bits.max().view(np.float32))
+        nonzero += int(np.count_nonzero(bits))
+    return ScanPart(flat.size, total, top, nonzero)
+
+
+def _abs32(block: npt.NDArray, dtype: str, buf: npt.NDArray[np.uint32]) -> npt.NDArray[np.float32]:
+    """|block| as float32 in `buf` (bf16: clear the sign bit, then the 16 bits are an f32's top)."""
+    u = buf[:block.size]
+    if dtype == "BF16":
+        np.bitwise_and(block, 0x7FFF, out=u, casting="unsafe")
+        np.left_shift(u, 16, out=u)
+        return u.view(np.float32)
+    if dtype not in ("F32", "F16", "F64"):
+        raise InputError(f"expected a float tensor, got {dtype}")
+    return np.abs(block, out=u.view(np.float32), casting="same_kind")
+
+
 class AbsmeanScan:
-    """Pass 1 over a latent tensor's row chunks: the absmean and whether it is already ternary."""
+    """Pass 1 over a latent tensor: ScanParts merged in row order -> absmean, already-ternary."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -38,16 +82,14 @@ class AbsmeanScan:
         self.max_abs = np.float32(0)
         self.nonzero = 0
 
-    def add(self, w: npt.NDArray[np.float32]) -> None:
-        a = np.abs(w)
-        s = float(np.add.reduce(a, axis=None, dtype=np.float64))
-        if not math.isfinite(s):
-            raise InputError(f"{self.name}: holds NaN or Inf values; refusing to ternarize")
-        self.n += a.size
-        self.sum_abs += s
-        if a.size:
-            self.max_abs = max(self.max_abs, a.max())
-        self.nonzero += int(np.count_nonzero(a))
+    def add(self, w: npt.NDArray, dtype: str = "F32") -> None:
+        self.merge(scan_part(w, dtype, self.name))
+
+    def merge(self, part: ScanPart) -> None:
+        self.n += part.n
+        self.sum_abs += part.sum_abs
+        self.max_abs = max(self.max_abs, part.max_abs)
+        self.nonzero += part.nonzero
 
     def result(self) -> tuple[np.float32, bool]:
         """(multiplier, already_ternary). Ternary x a iff every non-zero |w| equals max|w|."""
@@ -59,7 +101,7 @@ class AbsmeanScan:
 
 def ternarize_chunk(w: npt.NDArray[np.float32], multiplier: np.float32,
                     already_ternary: bool, name: str = "") -> npt.NDArray[np.int8]:
-    """Pass 2: the codes of one row chunk, given pass 1's result."""
+    """Pass 2: the codes of one row chunk of float32 weights, given pass 1's result."""
     if already_ternary:
         a = np.abs(w)
         if not np.all((a == 0) | (a == multiplier)):
@@ -69,6 +111,35 @@ def ternarize_chunk(w: npt.NDArray[np.float32], multiplier: np.float32,
     np.rint(q, out=q)  # round half to even, like torch.round
     np.clip(q, -1, 1, out=q)
     return q.astype(np.int8)
+
+
+def ternarize_stored(stored: npt.NDArray, dtype: str, multiplier: np.float32,
+                     already_ternary: bool, name: str = "") -> npt.NDArray[np.int8]:
+    """Pass 2 on stored values, same codes as ternarize_chunk of their float32 widening.
+
+    bf16 has only 65536 values, so its codes come from a table built by ternarize_chunk itself
+    (identical by construction); other dtypes are widened and ternarized BLOCK by BLOCK."""
+    flat = stored.reshape(-1)
+    out = np.empty(flat.size, np.int8)
+    lut = bf16_table(multiplier) if dtype == "BF16" and not already_ternary else None
+    for i in range(0, flat.size, BLOCK):
+        block = flat[i:i + BLOCK]
+        if lut is not None:
+            np.take(lut, block, out=out[i:i + BLOCK])
+        else:
+            w = to_float32(block, dtype)
+            out[i:i + BLOCK] = ternarize_chunk(w, multiplier, already_ternary, name)
+    return out.reshape(stored.shape)
+
+
+def bf16_table(multiplier: np.float32) -> npt.NDArray[np.int8]:
+    """The code of every bf16 bit pattern (NaN/Inf patterns -> 0; pass 1 refuses them)."""
+    every = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
+    finite = np.isfinite(every)
+    codes = np.zeros(every.size, np.int8)
+    with np.errstate(over="ignore"):  # |w| / m beyond float32 -> inf -> clipped to ±1
+        codes[finite] = ternarize_chunk(every[finite], multiplier, False)
+    return codes
 
 
 def ternarize(w: npt.NDArray[np.float32], name: str = "") -> tuple[npt.NDArray[np.int8], np.float32]:
@@ -81,27 +152,25 @@ def ternarize(w: npt.NDArray[np.float32], name: str = "") -> tuple[npt.NDArray[n
 
 # HF packing (transformers integrations/bitnet.py, hf.md §1.1): uint8 [R, in] holds 4R rows,
 #   bits 2i..2i+1 of packed[r, c] = code(W[i*R + r, c]),  code = t + 1  (LSB first, quarter blocks)
-_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)
-
-
 def unpack_hf_rows(packed: npt.NDArray[np.uint8], start: int, stop: int,
                    name: str = "") -> npt.NDArray[np.int8]:
     """Unpacked rows [start, stop) of an HF-packed weight, checking that no code is 3."""
-    R = packed.shape[0]
-    parts = []
+    R, cols = packed.shape
+    codes = np.empty((stop - start, cols), np.uint8)  # the 2-bit codes, then codes - 1 as int8
+    step = max(1, BLOCK // max(cols, 1))  # rows per step: the three passes stay in cache
     for i in range(start // R, (stop - 1) // R + 1):  # at most 4 quarter blocks
         lo, hi = max(start, i * R) - i * R, min(stop, (i + 1) * R) - i * R
-        parts.append((packed[lo:hi] >> _SHIFTS[i]) & 3)
-    codes = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    bad = codes == 3
-    if bad.any():
-        r, c = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        for r in range(lo, hi, step):
+            dst = codes[i * R + r - start:i * R + min(hi, r + step) - start]
+            np.right_shift(packed[r:r + len(dst)], 2 * i, out=dst)
+            np.bitwise_and(dst, 3, out=dst)
+    if codes.size and codes.max() > 2:
+        r, c = np.unravel_index(int(np.argmax(codes == 3)), codes.shape)
         row = start + int(r)
         raise InputError(f"{name}: packed byte holds code 3 (not a ternary value) at row "
                          f"{row % R} (bits {2 * (row // R)}-{2 * (row // R) + 1}), column {c}")
-    codes = codes.astype(np.int8)
-    codes -= 1
-    return codes
+    np.subtract(codes, 1, out=codes)  # 0 -> 255, which is -1 as int8
+    return codes.view(np.int8)
 
 
 def unpack_hf(packed: npt.NDArray[np.uint8], name: str = "") -> npt.NDArray[np.int8]:

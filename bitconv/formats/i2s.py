@@ -54,18 +54,24 @@ def _pack_into(codes: npt.NDArray[np.int8], out: npt.NDArray[np.uint8]) -> None:
         if codes.size and (codes.min() < -1 or codes.max() > 1):
             _raise_not_ternary(codes)
         codes = codes.astype(np.int8)
-    # codes + 1 as uint8 in one pass: int8 -1 viewed as uint8 is 255, and 255 + 1 wraps to 0.
-    q = np.ascontiguousarray(codes).view(np.uint8) + np.uint8(1)
-    # One cheap reduction: a value outside {-1, 0, 1} would otherwise pack silently as code 3
-    # or spill into its neighbours' bits.
-    if q.size and q.max() > 2:
-        _raise_not_ternary(codes)
-    q = q.reshape(-1, 4, 32)                    # (n_blocks, group g, byte b): element 32g + b
-    body = out.reshape(-1, 32)                  # (n_blocks, 32)
-    np.left_shift(q[:, 0], 6, out=body)
-    body |= q[:, 1] << 4
-    body |= q[:, 2] << 2
-    body |= q[:, 3]
+    flat = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
+    # Bytes never carry into each other (code <= 2, shift <= 6), so the four groups of a block
+    # combine as 64-bit words: 8 bytes per operation instead of 1.
+    body = out.view(np.uint64).reshape(-1, 4)  # (blocks, 32 bytes as 4 words)
+    step = 1 << 18  # elements per step (a multiple of 128): the temporaries stay in cache
+    for a in range(0, flat.size, step):
+        # codes + 1 as uint8: int8 -1 viewed as uint8 is 255, and 255 + 1 wraps to 0.
+        q = flat[a:a + step] + np.uint8(1)
+        # One cheap reduction: a value outside {-1, 0, 1} would otherwise pack silently as
+        # code 3 or spill into its neighbours' bits.
+        if q.max() > 2:
+            _raise_not_ternary(codes)
+        q = q.view(np.uint64).reshape(-1, 4, 4)  # (blocks, group g, word): elements 32g..32g+31
+        dst = body[a // 128:(a + step) // 128]
+        np.left_shift(q[:, 0], 6, out=dst)
+        dst |= q[:, 1] << 4
+        dst |= q[:, 2] << 2
+        dst |= q[:, 3]
 
 
 def _raise_not_ternary(codes: npt.NDArray[np.integer]) -> None:

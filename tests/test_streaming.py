@@ -1,0 +1,116 @@
+"""The fast data paths of `pack` against their plain-numpy definitions, and thread-count
+independence of the output bytes.
+
+The references here are numpy's own casts and arithmetic on float32 (DESIGN.md §3), not the
+code under test: bf16 -> f16 must equal `np.float16(float32 value)`; the bf16 code table must
+equal rint/clip of w / m in float32; HF unpacking must equal the shift-and-mask definition
+of hf.md §1.1 written out per quarter block.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from bitconv import ternary
+from bitconv.dense import dense_part
+from bitconv.errors import InputError
+from bitconv.pack import pack
+from bitconv.synth.checkpoints import Shape, make_fixture
+from bitconv.workers import Workers
+
+EVERY_BF16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+AS_F32 = (EVERY_BF16.astype(np.uint32) << 16).view(np.float32)
+
+
+def test_bf16_to_f16_equals_numpy_cast_on_every_bf16_value():
+    ok = np.isfinite(AS_F32) & (np.abs(AS_F32) <= 65504)
+    got = dense_part(EVERY_BF16[ok], "BF16", np.float16, "w", "token_embd.weight")
+    assert np.array_equal(got.view(np.uint16), AS_F32[ok].astype(np.float16).view(np.uint16))
+    assert ok.sum() == 2 * (0x477F + 1)  # every finite |bf16| up to 65280, both signs
+
+
+@pytest.mark.parametrize("bits, message", [(0x7F80, "NaN or Inf"), (0xFFC1, "NaN or Inf"),
+                                           (0x4780, "float16 range"), (0xC780, "float16 range")])
+def test_bf16_to_f16_refuses_what_f16_cannot_hold(bits, message):
+    with pytest.raises(InputError, match=message):
+        dense_part(np.array([0x3F80, bits], np.uint16), "BF16", np.float16, "w", "t")
+
+
+@pytest.mark.parametrize("m", [np.float32(0.0153), np.float32(1.0), np.float32(2.0 ** -20),
+                               np.float32(3.0e4)])
+def test_bf16_code_table_equals_float32_ternarization_on_every_bf16_value(m):
+    finite = np.isfinite(AS_F32)
+    with np.errstate(over="ignore"):
+        q = np.clip(np.rint(np.divide(AS_F32[finite], m, dtype=np.float32)), -1, 1)
+    got = ternary.ternarize_stored(EVERY_BF16[finite], "BF16", m, False)
+    assert np.array_equal(got, q.astype(np.int8))
+    # ties: exactly half the multiplier rounds to 0 (half to even), just above it to 1
+    half = np.float32(m) / np.float32(2)
+    assert ternary.ternarize_stored(np.array([half], np.float32), "F32", m, False)[0] == 0
+
+
+def test_scan_parts_merge_to_the_float64_absmean():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((300, 700), dtype=np.float32) * np.float32(0.02)
+    scan = ternary.AbsmeanScan("w")
+    for rows in np.array_split(np.arange(300), 7):
+        scan.merge(ternary.scan_part(w[rows], "F32"))
+    m, already = scan.result()
+    assert not already
+    assert m == np.float32(np.abs(w.astype(np.float64)).mean())  # same float32 after rounding
+    assert (scan.nonzero, scan.max_abs) == (np.count_nonzero(w), np.abs(w).max())
+
+
+def test_hf_unpack_equals_the_quarter_block_definition():
+    rng = np.random.default_rng(3)
+    codes = rng.integers(-1, 2, size=(4 * 37, 50)).astype(np.int8)   # 4 quarters of 37 rows
+    packed = np.zeros((37, 50), np.uint8)
+    for i in range(4):                                                  # hf.md §1.1
+        packed |= ((codes[i * 37:(i + 1) * 37] + 1).astype(np.uint8) << (2 * i))
+    for start, stop in [(0, 148), (30, 80), (36, 38), (111, 148), (5, 6)]:
+        assert np.array_equal(ternary.unpack_hf_rows(packed, start, stop), codes[start:stop])
+    packed[20, 9] |= 0b11 << 4                                          # a code 3 in quarter 2
+    with pytest.raises(InputError, match=r"row 20 \(bits 4-5\), column 9"):
+        ternary.unpack_hf_rows(packed, 70, 100, "w")
+
+
+def test_workers_map_keeps_order_and_raises_the_first_failure():
+    with Workers(3, ahead=4) as w:
+        assert list(w.map(lambda x: x * x, range(50))) == [x * x for x in range(50)]
+
+        def boom(x):
+            if x == 17:
+                raise ValueError("17")
+            return x
+        with pytest.raises(ValueError, match="17"):
+            list(w.map(boom, range(50)))
+
+
+def test_background_stage_propagates_errors_and_stops_when_abandoned():
+    def stage():
+        yield 1
+        raise InputError("bad chunk")
+    with Workers(2) as w:
+        it = w.background(stage())
+        assert next(it) == 1
+        with pytest.raises(InputError, match="bad chunk"):
+            next(it)
+        started = threading.active_count()
+        endless = w.background(iter(range(10 ** 9)))
+        assert next(endless) == 0
+        endless.close()                       # the caller gave up: the stage thread must end
+        assert threading.active_count() <= started
+
+
+@pytest.mark.parametrize("fmt", ["i2s", "tl2", "tq2_0"])
+@pytest.mark.parametrize("name", ["bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
+                                  "Llama3-8B-1.58-100B-tokens", "bitnet_b1_58-large"])
+def test_output_bytes_do_not_depend_on_the_thread_count(name, fmt, tmp_path, monkeypatch):
+    import bitconv.pack as pk
+    src = make_fixture(name, tmp_path / name, Shape(hidden=512, inter=768, heads=8, kv_heads=2,
+                                                     vocab=1024 if "large" not in name else 512))
+    monkeypatch.setattr(pk, "CHUNK_ELEMS", 20000)  # many chunks per tensor: real interleaving
+    outs = [pack(src, format=fmt, out=tmp_path / f"{n}.gguf", threads=n).path for n in (1, 2, 5)]
+    assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
