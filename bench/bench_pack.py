@@ -1,104 +1,253 @@
-"""Conversion benchmark on full-size synthetic checkpoints in the real layouts.
+"""Conversion benchmark: bitconv vs the hardware floor vs llama.cpp's converter, in one run.
 
-Generates (once, cached under build/bench) 2B4T-shaped checkpoints, packed and -bf16, runs
-`bitconv pack --format i2s` on each in a fresh process under /usr/bin/time -v, and prints wall
-time, CPU time, peak RSS and output size, next to this machine's floor (reading the input from
-the page cache and writing the output bytes) and the peers' figures measured on a machine like
-ours (shared/reference/perf-anchors.md §2; quoted, not re-run here).
+Inputs are full-size synthetic checkpoints in the exact real layouts, their dimensions taken
+from recipes/*.toml (2B4T packed and -bf16, 1bitLLM large, Llama3-8B-1.58 packed; generated
+once, cached under build/bench). Every job runs in a fresh process under /usr/bin/time -v,
+which reports wall time, CPU time and peak RSS (mapped input pages count, as they should).
 
-    python bench/bench_pack.py [--only 2b4t|2b4t-bf16] [--cold]
+For each job, in the same run:
+- floor: the time to read the input bytes and write as many bytes as the output has
+  (page-aligned buffers, fsync), i.e. a converter that does no work at all;
+- peer: llama.cpp's `convert_hf_to_gguf.py` from the llama-cpp-python sdist (the only peer
+  converter installable from PyPI) on the jobs it supports; bitnet.cpp's converter is not
+  installable here, so its figures are quoted from shared/reference/perf-anchors.md §2 and
+  marked as such.
+Warm jobs read the input first; cold jobs evict it from the page cache (POSIX_FADV_DONTNEED)
+and are compared with the time to read the input cold.
+
+    python bench/bench_pack.py [--only NAME ...] [--no-cold] [--no-peer] [--threads N]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import mmap
 import os
 import re
 import subprocess
 import sys
+import tarfile
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from bitconv.recipes import load_recipe
 from bitconv.synth.checkpoints import Shape, make_fixture
 
 ROOT = Path("build/bench")
-FULL_2B4T = Shape(hidden=2560, inter=6912, layers=30, heads=20, kv_heads=5, vocab=128256)
-# perf-anchors.md §2: bitnet.cpp converter, direct --outtype i2_s (wall s, peak RSS GB).
-PEER = {"2b4t": (58.0, 3.2), "2b4t-bf16": (103.0, 7.4)}
-JOBS = {"2b4t": "bitnet-b1.58-2B-4T", "2b4t-bf16": "bitnet-b1.58-2B-4T-bf16"}
+SDIST = "llama-cpp-python==0.3.36"  # its vendored llama.cpp tree holds convert_hf_to_gguf.py
+# bitnet.cpp converter, perf-anchors.md §2 (wall s, peak RSS GB): not installable from PyPI.
+QUOTED = {("2b4t", "i2s"): (58.0, 3.2), ("2b4t-bf16", "i2s"): (103.0, 7.4),
+          ("1bitllm-large", "i2s"): (25.0, 6.8)}
+INPUTS = {  # bench name -> synthetic fixture (bitconv.synth) = recipe with the real dimensions
+    "2b4t": "bitnet-b1.58-2B-4T", "2b4t-bf16": "bitnet-b1.58-2B-4T-bf16",
+    "1bitllm-large": "bitnet_b1_58-large", "llama3-8b": "Llama3-8B-1.58-100B-tokens",
+}
+JOBS = [  # (input, format, cold run too, llama.cpp --outtype or None)
+    ("2b4t", "i2s", True, None), ("2b4t", "i2s-arm", False, None), ("2b4t", "tl1", False, None),
+    ("2b4t", "tl2", False, None), ("2b4t", "tq1_0", False, None), ("2b4t", "tq2_0", False, None),
+    ("2b4t", "hf", False, None),
+    ("2b4t-bf16", "i2s", True, None), ("2b4t-bf16", "tq2_0", False, None),
+    ("1bitllm-large", "tq2_0", True, "tq2_0"), ("1bitllm-large", "tq1_0", False, "tq1_0"),
+    ("1bitllm-large", "i2s", False, None),
+    ("llama3-8b", "i2s", True, None),
+]
 
 
-def ensure(name: str) -> Path:
-    dst = ROOT / name
-    if not (dst / "model.safetensors").is_file():
+@dataclass(frozen=True)
+class Run:
+    wall: float
+    cpu: float
+    rss_gb: float
+
+
+@dataclass(frozen=True)
+class Row:
+    job: str
+    cache: str  # warm | cold
+    in_gb: float
+    out_gb: float
+    ours: Run
+    floor: float  # s: read input (+ write output when warm)
+    peer: str | None = None
+    peer_run: Run | None = None
+
+
+def ensure(fixture: str) -> Path:
+    """build/bench/<fixture>: the synthetic checkpoint at its recipe's full dimensions."""
+    dst = ROOT / fixture
+    if not (dst / "config.json").is_file():
+        f = load_recipe(Path("recipes") / f"{fixture}.toml").model
+        assert f is not None
+        shape = Shape(hidden=f.hidden, inter=f.intermediate, layers=f.layers, heads=f.heads,
+                      kv_heads=f.kv_heads, vocab=f.vocab)
         t = time.time()
-        print(f"generating {dst} (one-off) ...", file=sys.stderr)
-        make_fixture(name, dst, FULL_2B4T)
+        print(f"generating {dst} {shape} (one-off) ...", file=sys.stderr, flush=True)
+        make_fixture(fixture, dst, shape)
         print(f"  {time.time() - t:.0f} s", file=sys.stderr)
     return dst
 
 
-def drop_cache(path: Path) -> None:
-    """Evict a file from the page cache (POSIX_FADV_DONTNEED) for a cold run."""
-    with open(path, "rb") as f:
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+def files(src: Path) -> list[Path]:
+    return sorted(src.glob("*.safetensors"))
 
 
-def timed(cmd: list[str]) -> dict[str, float]:
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
-    if p.returncode:
-        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr}")
-    grab = lambda key: re.search(rf"{key}: (.*)", p.stderr).group(1)  # noqa: E731
-    wall = grab(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\)").split(":")
-    return {"wall": sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall))),
-            "cpu": float(grab("User time \\(seconds\\)")) + float(grab("System time \\(seconds\\)")),
-            "rss_gb": int(grab(r"Maximum resident set size \(kbytes\)")) / 1e6}
+def size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() \
+        else path.stat().st_size
 
 
-def floor(src: Path, out: Path) -> float:
-    """Seconds to read the input (page cache) and write as many bytes as the output has."""
+def evict(paths: list[Path]) -> None:
+    """Drop the files from the page cache (clean pages: no privileges needed)."""
+    for p in paths:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def read_all(paths: list[Path]) -> float:
+    """Seconds to read the files into a page-aligned buffer (16-byte-aligned numpy buffers read
+    5x slower on this machine: perf-anchors.md §4.6)."""
+    buf = mmap.mmap(-1, 1 << 24)
     t = time.perf_counter()
-    with open(src, "rb", buffering=0) as f:
-        buf = bytearray(1 << 24)
-        while f.readinto(buf):
-            pass
-    size = out.stat().st_size
-    tmp = ROOT / "floor.tmp"
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+    return time.perf_counter() - t
+
+
+def write_bytes(n: int) -> float:
+    """Seconds to write n bytes to a new file next to the outputs, fsync included."""
+    buf, tmp = mmap.mmap(-1, 1 << 24), ROOT / "floor.tmp"
+    t = time.perf_counter()
     with open(tmp, "wb", buffering=0) as f:
-        block = bytes(1 << 24)
-        for _ in range(size // len(block) + 1):
-            f.write(block)
+        for _ in range(0, n, len(buf)):
+            f.write(buf)
         os.fsync(f.fileno())
     tmp.unlink()
     return time.perf_counter() - t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=sorted(JOBS))
-    ap.add_argument("--cold", action="store_true", help="evict the input from the page cache first")
-    args = ap.parse_args()
-    ROOT.mkdir(parents=True, exist_ok=True)
+def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})})
+    if p.returncode:
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
+    grab = lambda key: re.search(rf"{key}: (.*)", p.stderr).group(1)  # noqa: E731
+    wall = grab(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\)").split(":")
+    return {"wall": sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall))),
+            "cpu": float(grab(r"User time \(seconds\)")) + float(grab(r"System time \(seconds\)")),
+            "rss_gb": int(grab(r"Maximum resident set size \(kbytes\)")) * 1024 / 1e9}
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        for p in path.iterdir():
+            p.unlink()
+        path.rmdir()
+    elif path.exists():
+        path.unlink()
+
+
+def llama_cpp_converter() -> Path | None:
+    """convert_hf_to_gguf.py from the llama-cpp-python sdist (downloaded once from PyPI)."""
+    tree = ROOT / "peers" / "llama.cpp"
+    if not (tree / "convert_hf_to_gguf.py").is_file():
+        dl = ROOT / "peers"
+        dl.mkdir(parents=True, exist_ok=True)
+        p = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                            "--no-binary", ":all:", SDIST, "-d", str(dl)], capture_output=True)
+        tars = sorted(dl.glob("llama_cpp_python-*.tar.gz"))
+        if p.returncode or not tars:
+            print(f"llama.cpp converter unavailable ({SDIST} not downloadable)", file=sys.stderr)
+            return None
+        with tarfile.open(tars[-1]) as tf:
+            prefix = tf.getnames()[0].split("/")[0] + "/vendor/llama.cpp/"
+            members = [m for m in tf.getmembers() if m.name.startswith(prefix) and
+                       m.name[len(prefix):].split("/")[0] in
+                       ("convert_hf_to_gguf.py", "conversion", "gguf-py")]
+            for m in members:
+                m.name = m.name[len(prefix):]
+            tf.extractall(tree, members=members, filter="data")
+    return tree
+
+
+def run_job(name: str, fmt: str, cold: bool, peer: str | None, threads: int | None,
+            converter: Path | None) -> list[Row]:
+    src = ensure(INPUTS[name])
+    ins = files(src)
+    in_bytes = sum(p.stat().st_size for p in ins)
+    out = ROOT / "out" / (f"{name}-{fmt}" + ("" if fmt == "hf" else ".gguf"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "bitconv", "pack", str(src), "--format", fmt, "-o", str(out),
+           "-q"] + (["--threads", str(threads)] if threads else [])
     rows = []
-    for job, name in JOBS.items():
-        if args.only and job != args.only:
-            continue
-        src = ensure(name)
-        out = ROOT / f"{name}-i2s.gguf"
-        st = src / "model.safetensors"
-        if args.cold:
-            drop_cache(st)
+    for cache in ("warm", "cold") if cold else ("warm",):
+        remove(out)
+        if cache == "cold":
+            evict(ins)
+            floor = read_all(ins)
+            evict(ins)
         else:
-            st.read_bytes() if st.stat().st_size < 8e9 else None  # warm the page cache
-        r = timed([sys.executable, "-m", "bitconv", "pack", str(src), "-o", str(out), "--force", "-q"])
-        fl = floor(st, out)
-        peer_wall, peer_rss = PEER[job]
-        rows.append((f"{job} -> i2s", st.stat().st_size / 1e9, r["wall"], r["cpu"], r["rss_gb"],
-                     out.stat().st_size / 1e9, fl, peer_wall / r["wall"], peer_rss))
-    print(f"{'job':<16} {'in GB':>6} {'wall s':>7} {'cpu s':>6} {'RSS GB':>7} {'out GB':>7} "
-          f"{'floor s':>8} {'x floor':>8} {'x faster than peer':>19} {'peer RSS GB':>12}")
-    for job, gin, wall, cpu, rss, gout, fl, speedup, prss in rows:
-        print(f"{job:<16} {gin:>6.2f} {wall:>7.1f} {cpu:>6.1f} {rss:>7.2f} {gout:>7.2f} "
-              f"{fl:>8.1f} {wall / fl:>8.1f} {speedup:>19.1f} {prss:>12.1f}")
+            read_all(ins)
+        ours = Run(**timed(cmd))
+        out_bytes = size(out)
+        if cache == "warm":
+            floor = read_all(ins) + write_bytes(out_bytes)
+        rows.append(Row(f"{name} -> {fmt}", cache, in_bytes / 1e9, out_bytes / 1e9, ours, floor))
+    if peer and converter is not None:
+        peer_out = ROOT / "out" / f"{name}-{fmt}-llama.cpp.gguf"
+        remove(peer_out)
+        read_all(ins)
+        pr = Run(**timed([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(src),
+                    "--outtype", peer, "--outfile", str(peer_out)],
+                   env={"PYTHONPATH": str(converter / "gguf-py")}))
+        rows[0] = replace(rows[0], peer="llama.cpp (same run)", peer_run=pr)
+        remove(peer_out)
+    elif (name, fmt) in QUOTED:
+        wall, rss = QUOTED[(name, fmt)]
+        rows[0] = replace(rows[0], peer="bitnet.cpp (quoted)",
+                          peer_run=Run(wall, float("nan"), rss))
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    head = (f"{'job':<24} {'cache':<5} {'in GB':>6} {'out GB':>6} {'wall s':>7} {'CPU s':>6} "
+            f"{'RSS GB':>6} {'floor s':>7} {'x floor':>7} | {'peer':<21} {'wall s':>6} "
+            f"{'RSS GB':>6} {'speedup':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        o = r.ours
+        line = (f"{r.job:<24} {r.cache:<5} {r.in_gb:>6.2f} {r.out_gb:>6.2f} {o.wall:>7.2f} "
+                f"{o.cpu:>6.1f} {o.rss_gb:>6.2f} {r.floor:>7.2f} {o.wall / r.floor:>7.2f} |")
+        if r.peer_run:
+            p = r.peer_run
+            line += f" {r.peer:<21} {p.wall:>6.1f} {p.rss_gb:>6.2f} {p.wall / o.wall:>6.1f}x"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", choices=sorted(INPUTS), help="inputs to run")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache runs")
+    ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp's converter")
+    ap.add_argument("--threads", type=int, default=None, help="bitconv pack --threads")
+    a = ap.parse_args()
+    ROOT.mkdir(parents=True, exist_ok=True)
+    converter = None if a.no_peer else llama_cpp_converter()
+    rows: list[Row] = []
+    for name, fmt, cold, peer in JOBS:
+        if a.only and name not in a.only:
+            continue
+        rows += run_job(name, fmt, cold and not a.no_cold, peer, a.threads, converter)
+        print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    print(f"machine: {os.cpu_count()} cores, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
+          f"threads: {a.threads or 'default'}")
+    print(table(rows))
+    (ROOT / "pack.json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
 
 
 if __name__ == "__main__":
