@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -98,8 +99,8 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
             bar.set_postfix_str(t.gguf_name, refresh=False)
             if k + 1 < len(items):  # cold input: the kernel reads the next tensor meanwhile
                 mf.prefetch(ck.ref(items[k + 1].source))
-            chunks = (workers.background(codec.encode(*ternary_codes(
-                          ck, mf, t, rule, scale_rule is None, codec.SPEC.row_multiple, workers)))
+            chunks = (encoded(codec, ternary_rows(ck, mf, t, rule, scale_rule is None,
+                                                  codec.SPEC.row_multiple, workers), workers)
                       if t.kind == "ternary" else dense_chunks(ck, mf, t, workers))
             _write_parts(w, group, chunks)
             mf.release(ck.ref(t.source))
@@ -195,26 +196,36 @@ def dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor,
                            _row_chunks(rows, cols), done=lambda rs: mf.release(ref, rs))
 
 
-def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
-                  checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL
-                  ) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
-    """The multiplier of planned tensor `t` and an iterator over its codes in row chunks (whole
-    heads when q/k are permuted), in GGUF row order. Packed sources are unpacked and checked,
-    never re-quantized; latent ones take a first pass for the absmean. Chunks are computed by
-    `workers` and come out in order."""
+@dataclass(frozen=True)
+class TernaryRows:
+    """A ternary weight ready to stream: its multiplier, its row chunks (whole heads when q/k
+    are permuted, whole row tiles of the format) and how to make one chunk's codes in GGUF row
+    order; `codes` is pure and thread-safe, `done` releases a chunk's input pages."""
+
+    multiplier: np.float32
+    rows: list[slice]
+    codes: Callable[[slice], npt.NDArray[np.int8]]
+    done: Callable[[slice], None] | None = None
+
+
+def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
+                 checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL
+                 ) -> TernaryRows:
+    """Packed sources are unpacked and checked, never re-quantized; latent ones take a first
+    pass (on `workers`) for the absmean, here, before any code is made."""
     ref = ck.ref(t.source)
     out_f, in_f = t.shape
     head = out_f // t.heads if t.heads else 1
     step = math.lcm(head, row_multiple)  # whole heads to permute, whole row tiles to pack
     order = (lambda c: permute_heads(c, head)) if t.heads else (lambda c: c)
-    release = lambda rs: mf.release(ref, rs)  # noqa: E731
+    rows = list(_row_chunks(out_f, in_f, step))
     if t.scale_source:
         m = _multiplier(ck, mf, t, rule, checked)
         packed = mf.view(ref)
-        return m, workers.map(
-            lambda rs: order(ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)),
-            _row_chunks(out_f, in_f, step))
+        return TernaryRows(m, rows, lambda rs: order(
+            ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)))
     scan = ternary.AbsmeanScan(t.source)
+    release = lambda rs: mf.release(ref, rs)  # noqa: E731
     # pass 2 re-reads the tensor: a small one stays mapped between the passes (no second
     # round of page faults), a huge one is released chunk by chunk to bound the resident set
     keep = ref.nbytes <= KEEP_MAPPED
@@ -222,10 +233,31 @@ def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: terna
                             _row_chunks(out_f, in_f), done=None if keep else release):
         scan.merge(part)
     m, already = scan.result()
-    return m, workers.map(
-        lambda rs: order(ternary.ternarize_stored(mf.view(ref, rs), ref.dtype, m, already,
-                                                  t.source)),
-        _row_chunks(out_f, in_f, step), done=release)
+    return TernaryRows(m, rows, lambda rs: order(ternary.ternarize_stored(
+        mf.view(ref, rs), ref.dtype, m, already, t.source)), release)
+
+
+def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
+                  checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL
+                  ) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
+    """The multiplier of planned tensor `t` and its codes in row chunks, in GGUF row order."""
+    src = ternary_rows(ck, mf, t, rule, checked, row_multiple, workers)
+    return src.multiplier, workers.map(src.codes, src.rows, done=src.done)
+
+
+def encoded(codec: ModuleType, src: TernaryRows, workers: Workers) -> Iterator[npt.NDArray]:
+    """The bytes of every part of one weight. A row-local codec encodes each chunk on the worker
+    that made its codes, then what follows the blocks (tail, companions) is what it gives for
+    no rows; other codecs (TL tiles span the tensor) encode as one stage beside the writer."""
+    m = src.multiplier
+    if not codec.SPEC.row_local:
+        return workers.background(codec.encode(m, workers.map(src.codes, src.rows, src.done)))
+    trailer = list(codec.encode(m, iter(())))
+
+    def blocks(rs: slice) -> list[npt.NDArray]:
+        out = list(codec.encode(m, iter([src.codes(rs)])))
+        return out[:len(out) - len(trailer)]
+    return chain(chain.from_iterable(workers.map(blocks, src.rows, src.done)), trailer)
 
 
 def permute_heads(rows: npt.NDArray, head_dim: int) -> npt.NDArray:

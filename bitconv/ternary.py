@@ -118,18 +118,43 @@ def ternarize_stored(stored: npt.NDArray, dtype: str, multiplier: np.float32,
     """Pass 2 on stored values, same codes as ternarize_chunk of their float32 widening.
 
     bf16 has only 65536 values, so its codes come from a table built by ternarize_chunk itself
-    (identical by construction); other dtypes are widened and ternarized BLOCK by BLOCK."""
+    (identical by construction); f32/f16 codes are two comparisons with a threshold (below);
+    anything else is widened and ternarized BLOCK by BLOCK."""
     flat = stored.reshape(-1)
     out = np.empty(flat.size, np.int8)
-    lut = bf16_table(multiplier) if dtype == "BF16" and not already_ternary else None
-    for i in range(0, flat.size, BLOCK):
-        block = flat[i:i + BLOCK]
-        if lut is not None:
-            np.take(lut, block, out=out[i:i + BLOCK])
-        else:
-            w = to_float32(block, dtype)
+    if already_ternary or dtype not in ("BF16", "F32", "F16"):
+        for i in range(0, flat.size, BLOCK):
+            w = to_float32(flat[i:i + BLOCK], dtype)
             out[i:i + BLOCK] = ternarize_chunk(w, multiplier, already_ternary, name)
+    elif dtype == "BF16":
+        lut = bf16_table(multiplier)
+        for i in range(0, flat.size, BLOCK):
+            np.take(lut, flat[i:i + BLOCK], out=out[i:i + BLOCK])
+    else:
+        t = threshold(multiplier)
+        up, down = np.empty(min(BLOCK, flat.size), bool), np.empty(min(BLOCK, flat.size), bool)
+        for i in range(0, flat.size, BLOCK):
+            w = flat[i:i + BLOCK]
+            np.greater(w, t, out=up[:w.size])
+            np.less(w, -t, out=down[:w.size])
+            np.subtract(up[:w.size].view(np.int8), down[:w.size].view(np.int8),
+                        out=out[i:i + BLOCK])
     return out.reshape(stored.shape)
+
+
+def threshold(multiplier: np.float32) -> np.float32:
+    """The largest float32 t with fl(t / m) <= 0.5. rint(w / m) (half to even) is non-zero
+    exactly when fl(|w| / m) > 0.5, and correctly rounded division is monotonic in |w|, so
+    clip(rint(w / m), -1, 1) == (w > t) - (w < -t) for every float32 w."""
+    m = np.float32(multiplier)
+    half, up, down = np.float32(0.5), np.float32(np.inf), np.float32(0)
+    t = m * half
+    with np.errstate(over="ignore", under="ignore"):
+        while t > 0 and t / m > half:
+            t = np.nextafter(t, down)
+        while (n := np.nextafter(t, up)) / m <= half:
+            t = n
+    return t
 
 
 def bf16_table(multiplier: np.float32) -> npt.NDArray[np.int8]:

@@ -16,6 +16,7 @@ import pytest
 from bitconv import ternary
 from bitconv.dense import dense_part
 from bitconv.errors import InputError
+from bitconv.formats import FORMATS
 from bitconv.pack import pack
 from bitconv.synth.checkpoints import Shape, make_fixture
 from bitconv.workers import Workers
@@ -114,3 +115,37 @@ def test_output_bytes_do_not_depend_on_the_thread_count(name, fmt, tmp_path, mon
     monkeypatch.setattr(pk, "CHUNK_ELEMS", 20000)  # many chunks per tensor: real interleaving
     outs = [pack(src, format=fmt, out=tmp_path / f"{n}.gguf", threads=n).path for n in (1, 2, 5)]
     assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
+
+
+@pytest.mark.parametrize("fmt", sorted(n for n, c in FORMATS.items()
+                                       if c.SPEC.container == "gguf" and c.SPEC.row_local))
+def test_row_local_codecs_encode_chunk_by_chunk(fmt):
+    """The promise `pack` relies on to encode chunks in parallel (FormatSpec.row_local): the
+    stream equals each chunk encoded alone, then what encode gives for no rows."""
+    codec = FORMATS[fmt]
+    rng = np.random.default_rng(5)
+    codes = rng.integers(-1, 2, size=(24, 512)).astype(np.int8)
+    m = np.float32(0.75)  # exact in fp16 too
+    whole = b"".join(a.tobytes() for a in codec.encode(m, iter([codes[:8], codes[8:16], codes[16:]])))
+    trailer = b"".join(a.tobytes() for a in codec.encode(m, iter(())))
+    pieces = []
+    for c in (codes[:8], codes[8:16], codes[16:]):
+        alone = b"".join(a.tobytes() for a in codec.encode(m, iter([c])))
+        assert alone.endswith(trailer)
+        pieces.append(alone[:len(alone) - len(trailer)])
+    assert whole == b"".join(pieces) + trailer
+
+
+@pytest.mark.parametrize("m", [np.float32(0.0153), np.float32(1e-5), np.float32(0.7),
+                               np.float32(3.3e4), np.float32(1.0000001)])
+def test_threshold_codes_equal_float32_ternarization_near_the_boundary(m):
+    t = np.float32(m) * np.float32(0.5)
+    near = t.view(np.uint32) + np.arange(-3000, 3000, dtype=np.int64)   # every float32 near m/2
+    w = near.astype(np.uint32).view(np.float32)
+    w = np.concatenate([w, -w, [0, 1e30, -1e30, m, -m, 1.5 * m]]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        ref = np.clip(np.rint(np.divide(w, m, dtype=np.float32)), -1, 1).astype(np.int8)
+        w16 = w.astype(np.float16)  # beyond 65504 -> inf, which still ternarizes to +-1
+        ref16 = np.clip(np.rint(np.divide(w16.astype(np.float32), m, dtype=np.float32)), -1, 1)
+    assert np.array_equal(ternary.ternarize_stored(w, "F32", m, False), ref)
+    assert np.array_equal(ternary.ternarize_stored(w16, "F16", m, False), ref16.astype(np.int8))

@@ -17,6 +17,9 @@ class FormatSpec:
     tail_bytes:   bytes appended once per tensor after the blocks (e.g. a scale), 0 if none.
     row_multiple: rows per streamed chunk must be a multiple of this (row tiles), 1 if free.
     lossless:     every float32 multiplier survives exactly (False: e.g. an fp16 block scale).
+    row_local:    encode(m, chunks) yields each chunk's blocks as it consumes it, depending on
+                  that chunk alone, and then exactly what encode(m, []) yields (tail,
+                  companions); `pack` then encodes chunks in parallel. False: TL tiles.
     container:    "gguf", or "safetensors" for the transformers export.
     """
 
@@ -28,6 +31,7 @@ class FormatSpec:
     tail_bytes: int
     row_multiple: int = 1
     lossless: bool = True
+    row_local: bool = True
     container: str = "gguf"
 
 

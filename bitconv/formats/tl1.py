@@ -19,7 +19,7 @@ from bitconv.formats.base import FormatSpec, Part
 from bitconv.formats.tiling import Tiling
 
 SPEC = FormatSpec(name="tl1", ggml_type=38, file_type=38, block_elems=4, block_bytes=1,
-                  tail_bytes=tl.TAIL_BYTES)
+                  tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiling needs every row
 
 # Index of the pair (t0, t1) = (W[m, 2p], W[m, 2p+1]): idx = 3*t0 + t1 + 4, in 0..8, the slot of
 # lut_ctor's table [-b0-b1, -b0, -b0+b1, -b1, 0, b1, b0-b1, b0, b0+b1]. Two indices per byte.

@@ -22,7 +22,7 @@ from bitconv.formats.tiling import Tiling
 
 # 24 weights -> 8 magnitude nibbles (4 bytes) + 8 sign bits (1 byte): ggml_nbytes' "/ 3 * 5 / 8"
 SPEC = FormatSpec(name="tl2", ggml_type=39, file_type=39, block_elems=24, block_bytes=5,
-                  tail_bytes=tl.TAIL_BYTES)
+                  tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiling needs every row
 MIN_K = 256  # bitconv sizes TL2 tensors by ggml_nbytes' formula, which starts at K = 256
 
 # Columns [0, three_k): triple g = (W[m,3g], W[m,3g+1], W[m,3g+2]) -> v = 9*t0 + 3*t1 + t2 in
