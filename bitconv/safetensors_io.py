@@ -118,14 +118,6 @@ class MappedFiles:
         arr = arr.reshape(ref.shape)
         return arr[rows] if arr.ndim else arr
 
-    def prefetch(self, ref: TensorRef) -> None:
-        """Ask the kernel to start reading a tensor's pages (MADV_WILLNEED) so a cold read
-        overlaps the work on the tensor before it; our resident set does not grow."""
-        m = self._map(ref.path)
-        start = ref.start - ref.start % mmap.PAGESIZE
-        if ref.end > start:
-            m.madvise(mmap.MADV_WILLNEED, start, ref.end - start)
-
     def release(self, ref: TensorRef, rows: slice = slice(None)) -> None:
         """Drop the pages of the tensor (or of a range of its rows) from our resident set;
         the page cache keeps them. Mapped file pages count in peak RSS too."""
