@@ -30,18 +30,27 @@ SPEC_FP16 = FormatSpec(name="tq1_0-fp16", ggml_type=34, file_type=36, block_elem
 #   qh[m]      m < 4    digits q[240+m], q[244+m], q[248+m], q[252+m], then 0   (e >= 240)
 # value v = sum digit_n * 3^(4-n) (0..242), stored as byte = ceil(v * 256 / 243), so that
 # digit n reads back as ((uint8)(byte * 3^n) * 3) >> 8 without a division.
-_W5 = np.array([81, 27, 9, 3, 1], dtype=np.uint16).reshape(1, 5, 1)
+_CEIL_256_243 = ((np.arange(243, dtype=np.uint16) * 256 + 242) // 243).astype(np.uint8)
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8).reshape(1, 5, 1)
 
 
 def pack_qs(q: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """(n_blocks, 256) digits 0..2 -> (n_blocks, 52) bytes: qs[48] then qh[4]."""
-    v = np.concatenate([
-        (q[:, :160].reshape(-1, 5, 32) * _W5).sum(axis=1, dtype=np.uint16),      # (n, 32)
-        (q[:, 160:240].reshape(-1, 5, 16) * _W5).sum(axis=1, dtype=np.uint16),   # (n, 16)
-        (q[:, 240:].reshape(-1, 4, 4) * _W5[:, :4]).sum(axis=1, dtype=np.uint16),  # (n, 4)
-    ], axis=1)
-    return ((v * 256 + 242) // 243).astype(np.uint8)
+    n = q.shape[0]
+    v = np.empty((n, 52), np.uint8)                 # base-3 values, <= 242: uint8 throughout
+    _horner(q[:, :160].reshape(n, 5, 32), v[:, :32])
+    _horner(q[:, 160:240].reshape(n, 5, 16), v[:, 32:48])
+    _horner(q[:, 240:].reshape(n, 4, 4), v[:, 48:])
+    v[:, 48:] *= 3                                  # qh: the fifth digit is 0
+    return _CEIL_256_243[v]
+
+
+def _horner(digits: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8]) -> None:
+    """out = sum digit_n * 3^(k-1-n) over the k digits (axis 1), most significant first."""
+    np.copyto(out, digits[:, 0])
+    for i in range(1, digits.shape[1]):
+        out *= 3
+        out += digits[:, i]
 
 
 def _digits(b: npt.NDArray[np.uint8], n: int) -> npt.NDArray[np.uint8]:
