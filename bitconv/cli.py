@@ -51,11 +51,13 @@ def cli() -> None:
 @click.option("--scale-rule", type=click.Choice(["multiply", "divide"]), default=None,
               help="Override how weight_scale is applied (and skip its magnitude check); "
                    "by default multiply iff linear_class is autobitlinear.")
+@click.option("-j", "--threads", type=click.IntRange(1, 64), default=None,
+              help="Worker threads [default: one per core]. The output does not depend on it.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object (path, format, family, tensors, bytes) instead of the path.")
-def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | None, as_json: bool,
-         quiet: bool) -> None:
+def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | None,
+         threads: int | None, as_json: bool, quiet: bool) -> None:
     """Pack the checkpoint directory SRC into a GGUF file and print its path. SRC may also be
     a Hugging Face repo id (owner/name, not an existing path): it is pulled first, as by `pull`.
 
@@ -73,12 +75,70 @@ def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | Non
         out = f"{source.name}-{fmt}.gguf"
     res = run(source.path, format=fmt, out=out, force=force,
               scale_rule=scale_rule,  # type: ignore[arg-type]
-              progress=not quiet and sys.stderr.isatty())
+              progress=not quiet and sys.stderr.isatty(), threads=threads)
     if as_json:
         import json
 
         click.echo(json.dumps({"path": str(res.path), "format": res.format, "family": res.family,
                                "tensors": res.tensors, "bytes": res.nbytes}, indent=2))
+    else:
+        click.echo(str(res.path))
+
+
+@cli.command()
+@click.argument("src", type=click.Path(path_type=str))
+@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), required=True,
+              help="Packed layout to write.")
+@click.option("-o", "--out", type=click.Path(), default=None,
+              help="Output file, or directory for --format hf "
+                   "[default: ./<general.name>-<format>.gguf, ./<general.name>-hf/].")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@click.option("--allow-lossy", is_flag=True,
+              help="Let tq1_0-fp16 / tq2_0-fp16 round multipliers that fp16 cannot hold exactly "
+                   "(refused without it).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, no note on stderr.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object (path, formats, tensors, bytes, loss) instead of the path.")
+def repack(src: str, fmt: str, out: str | None, force: bool, allow_lossy: bool, quiet: bool,
+           as_json: bool) -> None:
+    """Rewrite the packed model SRC in another format, without its source checkpoint, and print
+    the output path. SRC is a GGUF file bitconv reads, or an `hf` directory (packed as by `pack`).
+
+    Codes are always kept. Every format but tq1_0-fp16 and tq2_0-fp16 also keeps each float32
+    multiplier exactly, so those repacks are lossless (`verify` of the output against the
+    original checkpoint passes). The -fp16 variants round the multiplier to an fp16 block scale:
+    they are refused, naming the first tensor that would change, unless every multiplier is
+    exact in fp16 or --allow-lossy is given. A TL output gets its .kernel_config.ini beside it.
+
+    --format hf rebuilds config.json and tokenizer files from the GGUF metadata; packing that
+    directory gives the GGUF back byte for byte when the directory is named like the model
+    (general.name is a directory's name): e.g. -o ./hf/bitnet-b1.58-2B-4T.
+
+    \b
+    Examples:
+      bitconv repack bitnet-b1.58-2B-4T-i2s.gguf --format tq2_0
+      bitconv repack m-tq2_0.gguf --format tq2_0-fp16 --allow-lossy -o m-fp16.gguf
+      bitconv repack m-i2s.gguf --format hf -o ./hf/bitnet-b1.58-2B-4T
+    """
+    from bitconv.repack import repack as run
+
+    res = run(src, format=fmt, out=out, force=force, allow_lossy=allow_lossy,
+              progress=not quiet and sys.stderr.isatty())
+    if res.max_error and not quiet:
+        click.echo(f"note: {fmt} rounded multipliers: max relative weight error "
+                   f"{res.max_error:.3g} in {res.worst}", err=True)
+    if res.changed and not quiet:
+        click.echo(f"note: packing {res.path} again changes GGUF keys: {', '.join(res.changed)}",
+                   err=True)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"path": str(res.path), "source_format": res.source_format,
+                               "format": res.format, "tensors": res.tensors, "bytes": res.nbytes,
+                               "lossless": res.max_error == 0, "max_error": res.max_error,
+                               "worst": res.worst,
+                               "sidecar": None if res.sidecar is None else str(res.sidecar),
+                               "changed": list(res.changed)}, indent=2))
     else:
         click.echo(str(res.path))
 
@@ -124,7 +184,9 @@ def pull(repo_id: str, revision: str | None, local_dir: str | None, include: tup
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 def inspect(path: str, as_json: bool) -> None:
     """Describe PATH: a checkpoint directory (family, dtypes, scale rule, shapes) or a GGUF
-    file (arch, metadata, tensor table with type, shape and byte size).
+    file (arch, metadata, tensor table with type, format, shape and byte size). For a GGUF it
+    says whether its ternary format keeps the float32 multipliers (lossless) or rounds them to
+    fp16 (tq*_0-fp16), and then bounds the weight error from the file alone.
 
     \b
     Examples:

@@ -21,6 +21,7 @@ from bitconv.gguf_io import (
     _ARRAY_DTYPES, _NP_DTYPES, _SCALAR_FMT, _U64, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS,
     TYPE_NAMES, _first_duplicate, _pad_to, tensor_nbytes,
 )
+from bitconv.types import KV
 
 _V = GGUFValueType
 
@@ -200,3 +201,24 @@ def tensor_array(gf: GGUFFile, t: GGUFTensor) -> npt.NDArray[Any]:
         raise InputError(f"{gf.path}: tensor {t.name!r} is {TYPE_NAMES[t.ggml_type]}; "
                          f"only F32, F16 and I8 tensors can be read as arrays")
     return tensor_bytes(gf, t).view(dtype).reshape(t.shape)
+
+
+_SUBTYPES = {dtype: vtype for vtype, dtype in _NP_DTYPES.items()}
+
+
+def kv_records(gf: GGUFFile) -> list[KV]:
+    """The header's metadata in file order, as the writer takes it back (`GGUFWriter`): every
+    value re-encodes to the bytes it was read from. Arrays of arrays are refused (InputError)."""
+    out = []
+    for key, value in gf.kvs.items():
+        vtype = gf.kv_types[key]
+        if vtype != _V.ARRAY:
+            out.append(KV(key, vtype, value))
+        elif isinstance(value, np.ndarray):
+            out.append(KV(key, vtype, value, _SUBTYPES[value.dtype]))
+        elif all(isinstance(v, str) for v in value):
+            out.append(KV(key, vtype, value, _V.STRING))
+        else:
+            raise InputError(f"{gf.path}: KV {key!r} is an array of arrays, which bitconv "
+                             "cannot rewrite")
+    return out

@@ -20,11 +20,11 @@ import os
 import shutil
 import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -110,7 +110,7 @@ def export(src: str | Path, *, out: str | Path | None = None, force: bool = Fals
     with atomic_dir(out, force) as tmp, MappedFiles() as mf, \
             tqdm(total=total, unit="B", unit_scale=True, desc="export hf", file=sys.stderr,
                  disable=not progress, leave=False) as bar:
-        _write_json(tmp / "config.json", config)
+        write_json(tmp / "config.json", config)
         for name in COPIED:
             if (src / name).is_file():
                 _copy_aux(src / name, tmp / name)
@@ -203,8 +203,24 @@ def export_config(config: Mapping[str, Any], fam: Family, linear_class: hf.Linea
     return c
 
 
-def write_safetensors_streamed(path: Path, entries: list[_Entry],
-                               chunks: Callable[[_Entry], Iterable[npt.NDArray[Any]]]) -> None:
+class Entry(Protocol):
+    """What the safetensors writer needs to know of a tensor before its bytes."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...  # safetensors dtype
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def nbytes(self) -> int: ...
+
+
+E = TypeVar("E", bound=Entry)
+
+
+def write_safetensors_streamed(path: Path, entries: Sequence[E],
+                               chunks: Callable[[E], Iterable[npt.NDArray[Any]]]) -> None:
     """safetensors with the header first, then each entry's `chunks(entry)` in order."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -226,7 +242,7 @@ def write_safetensors_streamed(path: Path, entries: list[_Entry],
                 raise PackError(f"{e.name}: wrote {done} of {e.nbytes} bytes")
 
 
-def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
+def write_json(path: Path, obj: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -238,7 +254,7 @@ def _copy_aux(src: Path, dst: Path) -> None:
         if tc.get("tokenizer_class") == "BitnetTokenizer":
             tc.pop("auto_map", None)
             tc["tokenizer_class"] = "LlamaTokenizer"
-            _write_json(dst, tc)
+            write_json(dst, tc)
             return
     shutil.copyfile(src, dst)
 

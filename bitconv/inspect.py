@@ -1,7 +1,11 @@
 """Describe a checkpoint directory or a GGUF file: what it is, its metadata, every tensor.
 
 Shapes are shown in each container's own order: [out, in] for safetensors (numpy/torch),
-ne0-first for GGUF, as gguf-dump and llama.cpp print them.
+ne0-first for GGUF, as gguf-dump and llama.cpp print them. For a GGUF, each ternary weight and
+companion is labelled with the codec that reads it (formats/__init__.py `codec_for`), and the
+summary says whether that format keeps the float32 multipliers; for a lossy one (an fp16 `d`)
+it bounds the weight error from the file alone: the exact multiplier is not stored, but it
+rounded to d, so it lies within half an fp16 ulp of it.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,8 +23,9 @@ from bitconv.checkpoint import load_checkpoint
 from bitconv.errors import InputError
 from bitconv.families import detect
 from bitconv.families.base import Dims
-from bitconv.gguf_io import TYPE_NAMES
-from bitconv.gguf_reader import read_gguf
+from bitconv.formats import codec_for
+from bitconv.gguf_io import F16, F32, TYPE_NAMES
+from bitconv.gguf_reader import GGUFFile, GGUFTensor, read_gguf, tensor_bytes
 
 MAX_SHOWN_ITEMS = 8  # long metadata arrays (tokens, merges) are summarised
 
@@ -30,6 +36,7 @@ class TensorRow:
     type: str
     shape: tuple[int, ...]
     nbytes: int
+    codec: str | None = None  # GGUF: the format of a ternary weight, "<format> companion"
 
 
 @dataclass(frozen=True)
@@ -46,9 +53,12 @@ class Description:
         width = max((len(k) for k in self.summary), default=0)
         lines = [f"{k:<{width}}  {v}" for k, v in self.summary.items()]
         nw = max((len(t.name) for t in self.tensors), default=4)
-        lines += ["", f"{'tensor':<{nw}}  {'type':<6}  {'shape':<18}  {'bytes':>12}"]
-        lines += [f"{t.name:<{nw}}  {t.type:<6}  {str(list(t.shape)):<18}  {t.nbytes:>12,}"
-                  for t in self.tensors]
+        cw = max((len(t.codec or "") for t in self.tensors), default=0)
+        codec = (lambda t: f"  {t.codec or '-':<{cw}}") if cw else (lambda t: "")
+        head = f"  {'format':<{cw}}" if cw else ""
+        lines += ["", f"{'tensor':<{nw}}  {'type':<6}{head}  {'shape':<18}  {'bytes':>12}"]
+        lines += [f"{t.name:<{nw}}  {t.type:<6}{codec(t)}  {list(t.shape)!s:<18}  "
+                  f"{t.nbytes:>12,}" for t in self.tensors]
         total = sum(t.nbytes for t in self.tensors)
         lines.append(f"{len(self.tensors)} tensors, {total:,} bytes")
         return "\n".join(lines)
@@ -90,11 +100,64 @@ def _describe_checkpoint(path: Path) -> Description:
 def _describe_gguf(path: Path) -> Description:
     gf = read_gguf(path)
     summary: dict[str, Any] = {"gguf version": gf.version, "alignment": gf.alignment}
+    labels, weights = _codecs(gf)
+    for codec, parts in weights.values():
+        summary["ternary format"] = _format_label(codec, max(map(len, parts)))
+        if not codec.SPEC.lossless:
+            summary["max weight error"] = _loss_bound(gf, codec, parts)
     for k, v in gf.kvs.items():
         summary[k] = _short(v)
     rows = tuple(TensorRow(t.name, TYPE_NAMES.get(t.ggml_type, str(t.ggml_type)),
-                           tuple(reversed(t.shape)), t.nbytes) for t in gf.tensors)
+                           tuple(reversed(t.shape)), t.nbytes, labels.get(t.name))
+                 for t in gf.tensors)
     return Description(str(path), "gguf", summary, rows)
+
+
+Parts = list[tuple[GGUFTensor, ...]]
+
+
+def _codecs(gf: GGUFFile) -> tuple[dict[str, str], dict[str, tuple[ModuleType, Parts]]]:
+    """Each ternary weight and companion -> its label; format -> (codec, every weight's parts)."""
+    by_name = {t.name: t for t in gf.tensors}
+    labels: dict[str, str] = {}
+    weights: dict[str, tuple[ModuleType, Parts]] = {}
+    for t in gf.tensors:
+        if t.ggml_type in (F32, F16) or len(t.shape) != 2:
+            continue
+        codec = codec_for(t.ggml_type, t.name, (t.shape[0], t.shape[1]), set(by_name), gf.kvs)
+        if codec is None:
+            continue
+        fmt, parts = codec.SPEC.name, codec.parts(t.name, t.shape)
+        weights.setdefault(fmt, (codec, []))[1].append(tuple(by_name[p.name] for p in parts))
+        labels[t.name] = fmt
+        labels.update((p.name, f"{fmt} companion") for p in parts[1:])
+    return labels, weights
+
+
+def _format_label(codec: ModuleType, n_parts: int) -> str:
+    if not codec.SPEC.lossless:
+        return f"{codec.SPEC.name} (lossy: each multiplier rounded to an fp16 d)"
+    where = "in F32 companion tensors" if n_parts > 1 else "in the tensor data"
+    return f"{codec.SPEC.name} (lossless: float32 multipliers {where})"
+
+
+def _loss_bound(gf: GGUFFile, codec: ModuleType, weights: Parts) -> str:
+    """The largest relative weight error a lossy file can hold: its multipliers m are not
+    stored, but each rounded to d = fp16(m), so |d - m| is at most half an fp16 ulp of d."""
+    worst, where = 0.0, ""
+    for parts in weights:
+        _, m = codec.decode([np.asarray(tensor_bytes(gf, p)) for p in parts], parts[0].shape)
+        d = np.float16(m)
+        a = abs(float(d))
+        if a == 0:
+            continue
+        below = (a - abs(float(np.nextafter(d, np.float16(0))))) / 2  # half ulps either side
+        above = (abs(float(np.nextafter(d, np.copysign(np.float16(np.inf), d)))) - a) / 2
+        bound = max(below / (a - below), above / (a + above))
+        if bound > worst:
+            worst, where = bound, parts[0].name
+    return (f"<= {worst:.3g} relative, in {where} (fp16 rounding of the multiplier; the exact "
+            "float32 ones are not in the file)")
 
 
 def _short(v: Any) -> Any:

@@ -103,7 +103,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
             chunks = (encoded(codec, ternary_rows(ck, mf, t, rule, scale_rule is None,
                                                   codec.SPEC.row_multiple, workers), workers)
                       if t.kind == "ternary" else dense_chunks(ck, mf, t, workers))
-            _write_parts(w, group, chunks)
+            write_parts(w, group, chunks)
             mf.release(ck.ref(t.source))
             bar.update(sum(i.nbytes for i in group))
         w.close()
@@ -132,7 +132,7 @@ def tensor_parts(codec: ModuleType, t: PlannedTensor) -> list[TensorInfo]:
     return [TensorInfo(t.gguf_name, t.shape, gtype, tensor_nbytes(gtype, t.shape))]
 
 
-def _write_parts(w: GGUFWriter, group: list[TensorInfo], chunks: Iterator[npt.NDArray]) -> None:
+def write_parts(w: GGUFWriter, group: list[TensorInfo], chunks: Iterator[npt.NDArray]) -> None:
     """Write byte chunks into the group's tensors in order, closing each when it is full
     (codecs never yield a chunk that straddles two parts)."""
     it = iter(group)

@@ -26,7 +26,7 @@ _SPECIAL_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD
 # tokenizer.json; the runtime rebuilds Llama-3 tokenizers from GGUF metadata with it.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_PAD_SCORE = -10000.0  # llama.cpp's score for ids no tokenizer file names
+PAD_SCORE = -10000.0  # llama.cpp's score for ids no tokenizer file names
 _ADDED_SCORE = -1000.0  # llama.cpp's score for added_tokens.json entries
 
 
@@ -93,9 +93,13 @@ def _place(src: Path, table: list[str | None], tok_id: int, token: str) -> None:
     table[tok_id] = token
 
 
+def pad_name(tok_id: int) -> str:
+    """llama.cpp's placeholder for an id that no tokenizer file names (type UNUSED)."""
+    return f"[PAD{tok_id}]"
+
+
 def _pad_names(tokens: list[str | None]) -> list[str]:
-    # Ids that no tokenizer file names get llama.cpp's placeholder.
-    return [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
+    return [t if t is not None else pad_name(i) for i, t in enumerate(tokens)]
 
 
 def _bpe_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
@@ -151,7 +155,7 @@ def _spm_kvs(src: Path, vocab_size: int) -> list[KV]:
     except DecodeError as e:
         raise InputError(f"{path}: not a SentencePiece model ({e})") from e
     tokens: list[str | None] = [None] * vocab_size
-    scores = [_PAD_SCORE] * vocab_size
+    scores = [PAD_SCORE] * vocab_size
     types = [TokenType.UNUSED] * vocab_size
     for i, piece in enumerate(proto.pieces):  # SentencePiece's piece types share gguf's numbering
         _place(src, tokens, i, piece.piece)

@@ -66,8 +66,8 @@ def test_unknown_architecture(fixture_copy, tmp_path):
     out = tmp_path / "o.gguf"
     assert_fails(run_pack(ck, out), out,
                  "config.json: unknown architecture MistralForCausalLM; bitconv knows "
-                 "BitnetForCausalLM (1bitLLM), BitNetForCausalLM (BitNet b1.58 2B4T), "
-                 "LlamaForCausalLM with quant_method 'bitnet'")
+                 "BitnetForCausalLM (1bitLLM), BitNetForCausalLM (BitNet b1.58 2B4T, or 1bitLLM "
+                 "with hidden_act silu), LlamaForCausalLM with quant_method 'bitnet'")
 
 
 def test_missing_tensor(fixture_copy, tmp_path):

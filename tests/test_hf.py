@@ -195,15 +195,28 @@ def test_export_reads_back_to_the_same_codes_and_multipliers(name, fixtures_root
             np.testing.assert_array_equal(a, b, err_msg=k)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("bitnet_b1_58-large", marks=pytest.mark.xfail(
-        strict=True, reason="BitNetForCausalLM + hidden_act silu is detected as the ReLU² "
-                            "family until families/ knows it (see formats/hf.md §5)")),
-    "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16", "Llama3-8B-1.58-100B-tokens"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_export_reads_back_as_the_same_graph(name, fixtures_root, exports):
+    # every GGUF key but the name (a directory's) is the same: arch, hparams, tokenizer
     src, out = load_checkpoint_weights(fixtures_root / name), load_checkpoint_weights(exports[name])
-    for key in ("general.architecture", "general.file_type"):
-        assert src.kvs[key] == out.kvs[key]
+    assert list(src.kvs) == list(out.kvs)
+    for key in src.kvs:
+        if key != "general.name":
+            assert np.array_equal(src.kvs[key], out.kvs[key]), key
+
+
+def test_1bitllm_export_runs_the_1bitllm_graph(fixtures_root, exports):
+    # detected as the SiLU sub-norm family: the runtime computes the source's logits exactly
+    from bitconv.runtime.model import Model
+    from bitconv.verify import fixed_tokens
+
+    src = load_checkpoint_weights(fixtures_root / "bitnet_b1_58-large")
+    out = load_checkpoint_weights(exports["bitnet_b1_58-large"])
+    assert load_checkpoint(exports["bitnet_b1_58-large"]).config["model_type"] == "bitnet"
+    assert out.kvs["general.architecture"] == "bitnet"
+    ids = fixed_tokens(8, 512)
+    np.testing.assert_array_equal(Model(src, keep=False).forward(ids),
+                                  Model(out, keep=False).forward(ids))
 
 
 def test_2b4t_export_is_the_packed_repo_byte_for_byte(fixtures_root, exports):

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import FORMAT_NAMES, cli
 from bitconv.formats import FORMATS
 from bitconv.gguf_reader import read_gguf
 from bitconv.pack import pack
+from bitconv.types import TernaryTensor
 
 PKG = Path(__file__).resolve().parents[1] / "bitconv"
 
@@ -100,3 +104,39 @@ def test_fixtures_are_deterministic(tmp_path):
         assert files == sorted(p.name for p in b.iterdir())
         for f in files:
             assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+def test_inspect_labels_lossless_and_lossy_variants(fixtures_root, tmp_path):
+    name = "bitnet_b1_58-large"  # absmean multipliers: none is exact in fp16
+    exact = pack(fixtures_root / name, format="tq2_0", out=tmp_path / "a.gguf").path
+    lossy = pack(fixtures_root / name, format="tq2_0-fp16", out=tmp_path / "b.gguf").path
+    r = CliRunner().invoke(cli, ["inspect", str(exact)])
+    cols = {c[0]: c[1:] for c in (re.split(r" {2,}", line) for line in r.stdout.splitlines())}
+    label = "tq2_0 (lossless: float32 multipliers in F32 companion tensors)"
+    assert cols["ternary format"] == [label]
+    assert cols["blk.0.attn_q.weight"][:2] == ["TQ2_0", "tq2_0"]
+    assert cols["blk.0.attn_q.scale"][:2] == ["F32", "tq2_0 companion"]
+    assert cols["token_embd.weight"][:2] == ["F16", "-"]
+    assert "max weight error" not in cols
+
+    info = json.loads(CliRunner().invoke(cli, ["inspect", str(lossy), "--json"]).stdout)
+    assert info["summary"]["ternary format"] == ("tq2_0-fp16 (lossy: each multiplier rounded "
+                                                 "to an fp16 d)")
+    codecs = {t["name"]: t["codec"] for t in info["tensors"]}
+    assert codecs["blk.0.attn_q.weight"] == "tq2_0-fp16" and codecs["token_embd.weight"] is None
+    assert not any(n.endswith(".scale") for n in codecs)
+    # the exact multipliers are in the lossless file; the lossy one holds d = fp16(m)
+    from bitconv.runtime.weights import load_gguf
+    a, b = load_gguf(exact), load_gguf(lossy)
+    ternary = [n for n in a.order if isinstance(a.tensors[n], TernaryTensor)]
+    d = {n: np.float16(b.tensors[n].multiplier) for n in ternary}
+    widest = max(ternary, key=lambda n: float(np.spacing(d[n])) / float(d[n]))  # ulp / d
+    err = info["summary"]["max weight error"]
+    assert err.startswith("<= ") and err.endswith(
+        f" relative, in {widest} (fp16 rounding of the multiplier; the exact float32 ones are "
+        "not in the file)")
+    bound = float(err.split()[1])
+    true = [abs(float(d[n]) / float(a.tensors[n].multiplier) - 1) for n in ternary]
+    assert len(true) == 14 and 0 < max(true) <= bound * 1.005  # covers the true errors
+    half_ulp = float(np.spacing(d[widest])) / 2 / float(d[widest])
+    assert bound == pytest.approx(half_ulp, rel=0.01) and bound <= 2.0 ** -11

@@ -1,4 +1,4 @@
-"""transformers (torch CPU) runs our fixtures and our `hf` exports; its logits must match
+"""transformers (torch CPU) runs our fixtures, our `hf` exports and repacks; its logits must match
 bitconv's `exact` runtime on the same ids (issue 4 and issue 5 cross-checks; formats/hf.md §8).
 
 Why the two engines differ at all, and the tolerance:
@@ -139,6 +139,19 @@ def test_transformers_runs_our_export(name, fixtures_root, exports, monkeypatch)
     """Issue 5: transformers loads `bitconv pack --format hf` of every family; bitconv's exact
     logits from the SOURCE checkpoint equal its logits within the tolerance above."""
     ref, ours, theirs, ours_in = run_both(exports[name], fixtures_root / name, monkeypatch)
+    check_agreement(ref, ours, theirs, ours_in)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_transformers_runs_our_repack(name, fixtures_root, tmp_path, monkeypatch):
+    """`bitconv repack m-tq2_0.gguf --format hf`: config.json and tokenizer rebuilt from the GGUF
+    alone, weights decoded and HF-packed; transformers agrees with bitconv on the source."""
+    from bitconv.pack import pack
+    from bitconv.repack import repack
+
+    gguf = pack(fixtures_root / name, format="tq2_0", out=tmp_path / "m.gguf").path
+    out = repack(gguf, format="hf", out=tmp_path / name).path
+    ref, ours, theirs, ours_in = run_both(out, fixtures_root / name, monkeypatch)
     check_agreement(ref, ours, theirs, ours_in)
 
 

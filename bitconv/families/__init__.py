@@ -11,9 +11,11 @@ from bitconv.errors import InputError
 from bitconv.families import bitnet, bitnet_b158, llama
 from bitconv.families.base import Family
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (bitnet.FAMILY, bitnet_b158.FAMILY, llama.FAMILY)}
-KNOWN = ("BitnetForCausalLM (1bitLLM), BitNetForCausalLM (BitNet b1.58 2B4T), "
-         "LlamaForCausalLM with quant_method 'bitnet'")
+# first match wins: the SiLU BitNetForCausalLM (a 1bitLLM export) before 2B4T's ReLU² one
+FAMILIES: dict[str, Family] = {f.name: f for f in (bitnet.FAMILY, bitnet.HF_FAMILY,
+                                                    bitnet_b158.FAMILY, llama.FAMILY)}
+KNOWN = ("BitnetForCausalLM (1bitLLM), BitNetForCausalLM (BitNet b1.58 2B4T, or 1bitLLM with "
+         "hidden_act silu), LlamaForCausalLM with quant_method 'bitnet'")
 
 
 def detect(config: Mapping[str, Any]) -> Family:

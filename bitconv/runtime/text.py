@@ -2,7 +2,8 @@
 
 A checkpoint directory is tokenized by its own files (tokenizer.json through `tokenizers`,
 tokenizer.model through `sentencepiece`); a GGUF file by a tokenizer rebuilt from its
-`tokenizer.*` metadata, the way llama.cpp reads it (llama-cpp.md §3.6):
+`tokenizer.*` metadata, the way llama.cpp reads it (llama-cpp.md §3.6), by the builders that
+`repack --format hf` writes tokenizer files with (tokenizer_files.py):
 - `gpt2` (byte-level BPE): vocab + merges, Llama-3's split regex (the only `tokenizer.ggml.pre`
   bitconv writes is `llama-bpe`), CONTROL/USER_DEFINED tokens matched whole in the text;
 - `llama` (SentencePiece BPE): a ModelProto rebuilt from tokens, scores and token types (GGUF's
@@ -12,6 +13,7 @@ the chat template is rendered with jinja2 as transformers does (sandboxed, trim/
 """
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +23,8 @@ from typing import Any
 from gguf import TokenType
 
 from bitconv.errors import InputError
-from bitconv.tokenizer import LLAMA3_SPLIT, spm_pb2
+from bitconv.tokenizer import spm_pb2
+from bitconv.tokenizer_files import bpe_json, spm_proto
 
 
 @dataclass(frozen=True)
@@ -97,21 +100,11 @@ def _codec(enc: Callable[[str], list[int]], dec: Callable[[Sequence[int]], str],
 
 def _bpe(tokens: list[str], types: list[int],
          merges: list[str]) -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer
 
-    special = {TokenType.CONTROL, TokenType.USER_DEFINED}
-    vocab = {t: i for i, t in enumerate(tokens) if types[i] not in special}
-    pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tok = Tokenizer(models.BPE(vocab, pairs, ignore_merges=True))  # type: ignore[arg-type]
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    tok.decoder = decoders.ByteLevel()
-    added = [(i, t) for i, t in enumerate(tokens) if types[i] in special]
-    tok.add_special_tokens([AddedToken(t, special=types[i] == TokenType.CONTROL, normalized=False)
-                            for i, t in added])
-    ids = {t: i for i, t in added}
-    if any(tok.token_to_id(t) != i for t, i in ids.items()):
+    tok = Tokenizer.from_str(json.dumps(bpe_json(tokens, types, merges)))
+    if any(tok.token_to_id(t) != i for i, t in enumerate(tokens)
+           if types[i] in (TokenType.CONTROL, TokenType.USER_DEFINED)):
         raise InputError("tokenizer metadata has duplicate special tokens")
     return (lambda s: tok.encode(s, add_special_tokens=False).ids,
             lambda ids_: tok.decode(list(ids_), skip_special_tokens=False))
@@ -119,17 +112,7 @@ def _bpe(tokens: list[str], types: list[int],
 
 def _spm(tokens: list[str], scores: list[float],
          types: list[int]) -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:
-    proto = spm_pb2.ModelProto()
-    for t, s, ty in zip(tokens, scores, types):
-        proto.pieces.add(piece=t, score=s, type=ty)
-    proto.trainer_spec.model_type = spm_pb2.TrainerSpec.BPE
-    proto.trainer_spec.byte_fallback = any(ty == TokenType.BYTE for ty in types)
-    unk = next((i for i, ty in enumerate(types) if ty == TokenType.UNKNOWN), 0)
-    proto.trainer_spec.unk_id = unk
-    ns = proto.normalizer_spec
-    ns.name, ns.add_dummy_prefix, ns.remove_extra_whitespaces = "identity", True, False
-    ns.escape_whitespaces = True
-    return _spm_codec(proto)
+    return _spm_codec(spm_proto(tokens, scores, types))
 
 
 def _spm_codec(proto: Any) -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:

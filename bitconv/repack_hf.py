@@ -1,0 +1,228 @@
+"""repack's GGUF -> `hf` writer: the transformers checkpoint directory that `pack --format hf`
+would write, rebuilt from a packed GGUF alone (formats/hf.md §5, formats/README.md §Repack).
+
+- config.json: the arch's transformers class (`bitnet` -> BitNetForCausalLM with SiLU,
+  `bitnet-b1.58` -> BitNetForCausalLM with ReLU², `llama` -> LlamaForCausalLM) and the
+  `{arch}.*` hyperparameters read back (the inverse of families/base.py `hparam_kvs`), through
+  hf_export's `export_config`; multipliers as float32 autobitlinear weight_scales (always exact);
+- tokenizer files from the `tokenizer.*` keys (tokenizer_files.py);
+- model.safetensors: every tensor under its HF name, sorted; ternary weights decoded by the
+  file's codec and HF-packed (q/k rows of arch `llama` put back in rotate_half order); dense
+  tensors as F32 (F16/BF16 widened exactly: transformers then runs the whole model in float32,
+  as the GGUF runtimes compute, and `pack` rounds them back to the same F16 bits).
+
+`pack` of the directory gives the GGUF back, with general.name taken from the directory's name.
+Before the directory is renamed into place, its metadata is computed as `pack` would and compared
+with the file's: the keys it would not give back are returned (`RepackResult.changed`).
+"""
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+from bitconv.errors import InputError, PackError
+from bitconv.families import FAMILIES
+from bitconv.families.base import NORMS, TERNARY
+from bitconv.formats import get_format, hf
+from bitconv.gguf_io import BF16, F16, F32
+from bitconv.gguf_reader import GGUFTensor, kv_records, tensor_bytes
+from bitconv.hf_export import (
+    HF_SUB_NORMS,
+    WEIGHTS,
+    atomic_dir,
+    check_dir_writable,
+    export_config,
+    write_json,
+    write_safetensors_streamed,
+)
+from bitconv.pack import CHUNK_ELEMS as ROW_ELEMS
+from bitconv.repack import RepackResult, Source
+from bitconv.safetensors_io import to_float32
+from bitconv.tokenizer_files import tokenizer_files
+from bitconv.types import KV
+
+# GGUF arch -> (transformers class, model_type, hidden_act)
+CLASSES = {"bitnet": ("BitNetForCausalLM", "bitnet", "silu"),
+           "bitnet-b1.58": ("BitNetForCausalLM", "bitnet", "relu2"),
+           "llama": ("LlamaForCausalLM", "llama", "silu")}
+DTYPES = {F32: ("F32", "<f4"), F16: ("F16", "<f2"), BF16: ("BF16", "<u2")}  # name, storage
+_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight"}
+_BLOCK = ({g: h for h, g in TERNARY.items()} | {g: h for h, g in NORMS.items()}
+          | dict(zip(("attn_sub_norm", "ffn_sub_norm"), HF_SUB_NORMS)))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str  # HF name
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    src: GGUFTensor
+    scale: bool = False  # the weight_scale of a packed weight (which comes right before it)
+
+
+def hf_name(name: str) -> str:
+    """GGUF tensor name -> HF name (the inverse of families/base.py `plan`)."""
+    if name in _TOP:
+        return _TOP[name]
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", name)
+    if m is None or m[2] not in _BLOCK:
+        raise InputError(f"tensor {name!r} has no Hugging Face name (bitconv maps token_embd, "
+                         "output_norm, output and the blk.N.* weights it writes)")
+    return f"model.layers.{m[1]}.{_BLOCK[m[2]]}.weight"
+
+
+def hf_config(kvs: Mapping[str, Any], lm_head: bool) -> dict[str, Any]:
+    """config.json for a GGUF of arch `bitnet`, `bitnet-b1.58` or `llama` (without token ids)."""
+    arch = str(kvs["general.architecture"])
+    if arch not in CLASSES:
+        raise InputError(f"general.architecture {arch!r} has no transformers class bitconv "
+                         f"writes ({', '.join(CLASSES)})")
+    try:
+        def g(key: str) -> Any:
+            return kvs[f"{arch}.{key}"]
+        heads = int(g("attention.head_count"))
+        cls, model_type, act = CLASSES[arch]
+        c = {"architectures": [cls], "model_type": model_type, "hidden_act": act,
+             "hidden_size": int(g("embedding_length")),
+             "intermediate_size": int(g("feed_forward_length")),
+             "num_hidden_layers": int(g("block_count")), "num_attention_heads": heads,
+             "num_key_value_heads": int(kvs.get(f"{arch}.attention.head_count_kv", heads)),
+             "vocab_size": int(kvs.get(f"{arch}.vocab_size",
+                                       len(kvs.get("tokenizer.ggml.tokens", [])))),
+             "max_position_embeddings": int(g("context_length")),
+             "rms_norm_eps": _f32(g("attention.layer_norm_rms_epsilon")),
+             "rope_theta": _f32(kvs.get(f"{arch}.rope.freq_base", 10000.0)),
+             "attention_bias": False, "torch_dtype": "float32"}
+    except KeyError as e:
+        raise InputError(f"metadata lacks {e.args[0]!r}") from None
+    if f"{arch}.attention.key_length" in kvs:
+        c["head_dim"] = int(kvs[f"{arch}.attention.key_length"])
+    fam = next(f for f in FAMILIES.values() if f.arch == arch)
+    return export_config(c, fam, "autobitlinear", lm_head)
+
+
+def _f32(v: float) -> float:
+    """The shortest decimal that is the same float32 (GGUF floats are float32): 1e-05."""
+    return float(str(np.float32(v)))
+
+
+def export_hf(source: Source, out: Path, *, force: bool = False,
+              progress: bool = False) -> RepackResult:
+    """Write packed GGUF `source` as an `hf` checkpoint directory `out` (see the module doc)."""
+    check_dir_writable(out, force)
+    kvs = source.gf.kvs
+    names = {t.name for t in source.tensors}
+    config = hf_config(kvs, "output.weight" in names)
+    tok = tokenizer_files(kvs, config["max_position_embeddings"])
+    config.update(tok.config)
+    entries = _entries(source)
+    heads = _permuted_heads(kvs)
+    total = sum(e.nbytes for e in entries)
+    with atomic_dir(out, force) as tmp, \
+            tqdm(total=total, unit="B", unit_scale=True, desc="repack hf", file=sys.stderr,
+                 disable=not progress, leave=False) as bar:
+        write_json(tmp / "config.json", config)
+        for fname, data in tok.files.items():
+            (tmp / fname).write_bytes(data)
+        scales: dict[str, npt.NDArray[np.uint8]] = {}
+
+        def chunks(e: _Entry) -> Iterator[npt.NDArray[Any]]:
+            bar.set_postfix_str(e.name, refresh=False)
+            if e.scale:
+                yield scales.pop(e.src.name)
+            elif e.src.name in source.codecs:
+                codes, m = source.decode(e.src)
+                n = heads.get(e.src.name.split(".")[-2], 0)
+                packed, scales[e.src.name] = hf.encode(m, [_unpermute(codes, n) if n else codes])
+                yield packed
+            else:
+                yield from _widened(source, e.src)
+            bar.update(e.nbytes)
+
+        write_safetensors_streamed(tmp / WEIGHTS, entries, chunks)
+        changed = _changed(tmp, source)
+    return RepackResult(out, source.format, "hf", len(entries), total, changed=changed)
+
+
+def _entries(source: Source) -> list[_Entry]:
+    """Every tensor of model.safetensors, sorted by name (a weight right before its scale);
+    PackError for a weight hf cannot hold, InputError for a dense type it should not."""
+    out = []
+    for t in source.tensors:
+        name = hf_name(t.name)
+        if t.name in source.codecs:
+            try:
+                hf.check_shape(t.shape)
+            except PackError as e:
+                raise PackError(f"{t.name}: {e}") from None
+            weight, scale = hf.parts(name, (t.shape[0], t.shape[1]))
+            out += [_Entry(weight.name, "U8", weight.shape, weight.nbytes, t),
+                    _Entry(scale.name, "F32", scale.shape, scale.nbytes, t, scale=True)]
+        elif t.ggml_type in DTYPES:
+            out.append(_Entry(name, "F32", t.shape, 4 * int(np.prod(t.shape)), t))
+        else:
+            raise InputError(f"{source.gf.path}: tensor {t.name!r} is not F32, F16 or BF16; "
+                             "an hf checkpoint cannot hold it")
+    return sorted(out, key=lambda e: e.name)
+
+
+def _widened(source: Source, t: GGUFTensor) -> Iterator[npt.NDArray[np.float32]]:
+    dtype, storage = DTYPES[t.ggml_type]
+    data = tensor_bytes(source.gf, t).view(storage)
+    for a in range(0, data.size, ROW_ELEMS):
+        yield to_float32(data[a:a + ROW_ELEMS], dtype)
+
+
+def _permuted_heads(kvs: Mapping[str, Any]) -> dict[str, int]:
+    """GGUF `llama` stores q/k rows permuted for its interleaved RoPE (pack.permute_heads)."""
+    arch = kvs["general.architecture"]
+    if arch != "llama":
+        return {}
+    heads = int(kvs[f"{arch}.attention.head_count"])
+    return {"attn_q": heads, "attn_k": int(kvs.get(f"{arch}.attention.head_count_kv", heads))}
+
+
+def _unpermute(rows: npt.NDArray[np.int8], heads: int) -> npt.NDArray[np.int8]:
+    """The inverse of pack.permute_heads: rows (h, d/2, 2) of each head become (h, 2, d/2)."""
+    d = rows.shape[0] // heads
+    return rows.reshape(heads, d // 2, 2, -1).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _changed(tmp: Path, source: Source) -> tuple[str, ...]:
+    """The source's metadata keys that packing `tmp` would not give back as they are (and keys
+    it would add); general.name is the directory's, so it is left out."""
+    from bitconv.checkpoint import load_checkpoint
+    from bitconv.families import detect
+    from bitconv.pack import metadata
+
+    ck = load_checkpoint(tmp)
+    try:
+        got = {kv.key: kv for kv in metadata(ck, detect(ck.config),
+                                                 get_format(source.format or "i2s"))}
+    except InputError as e:
+        raise InputError(f"the rebuilt checkpoint cannot be packed again: {e}") from None
+    want = {kv.key: kv for kv in kv_records(source.gf)}
+    keys = [k for k in want if k not in got or not _same(got[k], want[k])]
+    keys += [k for k in got if k not in want]
+    return tuple(k for k in keys if k != "general.name")
+
+
+def _same(a: KV, b: KV) -> bool:
+    if (a.vtype, a.subtype) != (b.vtype, b.subtype):
+        return False
+    if isinstance(a.value, (list, np.ndarray)) or isinstance(b.value, (list, np.ndarray)):
+        x, y = np.asarray(a.value), np.asarray(b.value)
+        return x.shape == y.shape and bool(np.all(x == y))
+    if isinstance(a.value, float) or isinstance(b.value, float):
+        return bool(np.float32(a.value) == np.float32(b.value))
+    return bool(a.value == b.value)
