@@ -38,6 +38,9 @@ def cli() -> None:
     Exit status: 0 ok, 1 bad input or refused output, 2 usage error, 3 verification mismatch,
     4 network or hub failure during a pull (trying again may work).
     """
+    from bitconv.workers import keep_freed_memory
+
+    keep_freed_memory()
 
 
 @cli.command()
