@@ -117,28 +117,30 @@ def ternarize_stored(stored: npt.NDArray, dtype: str, multiplier: np.float32,
                      already_ternary: bool, name: str = "") -> npt.NDArray[np.int8]:
     """Pass 2 on stored values, same codes as ternarize_chunk of their float32 widening.
 
-    bf16 has only 65536 values, so its codes come from a table built by ternarize_chunk itself
-    (identical by construction); f32/f16 codes are two comparisons with a threshold (below);
-    anything else is widened and ternarized BLOCK by BLOCK."""
+    bf16, f16 and f32 codes are two comparisons with the threshold below, done BLOCK by BLOCK;
+    bf16 compares its bits: magnitudes order like their bit patterns, so with tb the bits of the
+    largest bf16 <= t (t's top 16 bits), w > t is int16(bits) > tb and w < -t is
+    uint16(bits) > 0x8000 + tb. Anything else is widened and ternarized in blocks."""
     flat = stored.reshape(-1)
     out = np.empty(flat.size, np.int8)
     if already_ternary or dtype not in ("BF16", "F32", "F16"):
         for i in range(0, flat.size, BLOCK):
             w = to_float32(flat[i:i + BLOCK], dtype)
             out[i:i + BLOCK] = ternarize_chunk(w, multiplier, already_ternary, name)
-    elif dtype == "BF16":
-        lut = bf16_table(multiplier)
-        for i in range(0, flat.size, BLOCK):
-            np.take(lut, flat[i:i + BLOCK], out=out[i:i + BLOCK])
+        return out.reshape(stored.shape)
+    t = threshold(multiplier)
+    if dtype == "BF16":
+        tb = t.view(np.uint32) >> 16
+        pos, pos_t = flat.view(np.int16), np.int16(tb)
+        neg, neg_t, neg_cmp = flat, np.uint16(0x8000 + tb), np.greater
     else:
-        t = threshold(multiplier)
-        up, down = np.empty(min(BLOCK, flat.size), bool), np.empty(min(BLOCK, flat.size), bool)
-        for i in range(0, flat.size, BLOCK):
-            w = flat[i:i + BLOCK]
-            np.greater(w, t, out=up[:w.size])
-            np.less(w, -t, out=down[:w.size])
-            np.subtract(up[:w.size].view(np.int8), down[:w.size].view(np.int8),
-                        out=out[i:i + BLOCK])
+        pos, pos_t, neg, neg_t, neg_cmp = flat, t, flat, -t, np.less
+    up, down = np.empty(min(BLOCK, flat.size), bool), np.empty(min(BLOCK, flat.size), bool)
+    for i in range(0, flat.size, BLOCK):
+        n = min(BLOCK, flat.size - i)
+        np.greater(pos[i:i + n], pos_t, out=up[:n])
+        neg_cmp(neg[i:i + n], neg_t, out=down[:n])
+        np.subtract(up[:n].view(np.int8), down[:n].view(np.int8), out=out[i:i + n])
     return out.reshape(stored.shape)
 
 
@@ -155,16 +157,6 @@ def threshold(multiplier: np.float32) -> np.float32:
         while (n := np.nextafter(t, up)) / m <= half:
             t = n
     return t
-
-
-def bf16_table(multiplier: np.float32) -> npt.NDArray[np.int8]:
-    """The code of every bf16 bit pattern (NaN/Inf patterns -> 0; pass 1 refuses them)."""
-    every = (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
-    finite = np.isfinite(every)
-    codes = np.zeros(every.size, np.int8)
-    with np.errstate(over="ignore"):  # |w| / m beyond float32 -> inf -> clipped to ±1
-        codes[finite] = ternarize_chunk(every[finite], multiplier, False)
-    return codes
 
 
 def ternarize(w: npt.NDArray[np.float32], name: str = "") -> tuple[npt.NDArray[np.int8], np.float32]:

@@ -2,7 +2,7 @@
 independence of the output bytes.
 
 The references here are numpy's own casts and arithmetic on float32 (DESIGN.md §3), not the
-code under test: bf16 -> f16 must equal `np.float16(float32 value)`; the bf16 code table must
+code under test: bf16 -> f16 must equal `np.float16(float32 value)`; bf16 and f32 codes must
 equal rint/clip of w / m in float32; HF unpacking must equal the shift-and-mask definition
 of hf.md §1.1 written out per quarter block.
 """
@@ -41,7 +41,7 @@ def test_bf16_to_f16_refuses_what_f16_cannot_hold(bits, message):
 
 @pytest.mark.parametrize("m", [np.float32(0.0153), np.float32(1.0), np.float32(2.0 ** -20),
                                np.float32(3.0e4)])
-def test_bf16_code_table_equals_float32_ternarization_on_every_bf16_value(m):
+def test_bf16_codes_equal_float32_ternarization_on_every_bf16_value(m):
     finite = np.isfinite(AS_F32)
     with np.errstate(over="ignore"):
         q = np.clip(np.rint(np.divide(AS_F32[finite], m, dtype=np.float32)), -1, 1)
