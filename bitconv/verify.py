@@ -9,6 +9,7 @@ mode). The first failing check names the offending key, tensor, element or posit
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,23 +75,24 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
         >>> verify("m-i2s.gguf", source="bitnet-b1.58-2B-4T").ok
         True
     """
-    checks: list[Check] = []
     try:
         got = load_any(packed)
-        n_t = sum(isinstance(got.tensors[n], TernaryTensor) for n in got.order)  # decodes each
     except InputError as e:
         return Report(str(packed), _s(source), (Check("container", False, str(e)),))
-    checks.append(Check("container", True, f"{len(got.order)} tensors parse and unpack "
-                                           f"({n_t} ternary)"))
-    if source is None:
-        return Report(str(packed), None, tuple(checks))
-    ref = load_checkpoint_weights(source, scale_rule, format=got.format)
-    if Path(packed).is_dir():  # an `hf` export: a checkpoint's name is its directory's, not content
+    ref = None if source is None else load_checkpoint_weights(source, scale_rule, format=got.format)
+    if ref is not None and Path(packed).is_dir():  # an `hf` export: its name is its directory's
         got = replace(got, kvs={**got.kvs, "general.name": ref.kvs.get("general.name")})
-    for name, fn in (("metadata", _metadata), ("tensors", _tensors)):
-        problem = fn(got, ref)
-        checks.append(Check(name, problem is None, problem or _ok_detail(name, ref)))
-        if problem:
+    meta = None if ref is None else _metadata(got, ref)
+    broken, n_t, problem = _unpack(got, ref if meta is None else None)
+    if broken:
+        return Report(str(packed), _s(source), (Check("container", False, broken),))
+    checks = [Check("container", True, f"{len(got.order)} tensors parse and unpack "
+                                       f"({n_t} ternary)")]
+    if source is None or ref is None:
+        return Report(str(packed), None, tuple(checks))
+    for name, found in (("metadata", meta), ("tensors", problem)):
+        checks.append(Check(name, found is None, found or _ok_detail(name, ref)))
+        if found:
             return Report(str(packed), _s(source), tuple(checks))
     if not get_format(got.format).SPEC.lossless:
         checks.append(_loss(source, scale_rule, got.format))
@@ -132,27 +134,55 @@ def _short(v: Any) -> str:
     return f"a list of {len(v)}" if isinstance(v, (list, np.ndarray)) else repr(v)
 
 
-def _tensors(got: Weights, ref: Weights) -> str | None:
-    if got.order != ref.order:
-        i = next((i for i, (a, b) in enumerate(zip(got.order, ref.order)) if a != b),
-                 min(len(got.order), len(ref.order)))
-        return f"tensor #{i} is {_at(got.order, i)}, the source gives {_at(ref.order, i)}"
-    for name in ref.order:
-        a, b = got.tensors[name], ref.tensors[name]
-        if isinstance(a, TernaryTensor) != isinstance(b, TernaryTensor):
-            return f"{name}: ternary in one, dense in the other"
-        if isinstance(a, TernaryTensor) and isinstance(b, TernaryTensor):
-            if a.multiplier != b.multiplier:
-                return f"{name}: multiplier {a.multiplier!r}, the source gives {b.multiplier!r}"
-            a, b = a.codes, b.codes
-        if a.shape != b.shape:
-            return f"{name}: shape {list(a.shape)}, the source gives {list(b.shape)}"
-        diff = np.asarray(a) != np.asarray(b)
-        if diff.any():
-            idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
-            return (f"{name}: {int(diff.sum())} values differ, first at {list(idx)} "
-                    f"({a[idx]} vs {b[idx]} in the source)")
-    return None
+def _unpack(got: Weights, ref: Weights | None) -> tuple[str | None, int, str | None]:
+    """Decode every tensor of `got` once (the container check), counting the ternary ones; with
+    `ref`, compare each with the source's, built meanwhile on a second thread, until the first
+    difference. Returns (why the container is broken, ternary count, the first difference)."""
+    problem = None if ref is None else _order(got, ref)
+    n_t = 0
+    with ThreadPoolExecutor(1) as pool:
+        for name in got.order:
+            b = (pool.submit(ref.tensors.__getitem__, name)
+                 if ref is not None and problem is None else None)
+            try:
+                a = got.tensors[name]
+            except InputError as e:
+                return str(e), n_t, None
+            n_t += isinstance(a, TernaryTensor)
+            if b is not None:
+                problem = _compare(name, a, b.result())
+    return None, n_t, problem
+
+
+def _order(got: Weights, ref: Weights) -> str | None:
+    if got.order == ref.order:
+        return None
+    i = next((i for i, (a, b) in enumerate(zip(got.order, ref.order)) if a != b),
+             min(len(got.order), len(ref.order)))
+    return f"tensor #{i} is {_at(got.order, i)}, the source gives {_at(ref.order, i)}"
+
+
+def _compare(name: str, a: Any, b: Any) -> str | None:
+    if isinstance(a, TernaryTensor) != isinstance(b, TernaryTensor):
+        return f"{name}: ternary in one, dense in the other"
+    if isinstance(a, TernaryTensor) and isinstance(b, TernaryTensor):
+        if a.multiplier != b.multiplier:
+            return f"{name}: multiplier {a.multiplier!r}, the source gives {b.multiplier!r}"
+        a, b = a.codes, b.codes
+    if a.shape != b.shape:
+        return f"{name}: shape {list(a.shape)}, the source gives {list(b.shape)}"
+    if _equal(a, b):
+        return None
+    diff = np.asarray(a) != np.asarray(b)
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+    return (f"{name}: {int(diff.sum())} values differ, first at {list(idx)} "
+            f"({a[idx]} vs {b[idx]} in the source)")
+
+
+def _equal(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 22) -> bool:
+    """a == b everywhere, by row blocks of about `chunk` values (no tensor-sized temporary)."""
+    rows = max(1, chunk // max(1, a[:1].size))
+    return all(np.array_equal(a[i:i + rows], b[i:i + rows]) for i in range(0, len(a), rows))
 
 
 def _at(order: tuple[str, ...], i: int) -> str:
@@ -165,7 +195,9 @@ def _logits(got: Weights, ref: Weights, n: int, mode: str) -> Check:
     except InputError as e:
         return Check("logits", False, str(e))
     ids = fixed_tokens(n, model_got.spec.vocab)
-    a, b = model_got.forward(ids), Model(ref, mode, keep=False).forward(ids)
+    a = model_got.forward(ids)
+    del model_got  # its float32 embedding (1.3 GB at 2B4T size) before the source's
+    b = Model(ref, mode, keep=False).forward(ids)
     if np.array_equal(a, b):
         return Check("logits", True, f"{n} positions x {a.shape[1]} logits bit-identical ({mode} mode)")
     pos = int(np.argmax((a != b).any(axis=1)))

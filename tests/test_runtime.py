@@ -92,6 +92,32 @@ def test_keep_false_streams_to_the_same_logits(fixtures_root, mode):
     assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_bitlinear_reads_transposed_codes_in_place(mode):
+    # Model keeps codes as a (K, out) contiguous array and passes its transpose
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 512)).astype(F32)
+    codes = rng.integers(-1, 2, (48, 512)).astype(F32)
+    stored = np.ascontiguousarray(codes.T)
+    assert np.array_equal(bitlinear(x, stored.T, F32(0.5), mode), bitlinear(x, codes, F32(0.5), mode))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_weight_layout_gives_the_same_logits(fixtures_root, tmp_path, mode):
+    """Loaded up front on threads ((K, out) float32), lazily, or streamed through one reused
+    buffer ((out, K), or (K, out) for llama.cpp mode): the same bits, from file and source."""
+    src = fixtures_root / "bitnet-b1.58-2B-4T"
+    path = pack(src, out=tmp_path / "m.gguf").path
+    ids = np.array([1, 5, 9, 200, 3])
+    want = Model(load_gguf(path), mode).load().forward(ids)
+    for w in (load_gguf(path), load_checkpoint_weights(src)):
+        assert np.array_equal(Model(w, mode).forward(ids), want)
+        assert np.array_equal(Model(w, mode, keep=False).forward(ids), want)
+    last = Model(load_gguf(path), mode).load().forward(ids, last=True)
+    assert last.shape == (1, want.shape[1])
+    np.testing.assert_allclose(last[0], want[-1], rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_modes_differ_from_exact(fixtures_root):
     w = load_checkpoint_weights(fixtures_root / "bitnet_b1_58-large")
     ids = np.arange(8)

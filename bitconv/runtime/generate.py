@@ -56,7 +56,7 @@ def stream_text(path: str | Path, prompt: str, n: int, *, temperature: float = 0
     the chat template with `chat`) and yield the generated text piece by piece."""
     weights = load_any(path)
     codec = load_text_codec(path, weights.kvs)
-    model = Model(weights, mode)
+    model = Model(weights, mode).load()  # every weight decoded up front, on two threads
     ids = codec.chat(prompt) if chat else codec.encode(prompt)
     stream = TextStream(codec)
     for tok in generate(model, ids, n, temperature, seed, codec.eog_ids):

@@ -14,6 +14,7 @@ BitLinear and its modes (exact, bitnet.cpp, llama.cpp): runtime/bitlinear.py.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,8 +76,10 @@ class Cache:
 class Model:
     """A runnable model over (lazy) Weights, in one of the BitLinear modes (runtime/bitlinear.py).
 
-    keep=True caches every linear's codes as float32 for BLAS (4 bytes per parameter: fast
-    repeated decoding); keep=False converts each layer's codes when it runs and drops them, so
+    keep=True caches every linear's codes as float32 for BLAS (4 bytes per parameter, 9.6 GB with
+    the float32 LM head at 2B4T size: fast repeated decoding), transposed once to contiguous
+    (in, out) so that every matmul is one BLAS call without a copy; `load()` fills that cache on
+    two threads up front. keep=False converts each layer's codes when it runs and drops them, so
     memory stays near one tensor plus the dense ones (what `verify` uses at full size).
     Ternary tensors run as BitLinear; a dense float tensor in their place (latent weights, for
     drift reports) runs as a plain float32 matmul.
@@ -93,21 +96,56 @@ class Model:
         self.mode, self.keep = check_mode(mode), keep
         self.weights = weights
         self._cache: dict[str, Any] = {}
+        self._buf = np.empty(0, F32)  # keep=False: the current layer's codes
         s = self.spec
         inv = F32(1) / (F32(s.rope_base) ** (np.arange(0, s.head_dim, 2, dtype=np.int64)
                                             .astype(F32) / F32(s.head_dim)))
         self.inv_freq = inv.astype(F32)  # as HF computes it, in float32
 
+    def load(self, threads: int = 2) -> Model:
+        """Decode and convert every tensor now, `threads` at a time, instead of on first use;
+        everything stays cached whatever `keep` says. Returns the model."""
+        names = [n for n in self.weights.order if n not in self._cache]
+        with ThreadPoolExecutor(threads) as pool:
+            self._cache.update(zip(names, pool.map(lambda n: self._convert(n, True), names)))
+        return self
+
+    def _convert(self, name: str, keep: bool) -> Any:
+        """Dense tensors as float32; ternary ones as (codes (out, K) float32, multiplier)."""
+        t = self.weights.tensors[name]
+        if not isinstance(t, TernaryTensor):
+            return np.asarray(t, F32)
+        if keep:  # a view of contiguous (K, out) memory: `q @ codes.T` reads it in place
+            return np.ascontiguousarray(t.codes.T, dtype=F32).T, F32(t.multiplier)
+        # Streamed: into one buffer that every layer reuses (fresh memory is slow to touch),
+        # laid out (K, out) only where llama.cpp mode's (B, 256, out) blocks need it.
+        if self._buf.size < t.codes.size:
+            self._buf = np.empty(t.codes.size, F32)
+        buf = self._buf[:t.codes.size]
+        out, k = t.codes.shape
+        codes = buf.reshape(k, out).T if self.mode == "llama.cpp" else buf.reshape(out, k)
+        np.copyto(codes, t.codes)
+        return codes, F32(t.multiplier)
+
+    def _get(self, name: str, keep: bool) -> Any:
+        got = self._cache.get(name)
+        if got is None:
+            got = self._convert(name, keep)
+            if keep:
+                self._cache[name] = got
+        return got
+
     def _dense(self, name: str) -> Array:
-        if name not in self._cache:
-            self._cache[name] = np.asarray(self.weights.tensors[name], F32)
-        return self._cache[name]
+        return self._get(name, keep=True)
 
     def _has(self, name: str) -> bool:
         return name in self.weights.tensors
 
-    def forward(self, ids: npt.NDArray[np.integer], cache: Cache | None = None) -> Array:
-        """Logits (len(ids), vocab) for `ids` following whatever `cache` already holds."""
+    def forward(self, ids: npt.NDArray[np.integer], cache: Cache | None = None,
+                last: bool = False) -> Array:
+        """Logits (len(ids), vocab) for `ids` following whatever `cache` already holds; with
+        `last`, only the last position's (1, vocab), as a prompt's prefill needs (the LM head
+        then runs on one row, and its float32 sums may differ from the full run's in the ulp)."""
         s, cache = self.spec, cache if cache is not None else Cache()
         ids = np.asarray(ids)
         if ids.size and (ids.min() < 0 or ids.max() >= s.vocab):
@@ -119,20 +157,14 @@ class Model:
             x = x + self._attention(i, rmsnorm(x, self._dense(f"blk.{i}.attn_norm.weight"), s.eps),
                                     cos, sin, cache)
             x = x + self._ffn(i, rmsnorm(x, self._dense(f"blk.{i}.ffn_norm.weight"), s.eps))
-        x = rmsnorm(x, self._dense("output_norm.weight"), s.eps)
+        x = rmsnorm(x[-1:] if last else x, self._dense("output_norm.weight"), s.eps)
         head = self._dense("output.weight" if self._has("output.weight") else "token_embd.weight")
         if self.mode != "exact":
             x = x.astype(np.float16).astype(F32)  # ggml's F16 x F32 matmul rounds x to fp16
         return x @ head.T
 
     def _linear(self, name: str, x: Array) -> Array:
-        w = self._cache.get(name)
-        if w is None:
-            t = self.weights.tensors[name]
-            w = ((t.codes.astype(F32), F32(t.multiplier)) if isinstance(t, TernaryTensor)
-                 else np.asarray(t, F32))
-            if self.keep:
-                self._cache[name] = w
+        w = self._get(name, self.keep)
         if isinstance(w, tuple):
             return bitlinear(x, w[0], w[1], self.mode)
         return x @ w.T  # latent float weights

@@ -1,12 +1,15 @@
 """Load a model for the runtime, from a packed GGUF file or from a source checkpoint.
 
 Both paths give the same form: GGUF tensor names, ternary tensors as TernaryTensor (codes +
-float32 multiplier), dense tensors as float32 arrays. The checkpoint path goes through the very
-plan, ternarization and f16 rounding that `pack` uses, so a lossless packed file and its source
-load to identical weights.
+float32 multiplier), dense tensors as float arrays in the precision the file stores (float16 for
+F16 embeddings, float32 otherwise; the model widens them). The checkpoint path goes through the
+very plan, ternarization and f16 rounding that `pack` uses, so a lossless packed file and its
+source load to identical weights.
 
 Tensors are lazy: each access decodes (or ternarizes) that one tensor from a memory map and
-nothing is kept, so a full-size model is never held whole; callers cache what they reuse.
+nothing is kept, so a full-size model is never held whole; callers cache what they reuse. A
+GGUF's dense tensors are read-only views of the mapped file, not copies: fresh memory is slow to
+touch on the machines we measured (perf-anchors.md §1), and a 2B4T embedding is 0.66 GB.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from bitconv.pack import dense_chunks, metadata, permute_heads, ternary_codes
 from bitconv.safetensors_io import MappedFiles, to_float32
 from bitconv.types import TernaryTensor
 
-Tensor = TernaryTensor | npt.NDArray[np.float32]
+Tensor = TernaryTensor | npt.NDArray[np.floating]
 
 
 class LazyTensors(Mapping[str, Tensor]):
@@ -42,6 +45,9 @@ class LazyTensors(Mapping[str, Tensor]):
 
     def __getitem__(self, name: str) -> Tensor:
         return self._loaders[name]()
+
+    def __contains__(self, name: object) -> bool:  # without decoding (Mapping's would)
+        return name in self._loaders
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._loaders)
@@ -70,7 +76,7 @@ def load_gguf(path: str | Path) -> Weights:
     formats: set[str] = set()
     for t in gf.tensors:
         if t.ggml_type in (F32, F16):
-            loaders[t.name] = lambda t=t: np.array(tensor_array(gf, t), dtype=np.float32)
+            loaders[t.name] = lambda t=t: np.asarray(tensor_array(gf, t))
             continue
         codec = codec_for(t.ggml_type, t.name, t.shape, set(by_name), gf.kvs)
         if codec is None:
@@ -119,14 +125,26 @@ def load_checkpoint_weights(src: str | Path, scale_rule: ternary.ScaleRule | Non
                 return latent_rows(ck, mf, t)
             if t.kind == "ternary":
                 m, chunks = ternary_codes(ck, mf, t, rule, scale_rule is None)
-                return TernaryTensor(t.gguf_name, np.concatenate(list(chunks)), stored(codec, m))
-            parts = [np.array(c, dtype=np.float32) for c in dense_chunks(ck, mf, t)]
-            return np.concatenate(parts).reshape(t.shape)
+                return TernaryTensor(t.gguf_name, _rows(chunks, t.shape), stored(codec, m))
+            return _rows(dense_chunks(ck, mf, t), t.shape)
 
     codec = get_format(format)
     kvs = {kv.key: kv.value for kv in metadata(ck, fam, codec)}
     loaders = {t.gguf_name: (lambda t=t: load(t)) for t in items}
     return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items), format)
+
+
+def _rows(chunks: Iterator[npt.NDArray[Any]], shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    """Row chunks copied into one array as they come (one allocation, no list + concatenate)."""
+    out: npt.NDArray[Any] | None = None
+    row = 0
+    for c in chunks:
+        if out is None:
+            out = np.empty(shape, c.dtype)
+        out[row:row + len(c)] = c
+        row += len(c)
+    assert out is not None and row == shape[0], "chunks do not cover the tensor"
+    return out
 
 
 def stored(codec: ModuleType, m: np.float32) -> np.float32:
