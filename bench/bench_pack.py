@@ -12,10 +12,11 @@ For each job, in the same run:
   converter installable from PyPI) on the jobs it supports; bitnet.cpp's converter is not
   installable here, so its figures are quoted from shared/reference/perf-anchors.md §2 and
   marked as such.
-Warm jobs read the input first; cold jobs evict it from the page cache (POSIX_FADV_DONTNEED)
-and are compared with the time to read the input cold.
+Warm jobs read the input first (median of --reps runs); cold jobs evict it from the page cache
+(POSIX_FADV_DONTNEED) and are compared with the time to read the input cold. Every measurement
+starts after a sync, so no earlier job's writeback competes with it.
 
-    python bench/bench_pack.py [--only NAME ...] [--no-cold] [--no-peer] [--threads N]
+    python bench/bench_pack.py [--only NAME ...] [--no-cold] [--no-peer] [--threads N] [--reps 3]
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import json
 import mmap
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -174,7 +176,7 @@ def llama_cpp_converter() -> Path | None:
 
 
 def run_job(name: str, fmt: str, cold: bool, peer: str | None, threads: int | None,
-            converter: Path | None) -> list[Row]:
+            converter: Path | None, reps: int = 1) -> list[Row]:
     src = ensure(INPUTS[name])
     ins = files(src)
     in_bytes = sum(p.stat().st_size for p in ins)
@@ -184,21 +186,28 @@ def run_job(name: str, fmt: str, cold: bool, peer: str | None, threads: int | No
            "-q"] + (["--threads", str(threads)] if threads else [])
     rows = []
     for cache in ("warm", "cold") if cold else ("warm",):
-        remove(out)
-        if cache == "cold":
-            evict(ins)
-            floor = read_all(ins)
-            evict(ins)
-        else:
-            read_all(ins)
-        ours = Run(**timed(cmd))
-        out_bytes = size(out)
-        if cache == "warm":
-            floor = read_all(ins) + write_bytes(out_bytes)
-        rows.append(Row(f"{name} -> {fmt}", cache, in_bytes / 1e9, out_bytes / 1e9, ours, floor))
+        runs, floors = [], []
+        for _ in range(1 if cache == "cold" else reps):
+            remove(out)
+            os.sync()  # no earlier job's writeback competes with this one
+            if cache == "cold":
+                evict(ins)
+                floors.append(read_all(ins))
+                evict(ins)
+            else:
+                read_all(ins)
+            runs.append(Run(**timed(cmd)))
+            out_bytes = size(out)
+            if cache == "warm":
+                os.sync()
+                floors.append(read_all(ins) + write_bytes(out_bytes))
+        ours = sorted(runs, key=lambda r: r.wall)[len(runs) // 2]  # the median run
+        rows.append(Row(f"{name} -> {fmt}", cache, in_bytes / 1e9, out_bytes / 1e9, ours,
+                        statistics.median(floors)))
     if peer and converter is not None:
         peer_out = ROOT / "out" / f"{name}-{fmt}-llama.cpp.gguf"
         remove(peer_out)
+        os.sync()
         read_all(ins)
         pr = Run(**timed([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(src),
                     "--outtype", peer, "--outfile", str(peer_out)],
@@ -234,6 +243,7 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache runs")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp's converter")
     ap.add_argument("--threads", type=int, default=None, help="bitconv pack --threads")
+    ap.add_argument("--reps", type=int, default=3, help="warm runs per job (the median is shown)")
     a = ap.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     converter = None if a.no_peer else llama_cpp_converter()
@@ -241,7 +251,7 @@ def main() -> None:
     for name, fmt, cold, peer in JOBS:
         if a.only and name not in a.only:
             continue
-        rows += run_job(name, fmt, cold and not a.no_cold, peer, a.threads, converter)
+        rows += run_job(name, fmt, cold and not a.no_cold, peer, a.threads, converter, a.reps)
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(f"machine: {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
