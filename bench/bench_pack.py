@@ -21,6 +21,7 @@ starts after a sync, so no earlier job's writeback competes with it.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import mmap
 import os
@@ -144,12 +145,13 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]
 
 
 def remove(path: Path) -> None:
+    """An earlier output: the file (and its sidecars, `<out>.*`) or the hf directory."""
     if path.is_dir():
         for p in path.iterdir():
             p.unlink()
         path.rmdir()
-    elif path.exists():
-        path.unlink()
+    for p in path.parent.glob(glob.escape(path.name) + "*"):
+        p.unlink()
 
 
 def llama_cpp_converter() -> Path | None:
