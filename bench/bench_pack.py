@@ -12,8 +12,9 @@ For each job, in the same run:
   converter installable from PyPI) on the jobs it supports; bitnet.cpp's converter is not
   installable here, so its figures are quoted from shared/reference/perf-anchors.md §2 and
   marked as such.
-Warm jobs read the input first (median of --reps runs); cold jobs evict it from the page cache
-(POSIX_FADV_DONTNEED) and are compared with the time to read the input cold. Every measurement
+Warm jobs read the input first; cold jobs evict it from the page cache (POSIX_FADV_DONTNEED)
+and are compared with the time to read the input cold, measured just before each cold run (this
+virtual disk's cold reads vary 0.5-1.5 GB/s from run to run). Figures are medians of --reps. Every measurement
 starts after a sync, so no earlier job's writeback competes with it.
 
     python bench/bench_pack.py [--only NAME ...] [--no-cold] [--no-peer] [--threads N] [--reps 3]
@@ -189,7 +190,7 @@ def run_job(name: str, fmt: str, cold: bool, peer: str | None, threads: int | No
     rows = []
     for cache in ("warm", "cold") if cold else ("warm",):
         runs, floors = [], []
-        for _ in range(1 if cache == "cold" else reps):
+        for _ in range(reps):
             remove(out)
             os.sync()  # no earlier job's writeback competes with this one
             if cache == "cold":

@@ -28,7 +28,6 @@ from bitconv.families.base import Family, PlannedTensor, hparam_kvs, plan
 from bitconv.formats import get_format, layout_kvs
 from bitconv.gguf_io import F16, F32, GGUFWriter, TensorInfo, tensor_nbytes
 from bitconv.outputs import atomic_output, check_writable
-from bitconv.readahead import Readahead
 from bitconv.safetensors_io import MappedFiles, to_float32
 from bitconv.snapshot import checkpoint_name
 from bitconv.tokenizer import pre_tokenizer, tokenizer_kvs
@@ -93,13 +92,11 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     flat = [i for group in infos for i in group]
     total = sum(i.nbytes for i in flat)
     with atomic_output(out, force) as f, MappedFiles() as mf, Workers(threads) as workers, \
-            Readahead([ck.ref(t.source) for t in items]) as ahead, \
             tqdm(total=total, unit="B", unit_scale=True, desc=f"pack {format}", file=sys.stderr,
                  disable=not progress, leave=False) as bar:
         w = GGUFWriter(f, kvs, flat)
-        for k, (t, group) in enumerate(zip(items, infos)):
+        for t, group in zip(items, infos):
             bar.set_postfix_str(t.gguf_name, refresh=False)
-            ahead.reached(k)
             chunks = (encoded(codec, ternary_rows(ck, mf, t, rule, scale_rule is None,
                                                   codec.SPEC.row_multiple, workers), workers)
                       if t.kind == "ternary" else dense_chunks(ck, mf, t, workers))
