@@ -22,7 +22,7 @@ from tqdm import tqdm
 from bitconv import ternary
 from bitconv.checkpoint import Checkpoint, load_checkpoint
 from bitconv.dense import dense_part
-from bitconv.errors import InputError, PackError
+from bitconv.errors import PackError
 from bitconv.families import detect
 from bitconv.families.base import Family, PlannedTensor, hparam_kvs, plan
 from bitconv.formats import get_format, layout_kvs
