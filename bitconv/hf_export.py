@@ -36,13 +36,7 @@ from bitconv.errors import OutputError, PackError
 from bitconv.families import detect
 from bitconv.families.base import Family, PlannedTensor, plan
 from bitconv.formats import hf
-from bitconv.pack import (
-    PackResult,
-    _check_scales,
-    _row_chunks,
-    check_shapes,
-    ternary_codes,
-)
+from bitconv.pack import PackResult, check_scales, check_shapes, row_chunks, ternary_codes
 from bitconv.safetensors_io import DTYPES, MappedFiles
 
 # transformers' BitNetForCausalLM names the two sub-norms so (hf.md §1.6, §1.7)
@@ -100,7 +94,7 @@ def export(src: str | Path, *, out: str | Path | None = None, force: bool = Fals
     items = plan(ck, fam)
     check_shapes(hf, items)
     rule = scale_rule or ternary.scale_rule(dict(ck.config))
-    _check_scales(ck, items, rule, scale_rule is None)
+    check_scales(ck, items, rule, scale_rule is None)
     # default: the convention the source's weight_scale is read by, so it is copied as it is
     packed_src = any(t.scale_source for t in items)
     target = linear_class or ("bitlinear" if packed_src and rule == "divide" else "autobitlinear")
@@ -179,7 +173,7 @@ def _tensor_chunks(ck: Checkpoint, mf: MappedFiles, e: _Entry, rule: ternary.Sca
         if len(ref.shape) < 2:
             yield mf.view(ref)
             return
-        for rs in _row_chunks(ref.shape[0], int(np.prod(ref.shape[1:]))):
+        for rs in row_chunks(ref.shape[0], int(np.prod(ref.shape[1:]))):
             yield mf.view(ref, rs)
             mf.release(ref, rs)
 

@@ -88,7 +88,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     check_writable(side, force)
     kvs = metadata(ck, fam, codec)
     rule = scale_rule or ternary.scale_rule(dict(ck.config))
-    _check_scales(ck, items, rule, scale_rule is None)
+    check_scales(ck, items, rule, scale_rule is None)
     flat = [i for group in infos for i in group]
     total = sum(i.nbytes for i in flat)
     with atomic_output(out, force) as f, MappedFiles() as mf, Workers(threads) as workers, \
@@ -144,7 +144,7 @@ def write_parts(w: GGUFWriter, group: list[TensorInfo], chunks: Iterator[npt.NDA
         raise PackError(f"{part.name}: codec wrote {done} of {part.nbytes} bytes")  # a codec bug
 
 
-def _check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ternary.ScaleRule,
+def check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ternary.ScaleRule,
                   checked: bool) -> None:
     """Every weight_scale, before the output is started: a bad last layer fails in a second."""
     with MappedFiles() as mf:
@@ -174,7 +174,8 @@ def metadata(ck: Checkpoint, fam: Family, codec: ModuleType) -> list[KV]:
     return kvs + tokenizer_kvs(ck.path, ck.config["vocab_size"], pre_tokenizer(ck.path))
 
 
-def _row_chunks(rows: int, cols: int, multiple: int = 1) -> Iterator[slice]:
+def row_chunks(rows: int, cols: int, multiple: int = 1) -> Iterator[slice]:
+    """Row ranges of about CHUNK_ELEMS elements, each a multiple of `multiple` rows."""
     step = max(multiple, CHUNK_ELEMS // max(cols, 1) // multiple * multiple)
     for a in range(0, rows, step):
         yield slice(a, min(a + step, rows))
@@ -191,7 +192,7 @@ def dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor,
     rows, cols = t.shape[0], int(np.prod(t.shape[1:]))
     yield from workers.map(lambda rs: dense_part(mf.view(ref, rs), ref.dtype, dt, t.source,
                                                  t.gguf_name),
-                           _row_chunks(rows, cols), done=lambda rs: mf.release(ref, rs))
+                           row_chunks(rows, cols), done=lambda rs: mf.release(ref, rs))
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternar
     head = out_f // t.heads if t.heads else 1
     step = math.lcm(head, row_multiple)  # whole heads to permute, whole row tiles to pack
     order = (lambda c: permute_heads(c, head)) if t.heads else (lambda c: c)
-    rows = list(_row_chunks(out_f, in_f, step))
+    rows = list(row_chunks(out_f, in_f, step))
     if t.scale_source:
         m = _multiplier(ck, mf, t, rule, checked)
         packed = mf.view(ref)
@@ -228,7 +229,7 @@ def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternar
     # round of page faults), a huge one is released chunk by chunk to bound the resident set
     keep = ref.nbytes <= KEEP_MAPPED
     for part in workers.map(lambda rs: ternary.scan_part(mf.view(ref, rs), ref.dtype, t.source),
-                            _row_chunks(out_f, in_f), done=None if keep else release):
+                            row_chunks(out_f, in_f), done=None if keep else release):
         scan.merge(part)
     m, already = scan.result()
     return TernaryRows(m, rows, lambda rs: order(ternary.ternarize_stored(
