@@ -30,7 +30,7 @@ from bitconv.formats import codec_for, get_format, layout_kvs
 from bitconv.gguf_io import BF16, F16, F32, I8, TYPE_NAMES, GGUFWriter, TensorInfo
 from bitconv.gguf_reader import GGUFFile, GGUFTensor, kv_records, read_gguf, tensor_bytes
 from bitconv.outputs import atomic_output, check_writable
-from bitconv.pack import CHUNK_ELEMS, write_parts
+from bitconv.pack import row_chunks, write_parts
 from bitconv.types import KV
 
 PLAIN = (F32, F16, BF16, I8)  # copied as they are
@@ -213,7 +213,7 @@ def _write(source: Source, codec: ModuleType, out: Path, force: bool, progress: 
             bar.set_postfix_str(t.name, refresh=False)
             if t.name in source.codecs:
                 codes, m = source.decode(t)
-                chunks = codec.encode(m, row_chunks(codes, codec.SPEC.row_multiple))
+                chunks = codec.encode(m, code_chunks(codes, codec.SPEC.row_multiple))
             else:
                 chunks = byte_chunks(tensor_bytes(source.gf, t))
             write_parts(w, group, chunks)
@@ -222,11 +222,10 @@ def _write(source: Source, codec: ModuleType, out: Path, force: bool, progress: 
     return total
 
 
-def row_chunks(codes: npt.NDArray[np.int8], multiple: int = 1) -> Iterator[npt.NDArray[np.int8]]:
-    rows, cols = codes.shape
-    step = max(multiple, CHUNK_ELEMS // max(cols, 1) // multiple * multiple)
-    for a in range(0, rows, step):
-        yield codes[a:a + step]
+def code_chunks(codes: npt.NDArray[np.int8], multiple: int = 1) -> Iterator[npt.NDArray[np.int8]]:
+    """A decoded weight in the row chunks `pack` would stream it in."""
+    for rs in row_chunks(*codes.shape, multiple):
+        yield codes[rs]
 
 
 def byte_chunks(data: npt.NDArray[np.uint8]) -> Iterator[npt.NDArray[np.uint8]]:
