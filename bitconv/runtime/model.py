@@ -14,7 +14,6 @@ BitLinear and its modes (exact, bitnet.cpp, llama.cpp): runtime/bitlinear.py.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from bitconv.errors import InputError
 from bitconv.runtime.bitlinear import bitlinear, check_mode
 from bitconv.runtime.weights import Weights
 from bitconv.types import TernaryTensor
+from bitconv.workers import Workers
 
 F32 = np.float32
 Array = npt.NDArray[np.float32]
@@ -106,7 +106,7 @@ class Model:
         """Decode and convert every tensor now, `threads` at a time, instead of on first use;
         everything stays cached whatever `keep` says. Returns the model."""
         names = [n for n in self.weights.order if n not in self._cache]
-        with ThreadPoolExecutor(threads) as pool:
+        with Workers(threads) as pool:
             self._cache.update(zip(names, pool.map(lambda n: self._convert(n, True), names)))
         return self
 
