@@ -77,11 +77,12 @@ class Row:
     peer_run: Run | None = None
 
 
-def ensure(fixture: str) -> Path:
-    """build/bench/<fixture>: the synthetic checkpoint at its recipe's full dimensions."""
-    dst = ROOT / fixture
+def ensure(fixture: str, dims: str | None = None, name: str | None = None) -> Path:
+    """build/bench/<name or fixture>: the synthetic checkpoint `fixture` (its layout) at the full
+    dimensions of recipes/<dims or fixture>.toml, generated once."""
+    dst = ROOT / (name or fixture)
     if not (dst / "config.json").is_file():
-        f = load_recipe(Path("recipes") / f"{fixture}.toml").model
+        f = load_recipe(Path("recipes") / f"{dims or fixture}.toml").model
         assert f is not None
         shape = Shape(hidden=f.hidden, inter=f.intermediate, layers=f.layers, heads=f.heads,
                       kv_heads=f.kv_heads, vocab=f.vocab)
@@ -134,6 +135,13 @@ def write_bytes(n: int) -> float:
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Wall, CPU (user + system) and peak RSS of `cmd`, as /usr/bin/time -v reports them."""
+    return timed_output(cmd, env)[0]
+
+
+def timed_output(cmd: list[str], env: dict[str, str] | None = None
+                 ) -> tuple[dict[str, float], str]:
+    """timed() and the command's stdout; exits naming the command if it fails."""
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
                        env={**os.environ, **(env or {})})
     if p.returncode:
@@ -142,7 +150,7 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]
     wall = grab(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\)").split(":")
     return {"wall": sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall))),
             "cpu": float(grab(r"User time \(seconds\)")) + float(grab(r"System time \(seconds\)")),
-            "rss_gb": int(grab(r"Maximum resident set size \(kbytes\)")) * 1024 / 1e9}
+            "rss_gb": int(grab(r"Maximum resident set size \(kbytes\)")) * 1024 / 1e9}, p.stdout
 
 
 def remove(path: Path) -> None:

@@ -24,18 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from bitconv.recipes import load_recipe
-from bitconv.synth.checkpoints import Shape, make_fixture
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pack import ROOT, ensure
+from bench_pack import ROOT, ensure, timed_output
 
 HERE = Path(__file__).parent
 SAME_SHAPE = "bitnet-2b4t-shape"  # 1bitLLM layout at 2B4T dimensions (perf-anchors.md §0)
@@ -44,17 +41,9 @@ GOALS = {"pp": 0.5, "tg": 0.2, "verify_x_pack": 2.0}
 
 def run(cmd: list[str]) -> dict[str, Any]:
     """Run a helper under /usr/bin/time -v: its JSON line plus wall, CPU and peak RSS."""
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
-                       check=False)
-    if p.returncode:
-        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    grab = lambda key: re.search(rf"{key}: (.*)", p.stderr).group(1)
-    wall = grab(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\)").split(":")
-    lines = p.stdout.strip().splitlines()
-    return {**(json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}),
-            "wall": sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall))),
-            "cpu": float(grab(r"User time \(seconds\)")) + float(grab(r"System time \(seconds\)")),
-            "rss_gb": int(grab(r"Maximum resident set size \(kbytes\)")) * 1024 / 1e9}
+    figures, stdout = timed_output(cmd)
+    lines = stdout.strip().splitlines()
+    return {**(json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}), **figures}
 
 
 def same_shape_tq2_0() -> Path:
@@ -63,13 +52,7 @@ def same_shape_tq2_0() -> Path:
     out = ROOT / f"{SAME_SHAPE}-tq2_0.gguf"
     if out.is_file():
         return out
-    src = ROOT / SAME_SHAPE
-    if not (src / "config.json").is_file():
-        f = load_recipe(Path("recipes/bitnet-b1.58-2B-4T.toml")).model
-        assert f is not None
-        print(f"generating {src} (one-off, ~2 min) ...", file=sys.stderr, flush=True)
-        make_fixture("bitnet_b1_58-large", src, Shape(f.hidden, f.intermediate, f.layers,
-                                                      f.heads, f.kv_heads, f.vocab))
+    src = ensure("bitnet_b1_58-large", dims="bitnet-b1.58-2B-4T", name=SAME_SHAPE)
     subprocess.run([sys.executable, "-m", "bitconv", "pack", str(src), "--format", "tq2_0",
                     "-o", str(out), "-q"], check=True, stdout=subprocess.DEVNULL)
     return out
