@@ -10,21 +10,9 @@ REPO=microsoft/bitnet-b1.58-2B-4T-bf16
 
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 
-# 1. The "hub": the tiny checkpoint as $DEMO/hub/<org>/<name>, served on a free port.
-$PYTHON -m bitconv make-fixture bitnet-b1.58-2B-4T-bf16 "$DEMO/hub/$REPO" >/dev/null
-$PYTHON -m bitconv.synth.fakehub "$DEMO/hub" --port-file "$DEMO/hub.port" &
-HUB=$!
-trap 'kill $HUB 2>/dev/null; wait $HUB 2>/dev/null || true' EXIT INT TERM
-n=0
-until [ -s "$DEMO/hub.port" ]; do   # the port file appears once the server listens
-  n=$((n + 1)); [ $n -lt 100 ] || { echo "demo: the fake hub did not start" >&2; exit 1; }
-  sleep 0.1
-done
-
-# 2. Point bitconv (through huggingface_hub) at it, with a private cache.
-HF_ENDPOINT="http://127.0.0.1:$(cat "$DEMO/hub.port")"
-export HF_ENDPOINT HF_HOME="$DEMO/hf_home" HF_HUB_OFFLINE=0
-unset HF_TOKEN || true
+# 1-2. The "hub" on a free port, and bitconv pointed at it (scripts/fakehub.sh).
+WORK=$DEMO
+. scripts/fakehub.sh
 
 # 3. Pull (stdout is the verified snapshot dir), pack by repo id (already pulled: the second pull
 #    transfers nothing), inspect, and verify against the pulled snapshot.
