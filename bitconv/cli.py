@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from bitconv.errors import BitconvError
+from bitconv.errors import BitconvError, os_error_line
 
 MODES = ("exact", "bitnet.cpp", "llama.cpp")  # runtime/bitlinear.py MODES, checked in tests
 # kept literal so `--help` does not import numpy; checked in tests
@@ -17,16 +17,24 @@ FORMAT_NAMES = ("i2s", "tl1", "tl2", "tq1_0", "tq1_0-fp16", "tq2_0", "tq2_0-fp16
 
 
 class BitconvGroup(click.Group):
-    """Turns a BitconvError into one line on stderr and its exit status (1, or 3 for verify)."""
+    """Turns a BitconvError into one line on stderr and its exit status (1, or 3 for verify),
+    and any other OSError (permission, is-a-directory, loop, name too long, disk full, file size
+    limit: on an input or an output path) into one line naming the path, exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BitconvError as e:
-            click.echo(f"Error: {e}", err=True)
-            if os.environ.get("BITCONV_DEBUG"):
-                traceback.print_exc()
-            ctx.exit(e.exit_code)
+        except BitconvError as e:  # before OSError: PullError is one
+            self._fail(ctx, str(e), e.exit_code)
+        except OSError as e:
+            self._fail(ctx, os_error_line(e), 1)
+
+    @staticmethod
+    def _fail(ctx: click.Context, line: str, code: int) -> NoReturn:
+        click.echo(f"Error: {line}", err=True)
+        if os.environ.get("BITCONV_DEBUG"):
+            traceback.print_exc()
+        ctx.exit(code)
 
 
 @click.group(cls=BitconvGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -240,11 +248,11 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
 
 
 @cli.command()
-@click.argument("model", type=click.Path(exists=True, path_type=str))
+@click.argument("model", type=click.Path(path_type=str))
 @click.option("--tokens", "token_list", default=None,
               help="Comma-separated token ids, e.g. 1,15043,3186.")
 @click.option("-p", "--prompt", default=None, help="Text to tokenize instead of --tokens.")
-@click.option("-o", "--out", type=click.Path(dir_okay=False), required=True,
+@click.option("-o", "--out", type=click.Path(), required=True,
               help="Output .npy file: float32 logits, shape (positions, vocab).")
 @click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
               help="BitLinear numerics: exact (per-token int8, the BitNet definition), "
@@ -276,7 +284,7 @@ def logits(model: str, token_list: str | None, prompt: str | None, out: str, mod
 
 
 @cli.command()
-@click.argument("model", type=click.Path(exists=True, path_type=str))
+@click.argument("model", type=click.Path(path_type=str))
 @click.option("-p", "--prompt", required=True, help="The text to continue.")
 @click.option("-n", "--n-tokens", type=click.IntRange(0, 100000), default=32, show_default=True,
               help="How many tokens to generate at most.")

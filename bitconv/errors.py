@@ -6,6 +6,7 @@ exit 4 = `pull` met a network or hub failure (NetworkError: trying again may wor
 """
 from __future__ import annotations
 
+import errno
 from typing import ClassVar
 
 
@@ -42,3 +43,17 @@ class NetworkError(PullError, ConnectionError):
     trying again later may work. Exit 4, so scripts can tell it from a bad request."""
 
     exit_code: ClassVar[int] = 4
+
+
+def os_error_line(e: OSError) -> str:
+    """The one line an OSError from the file system is shown as: `<path>: <reason>`, e.g.
+    "m.gguf: permission denied", "out/: is a directory", "loop: too many levels of symbolic
+    links", "o.gguf: file too large" (RLIMIT_FSIZE). The CLI maps every OSError that reaches it
+    through here (exit 1: bad input or refused output), so readers and writers let them rise
+    instead of wrapping each call."""
+    reason = e.strerror or (errno.errorcode.get(e.errno, "") if e.errno else "") or str(e)
+    reason = reason[:1].lower() + reason[1:]
+    if e.filename is None:
+        return reason
+    where = str(e.filename) if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    return f"{where}: {reason}"
