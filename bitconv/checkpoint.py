@@ -7,7 +7,7 @@ stage maps it. Handles one `model.safetensors`, or shards listed in
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,27 +49,73 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-_POSITIVE_INTS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "vocab_size", "max_position_embeddings", "head_dim")
-_POSITIVE_FLOATS = ("rms_norm_eps", "rope_theta")
+# Every config.json field bitconv reads, with the JSON type it must have (`field` reads them,
+# `read_config` checks them all up front, so a foreign or hand-edited config fails with one line
+# naming the field, never a traceback deep in a later stage). Dotted keys are inside an object.
+# NULLABLE: fields transformers itself treats `null` as "absent, use the default" for; a null
+# anywhere else is a wrong type. Integers go into GGUF UINT32 keys, numbers into FLOAT32 ones.
+_F32_MAX = 3.4028234663852886e38
+_KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("a positive integer below 2^31", lambda v: type(v) is int and 0 < v < 2**31),
+    "num": ("a positive float32 number",
+            lambda v: type(v) in (int, float) and 0 < v <= _F32_MAX),  # NaN fails both
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "object": ("an object", lambda v: isinstance(v, dict)),
+    "names": ("a list of class names",
+              lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v)),
+}
+FIELDS: dict[str, str] = {
+    "architectures": "names", "model_type": "str", "hidden_act": "str",
+    "hidden_size": "int", "intermediate_size": "int", "num_hidden_layers": "int",
+    "num_attention_heads": "int", "num_key_value_heads": "int", "head_dim": "int",
+    "vocab_size": "int", "max_position_embeddings": "int",
+    "rms_norm_eps": "num", "rope_theta": "num",
+    "rope_scaling": "object", "rope_scaling.rope_type": "str", "rope_scaling.type": "str",
+    "rope_scaling.factor": "num",
+    "rope_parameters": "object", "rope_parameters.rope_type": "str",
+    "rope_parameters.rope_theta": "num",
+    "quantization_config": "object", "quantization_config.quant_method": "str",
+    "quantization_config.linear_class": "str", "quantization_config.quantization_mode": "str",
+}
+NULLABLE = frozenset({"num_key_value_heads", "head_dim", "rope_scaling", "rope_parameters",
+                      "quantization_config"})
+_MISSING = object()
+
+
+def field(config: Mapping[str, Any], key: str, default: Any = _MISSING) -> Any:
+    """The value of config.json field `key` (dotted for nested), checked against its type in
+    FIELDS. Absent, or null where NULLABLE allows it: `default`, or InputError naming the key
+    when no default is given. The one accessor for config values.
+
+    Example:
+        >>> field({"hidden_size": 2560}, "hidden_size")
+        2560
+    """
+    value: Any = config
+    for part in key.split("."):
+        value = value.get(part, _MISSING) if isinstance(value, Mapping) else _MISSING
+    if value is _MISSING or (value is None and key in NULLABLE):
+        if default is _MISSING:
+            raise InputError(f"config.json: missing {key!r}")
+        return default
+    what, ok = _KINDS[FIELDS[key]]
+    if not ok(value):
+        raise InputError(f"config.json: {key} must be {what}, got {_json(value)}")
+    return value
+
+
+def _json(v: Any) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_types(c: dict[str, Any], cfg: Path) -> None:
-    """Types of the keys bitconv reads, so foreign JSON fails with a message, not a traceback."""
-    for k in _POSITIVE_INTS:
-        v = c.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            raise InputError(f"{cfg}: {k} must be a positive integer, got {v!r}")
-    for k in _POSITIVE_FLOATS:
-        v = c.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-            raise InputError(f"{cfg}: {k} must be a positive number, got {v!r}")
-    archs = c.get("architectures")
-    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
-        raise InputError(f"{cfg}: architectures must be a list of class names, got {archs!r}")
-    for k in ("quantization_config", "rope_parameters"):
-        if c.get(k) is not None and not isinstance(c[k], dict):
-            raise InputError(f"{cfg}: {k} must be an object, got {c[k]!r}")
+    """Every field in FIELDS that is present must have its type (nested ones too)."""
+    for key in FIELDS:
+        try:
+            field(c, key, None)
+        except InputError as e:
+            raise InputError(f"{cfg}: {str(e).removeprefix('config.json: ')}") from None
 
 
 def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:

@@ -191,10 +191,11 @@ def edit_config(ck, **changes):
 
 
 @pytest.mark.parametrize("changes,message", [
-    ({"hidden_size": "256"}, "{cfg}: hidden_size must be a positive integer, got '256'"),
-    ({"num_attention_heads": 0}, "{cfg}: num_attention_heads must be a positive integer, got 0"),
+    ({"hidden_size": "256"}, '{cfg}: hidden_size must be a positive integer below 2^31, got "256"'),
+    ({"num_attention_heads": 0},
+     "{cfg}: num_attention_heads must be a positive integer below 2^31, got 0"),
     ({"architectures": 5}, "{cfg}: architectures must be a list of class names, got 5"),
-    ({"quantization_config": "bitnet"}, "{cfg}: quantization_config must be an object, got 'bitnet'"),
+    ({"quantization_config": "bitnet"}, '{cfg}: quantization_config must be an object, got "bitnet"'),
     ({"hidden_size": ...}, "config.json: missing 'hidden_size'"),
     ({"num_key_value_heads": 3}, "config.json: num_attention_heads 4 is not a multiple of "
                                  "num_key_value_heads 3"),

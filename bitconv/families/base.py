@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from gguf import GGUFValueType as T
 
-from bitconv.checkpoint import Checkpoint
+from bitconv.checkpoint import _MISSING, Checkpoint, field
 from bitconv.errors import InputError
 from bitconv.types import KV
 
@@ -50,10 +50,9 @@ class PlannedTensor:
     heads: int = 0  # > 0: permute rows for GGUF llama RoPE, with this many heads
 
 
-def cfg(config: Mapping[str, Any], key: str) -> Any:
-    if key not in config:
-        raise InputError(f"config.json: missing {key!r}")
-    return config[key]
+def cfg(config: Mapping[str, Any], key: str, default: Any = _MISSING) -> Any:
+    """A config.json field, type-checked (checkpoint.field; missing without a default: error)."""
+    return field(config, key) if default is _MISSING else field(config, key, default)
 
 
 @dataclass(frozen=True)
@@ -69,31 +68,30 @@ class Dims:
     @classmethod
     def of(cls, c: Mapping[str, Any]) -> Dims:
         heads, hidden = cfg(c, "num_attention_heads"), cfg(c, "hidden_size")
-        kv_heads = c.get("num_key_value_heads") or heads
-        if "head_dim" not in c and hidden % heads:
+        kv_heads = cfg(c, "num_key_value_heads", heads)
+        head_dim = cfg(c, "head_dim", None)
+        if head_dim is None and hidden % heads:
             raise InputError(f"config.json: hidden_size {hidden} is not a multiple of "
                              f"num_attention_heads {heads}")
         if heads % kv_heads:
             raise InputError(f"config.json: num_attention_heads {heads} is not a multiple of "
                              f"num_key_value_heads {kv_heads}")
         return cls(hidden, cfg(c, "intermediate_size"), cfg(c, "num_hidden_layers"), heads,
-                   kv_heads, c.get("head_dim") or hidden // heads, cfg(c, "vocab_size"))
+                   kv_heads, head_dim or hidden // heads, cfg(c, "vocab_size"))
 
 
 def rope_theta(c: Mapping[str, Any]) -> float:
     """RoPE base: `rope_theta` (transformers 4.x) or `rope_parameters` (5.x; hf.md §1.6).
     Scaled RoPE variants are refused rather than written wrongly."""
-    params = c.get("rope_parameters") or {}
-    scaling = c.get("rope_scaling") or {}
-    kind = params.get("rope_type", "default") if params else scaling.get("rope_type",
-                                                                          scaling.get("type"))
-    if kind not in (None, "default") and not (kind == "linear" and scaling.get("factor") == 1.0):
+    params = cfg(c, "rope_parameters", {})
+    kind = (cfg(c, "rope_parameters.rope_type", "default") if params
+            else cfg(c, "rope_scaling.rope_type", cfg(c, "rope_scaling.type", None)))
+    if kind not in (None, "default") and not (kind == "linear"
+                                              and cfg(c, "rope_scaling.factor", None) == 1.0):
         raise InputError(f"config.json: RoPE scaling {kind!r} is not supported yet")
-    theta = params.get("rope_theta", c.get("rope_theta"))
+    theta = cfg(c, "rope_parameters.rope_theta", cfg(c, "rope_theta", None))
     if theta is None:
         raise InputError("config.json: missing 'rope_theta' (or rope_parameters.rope_theta)")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
-        raise InputError(f"config.json: rope_theta must be a positive number, got {theta!r}")
     return float(theta)
 
 
@@ -182,7 +180,7 @@ def hparam_kvs(config: Mapping[str, Any], arch: str) -> list[KV]:
         KV(f"{arch}.attention.layer_norm_rms_epsilon", T.FLOAT32, cfg(config, "rms_norm_eps")),
         KV(f"{arch}.rope.freq_base", T.FLOAT32, rope_theta(config)),
     ]
-    if "head_dim" in config:
+    if cfg(config, "head_dim", None) is not None:
         kvs += [KV(f"{arch}.attention.key_length", T.UINT32, d.head_dim),
                 KV(f"{arch}.attention.value_length", T.UINT32, d.head_dim)]
     return kvs
