@@ -10,25 +10,32 @@ from our resident set once the caller is done with it.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
 
-# safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as raw uint16.
+# safetensors dtype -> numpy storage dtype: every dtype of the specification with a whole number
+# of bytes (safetensors/src/tensor.rs `Dtype::size`). BF16 is stored as raw uint16 and the FP8
+# types as raw bytes; `to_float32` widens only F64/F32/F16/BF16, so the others are known (the
+# header validates) but not read as weights.
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype("<u2"), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
     "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"),
+    "F8_E5M2": np.dtype("u1"), "F8_E4M3": np.dtype("u1"), "F8_E8M0": np.dtype("u1"),
 }
-MAX_HEADER = 100_000_000  # the reference implementation's own limit
+MAX_HEADER = 100_000_000  # the reference implementation's own limit (tensor.rs MAX_HEADER_SIZE)
 
 
 @dataclass(frozen=True)
@@ -48,42 +55,116 @@ class TensorRef:
 
 
 def read_header(path: Path) -> dict[str, TensorRef]:
-    """Parse a safetensors header and check every tensor lies inside the file."""
+    """Parse and validate a safetensors header as the reference reader does
+    (huggingface/safetensors, safetensors/src/tensor.rs `SafeTensors::read_metadata` and
+    `Metadata::validate`), before any tensor byte is used or any output exists:
+
+    - u64 LE header length N with N <= 100 MB and 8 + N <= file size;
+    - the N bytes are UTF-8 JSON holding one object, no key twice (serde's struct fields and our
+      dict would otherwise keep one of two entries silently);
+    - `__metadata__`, if present and not null, maps strings to strings;
+    - every other key is a tensor {dtype: a known dtype, shape: [non-negative ints],
+      data_offsets: [begin, end]} with dtype size x prod(shape) == end - begin;
+    - sorted by offset, the tensors tile the data buffer exactly: the first begins at 0, each
+      begins where the previous ends (no overlap, no gap), the last ends at the end of the file.
+    Raises InputError naming the file (and the tensor) in one line.
+    """
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise InputError(f"{path.name}: truncated safetensors file (no header)")
         (n,) = struct.unpack("<Q", head)
-        if n > min(MAX_HEADER, size - 8):
+        if n > min(MAX_HEADER, size - 8):  # checked before the read: n may claim gigabytes
             raise InputError(f"{path.name}: truncated safetensors file (header of {n} bytes)")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{path.name}: malformed safetensors header ({e})") from None
-    base = 8 + n
-    refs: dict[str, TensorRef] = {}
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _Duplicate as e:
+        raise InputError(f"{path.name}: malformed safetensors header (key {e.args[0]!r} "
+                         f"appears twice)") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError too
+        raise InputError(f"{path.name}: malformed safetensors header "
+                         f"({_first_line(e)})") from None
     if not isinstance(header, dict):
         raise InputError(f"{path.name}: malformed safetensors header (not a JSON object)")
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (b, e) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
-            if not (all(isinstance(x, int) and x >= 0 for x in (*shape, b, e)) and b <= e):
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"{path.name}: malformed safetensors header entry {name!r}") from None
-        if dtype not in DTYPES:
-            raise InputError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype}")
-        if e - b != int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize:
-            raise InputError(f"{path.name}: tensor {name!r} byte range does not match its shape")
-        refs[name] = TensorRef(name, dtype, shape, path, base + b, base + e)
-    end = max((r.end for r in refs.values()), default=base)
-    if end > size:
-        raise InputError(f"{path.name}: truncated safetensors file (data ends at byte {end}, "
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise InputError(f"{path.name}: malformed safetensors header (__metadata__ must map "
+                         f"strings to strings)")
+    base = 8 + n
+    refs = [_entry(path, name, info, base) for name, info in header.items()
+            if name != "__metadata__"]
+    _check_tiling(path, sorted(refs, key=lambda r: (r.start, r.end)), base, size)
+    return {r.name: r for r in refs}
+
+
+def _entry(path: Path, name: str, info: Any, base: int) -> TensorRef:
+    """One tensor's header entry, its types and its byte length checked."""
+    def bad(why: str) -> InputError:
+        return InputError(f"{path.name}: malformed safetensors header entry {name!r} ({why})")
+    if not isinstance(info, dict):
+        raise bad("not an object")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise bad("dtype must be a string")
+    if not (isinstance(shape, list) and all(_count(d) for d in shape)):
+        raise bad("shape must be a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_count(o) for o in offsets)):
+        raise bad("data_offsets must be [begin, end], non-negative integers")
+    b, e = offsets
+    if b > e:
+        raise bad(f"data_offsets [{b}, {e}] end before they begin")
+    if dtype not in DTYPES:
+        raise InputError(f"{path.name}: tensor {name!r} has unknown dtype {dtype!r}")
+    want = math.prod(shape) * DTYPES[dtype].itemsize  # Python ints: no overflow to wrap around
+    if e - b != want:
+        raise InputError(f"{path.name}: tensor {name!r} byte range does not match its shape "
+                         f"({e - b} bytes at data_offsets [{b}, {e}], {dtype} {shape} needs "
+                         f"{want})")
+    return TensorRef(name, dtype, tuple(shape), path, base + b, base + e)
+
+
+def _check_tiling(path: Path, refs: list[TensorRef], base: int, size: int) -> None:
+    """Sorted by offset, the tensors cover [base, size) exactly, each byte once."""
+    at, prev = base, None
+    for r in refs:
+        if r.start < at:
+            raise InputError(f"{path.name}: tensors {prev!r} and {r.name!r} overlap "
+                             f"(data_offsets {at - base} > {r.start - base})")
+        if r.start > at:
+            raise InputError(f"{path.name}: data bytes [{at - base}, {r.start - base}) before "
+                             f"tensor {r.name!r} belong to no tensor")
+        at, prev = r.end, r.name
+    if at > size:
+        raise InputError(f"{path.name}: truncated safetensors file (data ends at byte {at}, "
                          f"file has {size})")
-    return refs
+    if at < size:
+        raise InputError(f"{path.name}: {size - at} bytes after the last tensor belong to no "
+                         f"tensor (the data must end at the end of the file)")
+
+
+def _count(x: Any) -> bool:
+    return type(x) is int and x >= 0  # not bool, not float
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Duplicate(k)
+        out[k] = v
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
 
 
 class MappedFiles:
