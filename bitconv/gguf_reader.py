@@ -119,9 +119,17 @@ class _Header:
 def read_gguf(path: str | Path) -> GGUFFile:
     """Read and check a GGUF header (tensor data is not read; see `tensor_bytes`).
 
-    Every tensor's size is derived with `tensor_nbytes` (I2_S/TL1/TL2 aware), its offset must be
-    the running padded sum, as llama.cpp requires, and its data must lie inside the file.
-    Raises InputError with a one-line message on any malformed or truncated file.
+    Every tensor's size is derived with `tensor_nbytes` (I2_S/TL1/TL2 aware) from its type and
+    shape. Its offset may be any multiple of general.alignment (ggml docs/gguf.md,
+    gguf_tensor_info_t.offset: "Must be a multiple of ALIGNMENT"; the specification asks nothing
+    else): tensor data in another order than the infos, and gaps between tensors, are read, as
+    gguf-py's GGUFReader and bitnet.cpp's ggml (gguf_init_from_file points each tensor at
+    data + offset) read them. Mainline llama.cpp's gguf.cpp is stricter since its 2025 rewrite:
+    it wants the running padded sum ("tensor '...' has offset ..., expected ...", gguf.cpp:795 in
+    llama-cpp-python 0.3.36), which is what bitconv writes. Refused, naming the tensor: a
+    misaligned offset, data past the end of the file, two tensors sharing bytes.
+    Raises InputError with a one-line message on any malformed or truncated file; an OSError
+    (unreadable path) is left to the caller (the CLI shows it as one line, exit 1).
     """
     path = Path(path)
     try:
@@ -136,8 +144,8 @@ def read_gguf(path: str | Path) -> GGUFFile:
         raise InputError(f"{path}: truncated GGUF header") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: invalid UTF-8 in GGUF header") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    except RecursionError:  # arrays of arrays of ...: each level costs only 12 bytes
+        raise InputError(f"{path}: GGUF metadata arrays nested too deeply") from None
 
 
 def _parse(h: _Header, size: int) -> GGUFFile:
@@ -168,21 +176,32 @@ def _parse(h: _Header, size: int) -> GGUFFile:
     if (dup := _first_duplicate(name for name, *_ in infos)) is not None:
         raise InputError(f"{path}: duplicate tensor name {dup!r}")
     tensors: list[GGUFTensor] = []
-    expected = 0
     for name, shape, ggml_type, offset in infos:
         try:
             nbytes = tensor_nbytes(ggml_type, shape)
         except InputError as e:
             raise InputError(f"{path}: tensor {name!r}: {e}") from None
-        if offset != expected:
-            raise InputError(f"{path}: tensor {name!r} has offset {offset}, expected {expected}")
+        if offset % alignment:
+            raise InputError(f"{path}: tensor {name!r} has offset {offset}, not a multiple of "
+                             f"general.alignment {alignment}")
         end = data_offset + offset + nbytes
         if end > size:
             raise InputError(f"{path}: truncated: tensor {name!r} ends at byte {end}, "
                              f"file has {size}")
         tensors.append(GGUFTensor(name, ggml_type, shape, data_offset + offset, nbytes))
-        expected += _pad_to(nbytes, alignment)
+    _check_disjoint(path, tensors, data_offset)
     return GGUFFile(path, version, alignment, kvs, kv_types, tuple(tensors), data_offset, size)
+
+
+def _check_disjoint(path: Path, tensors: list[GGUFTensor], data_offset: int) -> None:
+    """No byte belongs to two tensors (in any order; gaps are allowed)."""
+    prev = None
+    for t in sorted((t for t in tensors if t.nbytes), key=lambda t: t.offset):
+        if prev is not None and t.offset < prev.offset + prev.nbytes:
+            raise InputError(f"{path}: tensors {prev.name!r} and {t.name!r} overlap (data "
+                             f"offsets {prev.offset - data_offset} + {prev.nbytes} bytes > "
+                             f"{t.offset - data_offset})")
+        prev = t
 
 
 def tensor_bytes(gf: GGUFFile, t: GGUFTensor) -> npt.NDArray[np.uint8]:
