@@ -258,7 +258,7 @@ def _copy_aux(src: Path, dst: Path) -> None:
 def check_dir_writable(out: Path, force: bool, src: Path | None = None) -> None:
     """Refuse early: an existing output without `force`, or anything but a checkpoint
     directory (config.json, no subdirectories) as the thing `force` would replace."""
-    if src is not None and out.resolve() == src.resolve():
+    if src is not None and os.path.realpath(out) == os.path.realpath(src):  # no loop error
         raise OutputError(f"{out}: is the source checkpoint; choose another output directory")
     if out.exists() or out.is_symlink():
         if not force:

@@ -14,6 +14,7 @@ refused, before any output exists, unless every multiplier is exact in fp16 or `
 """
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -94,7 +95,7 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
         return _pack_dir(src, codec, out, force, allow_lossy, progress)
     source = read_source(src)
     out = Path(out) if out is not None else default_output(source, format)
-    if out.resolve() == src.resolve():
+    if os.path.realpath(out) == os.path.realpath(src):  # Path.resolve raises on a loop
         raise OutputError(f"{out}: is the input; choose another output")
     if codec.SPEC.container == "safetensors":
         from bitconv.repack_hf import export_hf
