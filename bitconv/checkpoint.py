@@ -7,6 +7,8 @@ stage maps it. Handles one `model.safetensors`, or shards listed in
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +135,8 @@ def _weight_files(path: Path) -> tuple[list[str], dict[str, str] | None]:
         if bad:
             raise InputError(f"{index}: shard name {bad[0]!r} points outside the checkpoint")
         return files, weight_map
-    files = sorted(p.name for p in path.glob("*.safetensors"))
+    # listdir, not glob: glob answers [] for a directory it may not read
+    files = sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
     if not files:
         raise InputError(f"{path}: no *.safetensors weights")
     return files, None
@@ -147,13 +150,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         >>> ck.tensors["model.norm.weight"].shape
     """
     path = Path(path)
-    if not path.is_dir():
+    if not stat.S_ISDIR(path.stat().st_mode):  # a missing path, a loop: OSError, one CLI line
         raise InputError(f"{path}: not a directory")
     config = read_config(path)
     files, weight_map = _weight_files(path)
     tensors: dict[str, TensorRef] = {}
     for name in files:
-        if not (path / name).is_file():
+        if weight_map is not None and not (path / name).exists():
             raise InputError(f"{path}: shard {name} listed in {INDEX} is missing")
         for tname, ref in read_header(path / name).items():
             if tname in tensors:
