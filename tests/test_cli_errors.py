@@ -76,14 +76,18 @@ def test_missing_tensor(fixture_copy, tmp_path):
     index = json.loads((ck / "model.safetensors.index.json").read_text())
     shard = ck / index["weight_map"].pop(victim)
     (ck / "model.safetensors.index.json").write_text(json.dumps(index))
-    # Drop it from the shard's header too; the data section stays as it was.
+    # Drop it from the shard too: header entry and bytes (a gap in the data is refused).
     raw = shard.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
-    del header[victim]
+    b, e = header.pop(victim)["data_offsets"]
+    for info in header.values():
+        if isinstance(info, dict) and "data_offsets" in info and info["data_offsets"][0] >= e:
+            info["data_offsets"] = [o - (e - b) for o in info["data_offsets"]]
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
-    shard.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
+    data = raw[8 + n:]
+    shard.write_bytes(struct.pack("<Q", len(blob)) + blob + data[:b] + data[e:])
     out = tmp_path / "o.gguf"
     assert_fails(run_pack(ck, out), out, f"{ck.name}: missing tensor {victim!r}")
 

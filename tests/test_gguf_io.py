@@ -266,17 +266,25 @@ def test_truncated_data(tmp_path):
                             f"file has {t.offset + 10}")
 
 
-def test_bad_offset(tmp_path):
+@pytest.mark.parametrize("offset,message", [
+    (520, "tensor 'output_norm.weight' has offset 520, not a multiple of general.alignment 32"),
+    (480, "tensors 'token_embd.weight' and 'output_norm.weight' overlap (data offsets 0 + 512 "
+          "bytes > 480)"),
+    (544, "tensors 'output_norm.weight' and 'blk.0.attn_norm.weight' overlap (data offsets "
+          "544 + 60 bytes > 576)"),
+])
+def test_bad_offset(tmp_path, offset, message):
+    """Any aligned offset is legal (tests/test_gguf_layouts.py); misaligned or shared bytes are not."""
     path, _ = _small_file(tmp_path / "x.gguf")
     data = bytearray(path.read_bytes())
     # tensor info: name | u32 n_dims=2 | 2 x u64 dims | u32 type | u64 offset
     at = data.index(b"output_norm.weight") + len("output_norm.weight") + 4 + 16 + 4
     assert struct.unpack_from("<Q", data, at)[0] == 512  # F16 (8, 32) = 512 bytes before it
-    struct.pack_into("<Q", data, at, 544)
+    struct.pack_into("<Q", data, at, offset)
     path.write_bytes(data)
     with pytest.raises(InputError) as e:
         read_gguf(path)
-    assert str(e.value) == f"{path}: tensor 'output_norm.weight' has offset 544, expected 512"
+    assert str(e.value) == f"{path}: {message}"
 
 
 def test_big_token_list_reads_fast(tmp_path):
