@@ -37,7 +37,7 @@ class Checkpoint:
 
 def read_config(path: Path) -> dict[str, Any]:
     cfg = path / "config.json"
-    if not cfg.is_file():
+    if not cfg.exists() and not cfg.is_symlink():  # anything else fails to open in one line
         raise InputError(f"{path}: no config.json (is this a Hugging Face checkpoint directory?)")
     try:
         config = json.loads(cfg.read_text(encoding="utf-8"))

@@ -69,8 +69,6 @@ def describe(path: str | Path) -> Description:
     path = Path(path)
     if path.is_dir():
         return _describe_checkpoint(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file or directory")
     return _describe_gguf(path)
 
 
