@@ -20,7 +20,6 @@ import numpy as np
 
 from bitconv import ternary
 from bitconv.checkpoint import load_checkpoint
-from bitconv.errors import InputError
 from bitconv.families import detect
 from bitconv.families.base import Dims
 from bitconv.formats import codec_for
