@@ -1,9 +1,25 @@
-"""GGUF tokenizer metadata read from a checkpoint's tokenizer files, without transformers.
+r"""GGUF tokenizer metadata read from a checkpoint's tokenizer files, without transformers.
 
 Mirrors llama.cpp's convert_hf_to_gguf (reference/llama-cpp.md §3.6): `_set_vocab_sentencepiece`
 for `tokenizer.model`, `_set_vocab_gpt2` for a BPE `tokenizer.json`, then gguf's `SpecialVocab`
 for merges, special ids, add_* flags and the chat template. KVs come in the order the converter
 writes them: model, pre, tokens, scores, token_type, merges, special ids, add_* flags, template.
+
+`tokenizer.ggml.pre` names a pre-tokenizer that each runtime implements with its own split
+regex (llama.cpp src/llama-vocab.cpp). bitconv names it from the tokenizer.json's pre_tokenizer
+configuration (PRE_TOKENIZERS), never from a hash of a probe text as llama.cpp's converter does:
+- `llama-bpe`: Llama-3's Split regex + ByteLevel (the 2B4T and HF1BitLLM vocabularies);
+- `falcon3`: TII's Punctuation(contiguous) + ByteLevel(GPT-2 regex) + Digits(individual)
+  (Falcon3 and Falcon-E; synth/falcon.py holds the sources). llama.cpp (mainline, and every
+  bitnet.cpp build) runs `falcon3` with Llama-3's regex, which is not the same splitter
+  (e.g. Llama-3's `\s*[\r\n]+` keeps "\n\n" together, `\p{N}{1,3}` keeps "333" together,
+  `[^\r\n\p{L}\p{N}]?\p{L}+` keeps "(normal" together); the token ids agree whenever no
+  merge of the vocabulary joins across those extra boundaries (Falcon3's merges were learned on
+  its own splits, so digits and punctuation never merge with neighbours; a newline-run merge
+  such as "ĊĊ" would). RUNTIME_SPLIT is the regex each GGUF name runs with.
+- `falcon_e` is what bitnet.cpp's converter writes for Falcon-E; only its fork between
+  microsoft/BitNet#268 and the 2025 submodule update knows it (#622). bitconv writes `falcon3`
+  for the same configuration and reads `falcon_e` as ik_llama.cpp does (#551: as `falcon3`).
 """
 from __future__ import annotations
 
@@ -26,6 +42,29 @@ _SPECIAL_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD
 # tokenizer.json; the runtime rebuilds Llama-3 tokenizers from GGUF metadata with it.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# tokenizer.json pre_tokenizer configurations (as `tokenizers` serializes them) -> GGUF pre name.
+_LLAMA3_PRE = {"type": "Sequence", "pretokenizers": [
+    {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+_FALCON3_PRE = {"type": "Sequence", "pretokenizers": [
+    {"type": "Punctuation", "behavior": "Contiguous"},
+    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    {"type": "Digits", "individual_digits": True}]}
+PRE_TOKENIZERS: dict[str, dict[str, Any]] = {"llama-bpe": _LLAMA3_PRE, "falcon3": _FALCON3_PRE}
+# The split regex llama.cpp runs for each pre name bitconv reads (llama-vocab.cpp, LLAMA3 group;
+# its adapted `(?:'[sS]|...)` spelling matches the same strings as `(?i:'s|...)`). `falcon_e`:
+# bitnet.cpp's own regex for it is not in any source we could read; ik_llama.cpp maps it to
+# the LLAMA3 group (ikawrakow/ik_llama.cpp#551, #555) and so do we.
+RUNTIME_SPLIT = {"llama-bpe": LLAMA3_SPLIT, "falcon3": LLAMA3_SPLIT, "falcon_e": LLAMA3_SPLIT}
+# Which runtimes load a GGUF with this pre name (llama.cpp: llama-vocab.cpp's name table).
+PRE_RUNTIMES = {
+    "default": "llama.cpp, bitnet.cpp",
+    "llama-bpe": "llama.cpp, bitnet.cpp",
+    "falcon3": "llama.cpp, bitnet.cpp",
+    "falcon_e": ("bitnet.cpp builds from microsoft/BitNet#268 (2025-05) to its 2025 llama.cpp "
+                 "submodule update only; llama.cpp and later bitnet.cpp refuse it (BitNet#622); "
+                 "the same tokenizer as pre 'falcon3' loads everywhere"),
+}
 PAD_SCORE = -10000.0  # llama.cpp's score for ids no tokenizer file names
 _ADDED_SCORE = -1000.0  # llama.cpp's score for added_tokens.json entries
 
@@ -54,19 +93,37 @@ def tokenizer_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
 
 
 def pre_tokenizer(path: Path) -> str | None:
-    """llama.cpp's pre-tokenizer name; our writer sets it instead of hashing (DESIGN.md §5b).
-    Only Llama-3 vocabularies are mapped so far: others are refused rather than mislabelled."""
+    """llama.cpp's pre-tokenizer name, from the tokenizer.json's pre_tokenizer configuration
+    (PRE_TOKENIZERS); our writer sets it instead of hashing (DESIGN.md §5b). A configuration
+    bitconv does not know is refused rather than mislabelled."""
     tj = path / "tokenizer.json"
     if (path / "tokenizer.model").is_file() or not tj.is_file():
         return None
     try:
-        added = {t["content"] for t in json.loads(tj.read_text(encoding="utf-8"))["added_tokens"]}
-    except (ValueError, KeyError, TypeError):
+        data = json.loads(tj.read_text(encoding="utf-8"))
+        added = {t["content"] for t in data["added_tokens"]}
+        config = _canonical(data.get("pre_tokenizer"))
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise InputError(f"{tj}: malformed tokenizer.json") from None
-    if "<|begin_of_text|>" in added:
+    for name, known in PRE_TOKENIZERS.items():
+        if config == _canonical(known):
+            return name
+    if "<|begin_of_text|>" in added:  # a Llama-3 vocabulary whose splitter is spelled otherwise
         return "llama-bpe"
-    raise InputError(f"{tj}: not a Llama-3 vocabulary; bitconv cannot name its llama.cpp "
-                     "pre-tokenizer yet")
+    kinds = [p.get("type") for p in (config or {}).get("pretokenizers", [config or {}])]
+    raise InputError(f"{tj}: pre_tokenizer {'+'.join(map(str, kinds))} is none bitconv can name "
+                     f"for llama.cpp (it knows {', '.join(PRE_TOKENIZERS)})")
+
+
+def _canonical(cfg: Any) -> Any:
+    """A pre_tokenizer configuration with enum spellings folded (`tokenizers` writes
+    "Contiguous", hand-written files often "contiguous")."""
+    if isinstance(cfg, dict):
+        return {k: (v.lower() if k == "behavior" and isinstance(v, str) else _canonical(v))
+                for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [_canonical(v) for v in cfg]
+    return cfg
 
 
 def _read_json(path: Path) -> Any:
@@ -134,7 +191,9 @@ def _bpe_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
            KV(K.TOKEN_TYPE, GGUFValueType.ARRAY, [int(t) for t in types], GGUFValueType.INT32),
            KV(K.MERGES, GGUFValueType.ARRAY, merges, GGUFValueType.STRING)]
     lookup = {t: i for i, t in enumerate(names)}
-    return kvs + _special_kvs(src, lookup, vocab_size, {}, _template_adds(tj))
+    # A BPE tokenizer that says nothing adds nothing (transformers); llama.cpp's default for the
+    # Llama-3 pre group is add_bos true, so the flags are written whenever the file is silent.
+    return kvs + _special_kvs(src, lookup, vocab_size, {}, _template_adds(tj), silent=False)
 
 
 def _template_adds(tj: Mapping[str, Any]) -> dict[str, str]:
@@ -183,7 +242,8 @@ def _spm_kvs(src: Path, vocab_size: int) -> list[KV]:
 
 
 def _special_kvs(src: Path, lookup: Mapping[str, int], vocab_size: int,
-                 defaults: Mapping[str, int], template: Mapping[str, str]) -> list[KV]:
+                 defaults: Mapping[str, int], template: Mapping[str, str],
+                 silent: bool | None = None) -> list[KV]:
     """Special ids, add_* flags and the chat template.
 
     Ids: the tokenizer_config.json `*_token` name looked up in the vocab, else config.json's
@@ -205,6 +265,8 @@ def _special_kvs(src: Path, lookup: Mapping[str, int], vocab_size: int,
         flag = tc.get(f"add_{typ}_token")
         if not isinstance(flag, bool) and template:  # infer from TemplateProcessing, like gguf
             flag = template.get(typ) is not None and template.get(typ) == _name(tc, typ)
+        if not isinstance(flag, bool):  # `silent`: the flag a file without one means
+            flag = silent
         if isinstance(flag, bool):
             kvs.append(KV(key, GGUFValueType.BOOL, flag))
     chat = tc.get("chat_template")

@@ -5,9 +5,12 @@ file with the same builders (runtime/text.py). They are chosen so that `tokenize
 `pack` reads) gives back the metadata they came from, key for key, for the files bitconv writes:
 - `llama` (SentencePiece): tokenizer.model with every token as a piece, its score and its type
   (GGUF's token types use SentencePiece's numbering), LLaMA's normalizer;
-- `gpt2` + pre `llama-bpe`: a Llama-3 byte-level BPE tokenizer.json. Every token is in the model
-  vocab, so each keeps its id in any reader (`tokenizers` ignores the ids of added tokens that
-  are not); CONTROL and USER_DEFINED tokens are added tokens too, matched whole;
+- `gpt2` + pre `llama-bpe` / `falcon3`: a byte-level BPE tokenizer.json with that name's
+  pre_tokenizer configuration (tokenizer.PRE_TOKENIZERS: Llama-3's Split regex, or TII's
+  Punctuation + ByteLevel + Digits); `falcon_e` (bitnet.cpp's name for Falcon-E) is written as
+  `falcon3`, the same configuration, and `repack` reports the changed pre name. Every token is in
+  the model vocab, so each keeps its id in any reader (`tokenizers` ignores the ids of added
+  tokens that are not); CONTROL and USER_DEFINED tokens are added tokens too, matched whole;
 - trailing `[PAD{i}]` placeholders are left out: `pack` pads the list to vocab_size again;
 - tokenizer_config.json names the special tokens (where a name is unique), carries the
   add_bos/add_eos flags the metadata has and the chat template; config.json gets the ids.
@@ -24,7 +27,7 @@ from typing import Any
 from gguf import TokenType
 
 from bitconv.errors import InputError
-from bitconv.tokenizer import LLAMA3_SPLIT, PAD_SCORE, pad_name, spm_pb2
+from bitconv.tokenizer import PAD_SCORE, PRE_TOKENIZERS, RUNTIME_SPLIT, pad_name, spm_pb2
 
 _SPECIALS = ("bos", "eos", "unk", "pad")
 _IDS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id",
@@ -55,26 +58,34 @@ def spm_proto(tokens: Sequence[str], scores: Sequence[float], types: Sequence[in
 
 
 def bpe_json(tokens: Sequence[str], types: Sequence[int], merges: Sequence[str],
-             post_processor: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A Llama-3 byte-level BPE tokenizer.json (`tokenizers` format): the `llama-bpe` split
-    regex, then ByteLevel; CONTROL / USER_DEFINED tokens as added tokens matched whole."""
+             post_processor: Mapping[str, Any] | None = None, pre: str = "llama-bpe",
+             runtime: bool = False) -> dict[str, Any]:
+    """A byte-level BPE tokenizer.json (`tokenizers` format); CONTROL / USER_DEFINED tokens as
+    added tokens matched whole. The pre-tokenizer is GGUF name `pre`'s tokenizer.json
+    configuration, or with `runtime` the split llama.cpp runs for that name (RUNTIME_SPLIT,
+    then ByteLevel, whole-piece vocab hits first as its `ignore_merges`)."""
     added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": types[i] == TokenType.CONTROL}
              for i, t in enumerate(tokens) if types[i] in _ADDED]
-    split = {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated",
-             "invert": False}
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
-                  "use_regex": False}
+    if runtime:
+        split = {"type": "Split", "pattern": {"Regex": RUNTIME_SPLIT[pre]},
+                 "behavior": "Isolated", "invert": False}
+        byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                      "use_regex": False}
+        pre_tok: dict[str, Any] = {"type": "Sequence", "pretokenizers": [split, byte_level]}
+    else:
+        pre_tok = PRE_TOKENIZERS["falcon3" if pre == "falcon_e" else pre]
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
         "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [split, byte_level]},
+        "pre_tokenizer": pre_tok,
         "post_processor": dict(post_processor) if post_processor else None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
                     "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None,
                   "continuing_subword_prefix": None, "end_of_word_suffix": None,
-                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": runtime or pre == "llama-bpe",
                   "vocab": {t: i for i, t in enumerate(tokens)},
                   "merges": [m.split(" ", 1) for m in merges]},
     }
@@ -99,15 +110,15 @@ def tokenizer_files(kvs: Mapping[str, Any], max_length: int) -> TokenizerFiles:
     if model == "llama":
         main = {"tokenizer.model": _spm_model(tokens[:n], scores[:n], types[:n], ids)}
         tc: dict[str, Any] = {"tokenizer_class": "LlamaTokenizer", "legacy": False}
-    elif model == "gpt2" and pre == "llama-bpe":
+    elif model == "gpt2" and pre in RUNTIME_SPLIT:
         merges = [str(m) for m in kvs.get("tokenizer.ggml.merges", [])]
-        tj = bpe_json(tokens[:n], types[:n], merges, _template(kvs, tokens, ids))
+        tj = bpe_json(tokens[:n], types[:n], merges, _template(kvs, tokens, ids), str(pre))
         main = {"tokenizer.json": _dumps(tj)}
         tc = {"tokenizer_class": "PreTrainedTokenizerFast"}
     else:
         raise InputError(f"tokenizer {model!r} with pre-tokenizer {pre!r} cannot be written as "
-                         "tokenizer files (bitconv writes SentencePiece 'llama' and Llama-3 "
-                         "'gpt2'/'llama-bpe')")
+                         "tokenizer files (bitconv writes SentencePiece 'llama' and 'gpt2' "
+                         f"with pre {', '.join(sorted(RUNTIME_SPLIT))})")
     lookup = {t: i for i, t in enumerate(tokens)}  # as tokenizer_kvs looks names up: last wins
     tc.update({f"{typ}_token": tokens[i] for typ, i in ids.items()
                if 0 <= i < len(tokens) and lookup[tokens[i]] == i})

@@ -4,8 +4,9 @@ A checkpoint directory is tokenized by its own files (tokenizer.json through `to
 tokenizer.model through `sentencepiece`); a GGUF file by a tokenizer rebuilt from its
 `tokenizer.*` metadata, the way llama.cpp reads it (llama-cpp.md §3.6), by the builders that
 `repack --format hf` writes tokenizer files with (tokenizer_files.py):
-- `gpt2` (byte-level BPE): vocab + merges, Llama-3's split regex (the only `tokenizer.ggml.pre`
-  bitconv writes is `llama-bpe`), CONTROL/USER_DEFINED tokens matched whole in the text;
+- `gpt2` (byte-level BPE): vocab + merges, the split regex llama.cpp runs for the file's
+  `tokenizer.ggml.pre` (tokenizer.RUNTIME_SPLIT: Llama-3's for `llama-bpe`, `falcon3` and
+  `falcon_e`; other names are refused, not guessed), CONTROL/USER_DEFINED tokens matched whole;
 - `llama` (SentencePiece BPE): a ModelProto rebuilt from tokens, scores and token types (GGUF's
   token types use SentencePiece's numbering), with LLaMA's normalizer (dummy prefix, ▁ spaces).
 BOS is added when `tokenizer.ggml.add_bos_token` (or the checkpoint's tokenizer config) says so;
@@ -23,7 +24,7 @@ from typing import Any
 from gguf import TokenType
 
 from bitconv.errors import InputError
-from bitconv.tokenizer import spm_pb2
+from bitconv.tokenizer import RUNTIME_SPLIT, spm_pb2
 from bitconv.tokenizer_files import bpe_json, spm_proto
 
 
@@ -76,7 +77,11 @@ def _from_kvs(kvs: Mapping[str, Any]) -> TextCodec:
     tokens = [str(t) for t in kvs.get("tokenizer.ggml.tokens", [])]
     types = [int(t) for t in kvs.get("tokenizer.ggml.token_type", [TokenType.NORMAL] * len(tokens))]
     if model == "gpt2":
-        enc, dec = _bpe(tokens, types, [str(m) for m in kvs["tokenizer.ggml.merges"]])
+        pre = str(kvs.get("tokenizer.ggml.pre", "default"))
+        if pre not in RUNTIME_SPLIT:
+            raise InputError(f"tokenizer.ggml.pre {pre!r} is not one bitconv can tokenize "
+                             f"(it knows {', '.join(sorted(RUNTIME_SPLIT))})")
+        enc, dec = _bpe(tokens, types, [str(m) for m in kvs["tokenizer.ggml.merges"]], pre)
     elif model == "llama":
         enc, dec = _spm(tokens, [float(s) for s in kvs["tokenizer.ggml.scores"]], types)
     else:
@@ -98,11 +103,11 @@ def _codec(enc: Callable[[str], list[int]], dec: Callable[[Sequence[int]], str],
                      tokens[int(eos)] if eos is not None else "")
 
 
-def _bpe(tokens: list[str], types: list[int],
-         merges: list[str]) -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:
+def _bpe(tokens: list[str], types: list[int], merges: list[str],
+         pre: str) -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_str(json.dumps(bpe_json(tokens, types, merges)))
+    tok = Tokenizer.from_str(json.dumps(bpe_json(tokens, types, merges, pre=pre, runtime=True)))
     if any(tok.token_to_id(t) != i for i, t in enumerate(tokens)
            if types[i] in (TokenType.CONTROL, TokenType.USER_DEFINED)):
         raise InputError("tokenizer metadata has duplicate special tokens")

@@ -3,7 +3,9 @@
 Layout facts: reference/hf.md §1.7 and §2, bitnet-cpp.md §3.2. Values are seeded per tensor
 name, so the packed 2B4T fixture and its -bf16 sibling share their ternary codes: the bf16
 masters are built so that absmean ternarization gives back exactly those codes and exactly
-the packed repo's bf16 `weight_scale` (see `_masters`).
+the packed repo's bf16 `weight_scale` (see `_masters`). Falcon-E's three revisions share their
+codes the same way: `prequantized` masters ternarize to `main`'s codes and 1/weight_scale, and
+`bfloat16` holds exactly code * bf16(1/weight_scale) (Falcon facts: synth/falcon.py).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.safetensors_io import DTYPES, to_bf16, write_safetensors
+from bitconv.synth.falcon import falcon_config, write_falcon_bpe
 from bitconv.synth.tokenizers import write_llama2_spm, write_llama3_bpe
 
 PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -38,9 +41,10 @@ class Fixture:
     """One synthetic repo: which real repo it imitates and how its weights are stored."""
 
     repo: str  # the real repo id it imitates
-    kind: str  # "1bitllm" | "2b4t" | "2b4t-bf16" | "llama"
+    kind: str  # "1bitllm" | "2b4t" | "2b4t-bf16" | "llama" | a FALCON kind
     shape: Shape
     shards: int = 1
+    revision: str = "main"  # the Hub revision it imitates
 
 
 FIXTURES: dict[str, Fixture] = {
@@ -50,7 +54,20 @@ FIXTURES: dict[str, Fixture] = {
     "bitnet-b1.58-2B-4T-bf16": Fixture("microsoft/bitnet-b1.58-2B-4T-bf16", "2b4t-bf16", Shape()),
     "Llama3-8B-1.58-100B-tokens": Fixture("HF1BitLLM/Llama3-8B-1.58-100B-tokens", "llama",
                                           Shape(), shards=2),
+    "Falcon3-1B-Instruct-1.58bit": Fixture("tiiuae/Falcon3-1B-Instruct-1.58bit", "falcon3",
+                                           Shape(vocab=768)),
+    # one repo, three revisions; `main` last, so {fx.repo: ...} maps the repo to its main branch
+    "Falcon-E-1B-Instruct-prequantized": Fixture("tiiuae/Falcon-E-1B-Instruct",
+                                                 "falcon-e-prequantized", Shape(vocab=768),
+                                                 revision="prequantized"),
+    "Falcon-E-1B-Instruct-bfloat16": Fixture("tiiuae/Falcon-E-1B-Instruct", "falcon-e-bf16",
+                                             Shape(vocab=768), revision="bfloat16"),
+    "Falcon-E-1B-Instruct": Fixture("tiiuae/Falcon-E-1B-Instruct", "falcon-e", Shape(vocab=768)),
 }
+# Llama-family kinds (untied lm_head, no sub-norms) and which of them store HF-packed weights.
+FALCON = ("falcon3", "falcon-e", "falcon-e-prequantized", "falcon-e-bf16")
+LLAMA_KINDS = ("llama", *FALCON)
+PACKED = ("2b4t", "llama", "falcon3", "falcon-e")
 
 
 def _rng(name: str, salt: str = "") -> np.random.Generator:
@@ -66,14 +83,22 @@ def _beta(name: str) -> np.float32:
     return np.float32(_rng(name, "beta").choice([1.0, 1.25, 1.5, 1.75, 2.0]))
 
 
-def _masters(name: str, shape: tuple[int, int]) -> npt.NDArray[np.float32]:
+def _falcon_e_beta(name: str) -> np.float32:
+    """Falcon-E fixtures: 1/weight_scale with weight_scale a power of two (16..128, inverse scales
+    of the usual size), so the multiplier is exact in bf16 and float32 alike."""
+    return np.float32(1) / np.float32(_rng(name, "scale").choice([16.0, 32.0, 64.0, 128.0]))
+
+
+def _masters(name: str, shape: tuple[int, int],
+             beta: np.float32 | None = None) -> npt.NDArray[np.float32]:
     """Float masters whose absmean ternarization is exactly (codes, beta).
 
     Every |w| is k * beta/4 for a small integer k: k in {0, 1} where the code is 0 (w/beta <= 0.25
     rounds to 0), k >= 3 elsewhere (>= 0.75 rounds to +-1, clipped). The k are then raised so
     that sum(k) = 4n, i.e. mean|W| = beta exactly, with every value exact in bf16 (k <= 15).
     """
-    codes, beta, rng = _codes(name, shape), _beta(name), _rng(name, "masters")
+    codes, rng = _codes(name, shape), _rng(name, "masters")
+    beta = _beta(name) if beta is None else beta
     nz = codes != 0
     k = np.where(nz, rng.integers(3, 6, size=shape), rng.integers(0, 2, size=shape))
     deficit = 4 * codes.size - int(k.sum())
@@ -112,6 +137,9 @@ def _config(fx: Fixture, tok: dict) -> dict:
             "vocab_size": s.vocab, "bos_token_id": tok["bos_token_id"],
             "eos_token_id": tok["eos_token_id"], "rms_norm_eps": 1e-05, "attention_bias": False,
             "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True}
+    if fx.kind in FALCON:
+        return falcon_config(fx.kind, s.hidden, s.inter, s.layers, s.heads, s.kv_heads, s.vocab,
+                             tok)
     if fx.kind == "1bitllm":  # 1bitLLM/bitnet_b1_58-large config.json (remote code)
         return {"architectures": ["BitnetForCausalLM"], **base,
                 "auto_map": {"AutoConfig": "configuration_bitnet.BitnetConfig",
@@ -143,12 +171,13 @@ def _tensors(fx: Fixture) -> tuple[list[tuple[str, str, tuple[int, ...]]], Calla
     q, kv = s.heads * hd, s.kv_heads * hd
     out_in = dict(zip(PROJ, [(q, s.hidden), (kv, s.hidden), (kv, s.hidden), (s.hidden, q),
                              (s.inter, s.hidden), (s.inter, s.hidden), (s.hidden, s.inter)]))
-    sub = {"1bitllm": ("self_attn.inner_attn_ln", "mlp.ffn_layernorm"),
-           "llama": None}.get(kind, ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"))
+    sub = (None if kind in LLAMA_KINDS else {"1bitllm": ("self_attn.inner_attn_ln",
+                                                           "mlp.ffn_layernorm")}.get(
+        kind, ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")))
     ternary: dict[str, tuple[int, int]] = {}  # HF weight name -> logical (out, in)
     ents: list[tuple[str, str, tuple[int, ...]]] = [
         ("model.embed_tokens.weight", fdt, (s.vocab, s.hidden)), ("model.norm.weight", fdt, (s.hidden,))]
-    if kind == "llama":
+    if kind in LLAMA_KINDS:
         ents.append(("lm_head.weight", fdt, (s.vocab, s.hidden)))
     for i in range(s.layers):
         p = f"model.layers.{i}."
@@ -160,7 +189,7 @@ def _tensors(fx: Fixture) -> tuple[list[tuple[str, str, tuple[int, ...]]], Calla
             ents.append((p + "self_attn.rotary_emb.inv_freq", "F32", (hd // 2,)))
         for proj, (o, n) in out_in.items():
             ternary[p + proj + ".weight"] = (o, n)
-            if kind in ("2b4t", "llama"):
+            if kind in PACKED:
                 ents += [(p + proj + ".weight", "U8", (o // 4, n)), (p + proj + ".weight_scale", fdt, (1,))]
             else:
                 ents.append((p + proj + ".weight", fdt, (o, n)))
@@ -170,13 +199,19 @@ def _tensors(fx: Fixture) -> tuple[list[tuple[str, str, tuple[int, ...]]], Calla
             return (1.0 / 10000.0 ** (np.arange(0, hd, 2, dtype=np.float32) / hd)).astype(np.float32)
         if name.endswith(".weight_scale"):
             w = name[: -len("_scale")]
-            beta = _beta(w) if kind == "2b4t" else np.float32(1) / _beta(w) * 40  # inverse, ~20-80
+            beta = (_beta(w) if kind == "2b4t" else np.float32(1) / _falcon_e_beta(w)
+                    if kind == "falcon-e" else np.float32(1) / _beta(w) * 40)  # inverse, ~20-80
             return to_bf16(np.array([beta], np.float32))
         if name in ternary:
             if dt == "U8":
                 return _hf_pack(_codes(name, ternary[name]))
-            w = (_masters(name, ternary[name]) if kind == "2b4t-bf16"
-                 else _rng(name).standard_normal(ternary[name], dtype=np.float32) * np.float32(0.02))
+            if kind == "falcon-e-bf16":  # onebitllms convert_to_bf16: codes / weight_scale
+                w = _codes(name, ternary[name]).astype(np.float32) * _falcon_e_beta(name)
+            elif kind in ("2b4t-bf16", "falcon-e-prequantized"):
+                w = _masters(name, ternary[name],
+                             _falcon_e_beta(name) if kind in FALCON else None)
+            else:
+                w = _rng(name).standard_normal(ternary[name], dtype=np.float32) * np.float32(0.02)
             return to_bf16(w) if dt == "BF16" else w
         x = _norm(name, shape) if len(shape) == 1 else _embedding(name, shape)
         return to_bf16(x) if dt == "BF16" else x
@@ -190,7 +225,8 @@ def make_fixture(name: str, dst: str | Path, shape: Shape | None = None) -> Path
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     # Full-size shapes keep the tiny tokenizer: GGUF pads the token list to config's vocab_size.
-    writer, tiny = (write_llama2_spm, 512) if fx.kind == "1bitllm" else (write_llama3_bpe, 1024)
+    writer, tiny = ((write_llama2_spm, 512) if fx.kind == "1bitllm" else
+                    (write_falcon_bpe, 768) if fx.kind in FALCON else (write_llama3_bpe, 1024))
     tok = writer(dst, min(fx.shape.vocab, tiny))
     config = _config(fx, tok)
     _dump(dst / "config.json", config)
