@@ -25,7 +25,7 @@ def main() -> None:
     spent: dict[str, float] = {}
     inner = verify_mod._logits
 
-    def logits(*args: Any) -> verify_mod.Check:
+    def logits(*args: Any) -> verify_mod.Finding:
         t = time.perf_counter()
         try:
             return inner(*args)
@@ -37,7 +37,7 @@ def main() -> None:
     report = verify_mod.verify(a.packed, source=a.source, tokens=a.tokens, drift=False)
     total = time.perf_counter() - t
     print(json.dumps({"ok": report.ok, "total_s": total, **spent,
-                      "checks": [c.name for c in report.checks if c.ok]}))
+                      "checks": [f.check for f in report.findings if f.cls == "ok"]}))
 
 
 if __name__ == "__main__":

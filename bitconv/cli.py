@@ -222,16 +222,21 @@ def inspect(path: str, as_json: bool) -> None:
               help="BitLinear numerics of the logits check (see `bitconv logits --help`).")
 @click.option("--no-drift", is_flag=True,
               help="Skip the drift report against the source's unquantized weights.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a report.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object listing every finding (class, check, subject, numbers).")
 def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None, mode: str,
            no_drift: bool, as_json: bool) -> None:
-    """Prove that PACKED computes what SOURCE computes.
+    """Audit PACKED, whoever wrote it, against the SOURCE it was made from.
 
-    Checks the container, the metadata, every tensor bit for bit (codes and multiplier), and the
-    runtime's logits for a fixed token sequence, from the file and from the source. Exit 0 when
-    all hold, 3 on a mismatch (the first one is named on stderr). Without --source only the
-    container is checked. Where the source has unquantized weights (1bitLLM, 2B4T -bf16), the
-    report adds an `info` line: how far the ternary model's logits drift from the float model's.
+    Every check runs: the container, every metadata key, every tensor bit for bit (codes and
+    multiplier), and the runtime's logits for a fixed token sequence from the file and from the
+    source. Each finding is one line with its class: `ok`; `info` (differs but computes the
+    same, e.g. general.name, key or tensor order, a multiplier one float32 ulp off, a default
+    the runtime fills in); `info loss` (a lossy -fp16 variant within its rounding); `FAIL`
+    (changes what a runtime computes, e.g. a reciprocal multiplier, a flipped code, a head
+    count). Exit 0 without FAIL, 3 otherwise (the first FAIL is named on stderr). Without
+    --source only the container is checked. Where the source has unquantized weights (1bitLLM,
+    2B4T -bf16), an `info` line tells how far the ternary logits drift from the float model's.
 
     \b
     Example:

@@ -1,57 +1,68 @@
-"""Stage `verify`: prove a packed file computes what its source checkpoint computes.
+"""Stage `verify`: audit a packed file, whoever wrote it, against its source checkpoint.
 
-Checks, in order (DESIGN.md §5): (1) the container parses and every tensor unpacks;
-(2) its metadata equals what the source gives; (3) every tensor equals, bit for bit, what the
-source ternarizes to (codes and multiplier) or converts to (dense tensors); (4) the runtime's
-logits for a fixed token sequence are bit-identical from the file and from the source (exact
-mode). The first failing check names the offending key, tensor, element or position.
+Every check runs and every finding is reported with its class (DESIGN.md §5):
+(1) container: the file parses and every tensor unpacks; (2) metadata: each key against what
+the source gives, classed by bitconv/audit.py; (3) tensors: each one against what the source
+ternarizes to (codes and multiplier) or converts to (dense tensors), bit for bit; (4) logits:
+the runtime's logits for a fixed token sequence from the file and from the source; (5) drift
+against the source's latent float weights, where it has them (information).
+
+Classes: `ok`; `info` (differs, provably computes the same, or describes only); `info loss`
+(a lossy variant within its rounding bound); `FAIL` (changes what a runtime computes). Tensor
+rules: a multiplier one float32 ulp from the source's is `info` (converters round the absmean
+differently: bitnet.cpp 1.0 stores fl(1/fl(1/mean))); in a lossy `-fp16` file each multiplier
+may be off by its fp16 rounding, half an fp16 ulp, plus one float32 ulp for that converter
+rounding before it (`info loss`); a multiplier that is the reciprocal, the square, the
+reciprocal of the square of the source's or 1.0 (the bugs of shared/reference/bitnet-cpp.md
+§3.5) is `FAIL` and named so, with the ratio. Logits are compared against the source packed in
+the file's format; they must be bit-identical when the tensors are. Where tensors differ only by
+`info`/`info loss` rounding, logits may differ slightly: that is reported as `info` with the
+size of the difference; any other logit difference is `FAIL`.
 """
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bitconv import ternary
+from bitconv.audit import FAIL, INFO, LOSS, OK, Finding, audit_metadata
 from bitconv.errors import InputError
 from bitconv.formats import get_format
 from bitconv.runtime.model import Model
-from bitconv.runtime.weights import Weights, has_latent, load_any, load_checkpoint_weights
+from bitconv.runtime.weights import (LazyTensors, Tensor, Weights, has_latent, load_any,
+                                     load_checkpoint_weights, stored)
 from bitconv.types import TernaryTensor
 
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    info: bool = False  # reported, never a failure
+__all__ = ["Finding", "Report", "fixed_tokens", "verify"]
 
 
 @dataclass(frozen=True)
 class Report:
     path: str
     source: str | None
-    checks: tuple[Check, ...]
+    findings: tuple[Finding, ...]
 
     @property
     def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
+        return all(f.cls != FAIL for f in self.findings)
 
     @property
     def first_failure(self) -> str:
-        c = next(c for c in self.checks if not c.ok)
-        return f"{self.path}: {c.name}: {c.detail}"
+        f = next(f for f in self.findings if f.cls == FAIL)
+        return f"{self.path}: {f.check}: {f.message}"
 
     def to_text(self) -> str:
-        return "\n".join(f"{'info' if c.info else 'ok  ' if c.ok else 'FAIL'}  {c.name:<10} {c.detail}" for c in self.checks)
+        return "\n".join(f"{f.cls:<4}  {f.check:<10} {f.message}" for f in self.findings)
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "ok": self.ok}, indent=2)
+        return json.dumps({"path": self.path, "source": self.source, "ok": self.ok,
+                           "findings": [f.to_dict() for f in self.findings]}, indent=2,
+                          default=float)
 
 
 def fixed_tokens(n: int, vocab: int) -> np.ndarray:
@@ -62,14 +73,14 @@ def fixed_tokens(n: int, vocab: int) -> np.ndarray:
 def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int = 16,
            scale_rule: ternary.ScaleRule | None = None, mode: str = "exact",
            drift: bool = True) -> Report:
-    """Check `packed` (a GGUF file, or an `hf` export directory) against `source`; without a
+    """Audit `packed` (a GGUF file, or an `hf` export directory) against `source`; without a
     source only the container and codecs are checked.
 
     Memory stays near the largest tensor: weights are lazy and both models run with keep=False.
-    `mode` selects the BitLinear numerics of the logits check (runtime/bitlinear.py); file and
-    source must agree bit for bit in any mode. `drift` adds, where the source has unquantized
-    latent weights, how far the ternary model's logits are from the float model's (information,
-    never a failure).
+    `mode` selects the BitLinear numerics of the logits check (runtime/bitlinear.py). `drift`
+    adds, where the source has unquantized latent weights, how far the ternary model's logits
+    are from the float model's (information, never a failure). A file that does not parse gets
+    one `FAIL container` finding: nothing else can be read from it.
 
     Example:
         >>> verify("m-i2s.gguf", source="bitnet-b1.58-2B-4T").ok
@@ -78,105 +89,155 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
     try:
         got = load_any(packed)
     except InputError as e:
-        return Report(str(packed), _s(source), (Check("container", False, str(e)),))
-    ref = None if source is None else load_checkpoint_weights(source, scale_rule, format=got.format)
-    if ref is not None and Path(packed).is_dir():  # an `hf` export: its name is its directory's
-        got = replace(got, kvs={**got.kvs, "general.name": ref.kvs.get("general.name")})
-    meta = None if ref is None else _metadata(got, ref)
-    broken, n_t, problem = _unpack(got, ref if meta is None else None)
-    if broken:
-        return Report(str(packed), _s(source), (Check("container", False, broken),))
-    checks = [Check("container", True, f"{len(got.order)} tensors parse and unpack "
-                                       f"({n_t} ternary)")]
-    if source is None or ref is None:
-        return Report(str(packed), None, tuple(checks))
-    for name, found in (("metadata", meta), ("tensors", problem)):
-        checks.append(Check(name, found is None, found or _ok_detail(name, ref)))
-        if found:
-            return Report(str(packed), _s(source), tuple(checks))
-    if not get_format(got.format).SPEC.lossless:
-        checks.append(_loss(source, scale_rule, got.format))
-    checks.append(_logits(got, ref, tokens, mode))
-    if drift and checks[-1].ok:
-        checks.append(_drift(source, ref, tokens))
-    return Report(str(packed), _s(source), tuple(checks))
+        return Report(str(packed), _s(source), (Finding(FAIL, "container", str(e)),))
+    exact = lossless(got.format)
+    ref = None if source is None else load_checkpoint_weights(source, scale_rule, format=exact)
+    if ref is None:
+        return Report(str(packed), None, tuple(_tensors(got, None)[0]))
+    kvs = dict(load_checkpoint_weights(source, scale_rule, format=got.format).kvs  # type: ignore[arg-type]
+               if exact != got.format else ref.kvs)
+    if Path(packed).is_dir():  # an `hf` export: its name is its directory's
+        got = replace(got, kvs={**got.kvs, "general.name": kvs.get("general.name")})
+    container, tensors = _tensors(got, ref)
+    found = [*container, *audit_metadata(got.kvs, kvs), *tensors]
+    found.append(_logits(got, as_stored(ref, got.format), tokens, mode, found))
+    if drift and found[-1].cls != FAIL:
+        found.append(_drift(source, ref, tokens))  # type: ignore[arg-type]
+    return Report(str(packed), _s(source), tuple(found))
+
+
+def lossless(fmt: str) -> str:
+    """The lossless twin of a format (`tq2_0-fp16` -> `tq2_0`): the source's exact multipliers."""
+    twin = fmt.removesuffix("-fp16")
+    return twin if get_format(twin).SPEC.lossless else fmt
+
+
+def as_stored(ref: Weights, fmt: str) -> Weights:
+    """`ref` with each multiplier as a file in `fmt` stores it (fp16-rounded for `-fp16`)."""
+    codec = get_format(fmt)
+    if codec.SPEC.lossless:
+        return replace(ref, format=fmt)
+
+    def load(name: str) -> Tensor:
+        t = ref.tensors[name]
+        return replace(t, multiplier=stored(codec, t.multiplier)) if isinstance(t, TernaryTensor) else t
+    return Weights(ref.kvs, LazyTensors({n: (lambda n=n: load(n)) for n in ref.order}),
+                   ref.order, fmt)
 
 
 def _s(p: str | Path | None) -> str | None:
     return None if p is None else str(p)
 
 
-def _ok_detail(name: str, ref: Weights) -> str:
-    if name == "metadata":
-        return f"{len(ref.kvs)} keys equal the source's"
-    return f"all {len(ref.order)} tensors equal the source's, bit for bit"
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, float) or isinstance(b, float):
-        return np.float32(a) == np.float32(b)  # GGUF floats are float32
-    return bool(a == b)
-
-
-def _metadata(got: Weights, ref: Weights) -> str | None:
-    for key, want in ref.kvs.items():
-        if key not in got.kvs:
-            return f"key {key!r} is missing"
-        if not _same(got.kvs[key], want):
-            return f"{key} is {_short(got.kvs[key])}, the source gives {_short(want)}"
-    extra = sorted(set(got.kvs) - set(ref.kvs))
-    return f"unexpected key {extra[0]!r}" if extra else None
-
-
-def _short(v: Any) -> str:
-    return f"a list of {len(v)}" if isinstance(v, (list, np.ndarray)) else repr(v)
-
-
-def _unpack(got: Weights, ref: Weights | None) -> tuple[str | None, int, str | None]:
-    """Decode every tensor of `got` once (the container check), counting the ternary ones; with
-    `ref`, compare each with the source's, built meanwhile on a second thread, until the first
-    difference. Returns (why the container is broken, ternary count, the first difference)."""
-    problem = None if ref is None else _order(got, ref)
-    n_t = 0
+def _tensors(got: Weights, ref: Weights | None) -> tuple[list[Finding], list[Finding]]:
+    """Decode every tensor of `got` once (the container check); with `ref`, compare each with
+    the source's, built meanwhile on a second thread. Returns (container, tensors) findings."""
+    broken, diffs, n_t = [], [], 0
+    theirs = set() if ref is None else set(ref.order)
     with ThreadPoolExecutor(1) as pool:
         for name in got.order:
-            b = (pool.submit(ref.tensors.__getitem__, name)
-                 if ref is not None and problem is None else None)
+            b = pool.submit(ref.tensors.__getitem__, name) if ref and name in theirs else None
             try:
                 a = got.tensors[name]
             except InputError as e:
-                return str(e), n_t, None
+                broken.append(Finding(FAIL, "container", str(e), name))
+                continue
             n_t += isinstance(a, TernaryTensor)
             if b is not None:
-                problem = _compare(name, a, b.result())
-    return None, n_t, problem
+                diffs += _compare(name, a, b.result(), got.format)
+    container = broken or [Finding(OK, "container", f"{len(got.order)} tensors parse and "
+                                                    f"unpack ({n_t} ternary)")]
+    if ref is None:
+        return container, []
+    mine = set(got.order)
+    diffs += [Finding(FAIL, "tensors", f"{n}: missing (the source has it)", n)
+              for n in ref.order if n not in mine]
+    diffs += [Finding(FAIL, "tensors", f"{n}: not in the source", n)
+              for n in got.order if n not in theirs]
+    common = [n for n in got.order if n in theirs]
+    if common != [n for n in ref.order if n in mine]:
+        i = next(i for i, (x, y) in enumerate(zip(common, [n for n in ref.order if n in mine]))
+                 if x != y)
+        diffs.append(Finding(INFO, "tensors", f"tensor order differs from the source's (tensor "
+                                              f"#{i} is {common[i]!r}); readers find tensors by "
+                                              "name"))
+    same = len(ref.order) - len({f.subject for f in diffs if f.subject})
+    head = (f"all {len(ref.order)} tensors equal the source's, bit for bit" if not diffs else
+            f"{same} of {len(ref.order)} tensors equal the source's, bit for bit")
+    return container, [Finding(OK, "tensors", head, numbers={"equal": same,
+                                                             "tensors": len(ref.order)}),
+                       *_rounding(diffs, got.format)]
 
 
-def _order(got: Weights, ref: Weights) -> str | None:
-    if got.order == ref.order:
-        return None
-    i = next((i for i, (a, b) in enumerate(zip(got.order, ref.order)) if a != b),
-             min(len(got.order), len(ref.order)))
-    return f"tensor #{i} is {_at(got.order, i)}, the source gives {_at(ref.order, i)}"
+def _rounding(diffs: list[Finding], fmt: str) -> list[Finding]:
+    """The per-tensor `info` (one ulp) and `info loss` (fp16) multiplier findings, each kind
+    folded into one finding that names every tensor; the others as they are."""
+    ulp = [f for f in diffs if f.cls == INFO and f.subject]
+    loss = [f for f in diffs if f.cls == LOSS]
+    out = [f for f in diffs if f not in ulp and f not in loss]
+    if ulp:
+        out.append(Finding(INFO, "tensors", f"{len(ulp)} multipliers one float32 ulp from the "
+                                            f"source's, first {ulp[0].subject} (converters round "
+                                            "the absmean differently)", ulp[0].subject,
+                           {"tensors": [f.subject for f in ulp]}))
+    if loss:
+        w = max(loss, key=lambda f: float(f.numbers["rel"]))
+        out.append(Finding(LOSS, "loss", f"{fmt} is lossy (fp16 block scale): max weight error "
+                                         f"{w.numbers['rel']:.3g} relative, in {w.subject}; all "
+                                         f"{len(loss)} multipliers within its rounding bound",
+                           w.subject, {"max_rel": w.numbers["rel"],
+                                       "tensors": [f.subject for f in loss]}))
+    return out
 
 
-def _compare(name: str, a: Any, b: Any) -> str | None:
+def _compare(name: str, a: Any, b: Any, fmt: str) -> list[Finding]:
     if isinstance(a, TernaryTensor) != isinstance(b, TernaryTensor):
-        return f"{name}: ternary in one, dense in the other"
+        return [Finding(FAIL, "tensors", f"{name}: ternary in one, dense in the other", name)]
+    found = []
     if isinstance(a, TernaryTensor) and isinstance(b, TernaryTensor):
-        if a.multiplier != b.multiplier:
-            return f"{name}: multiplier {a.multiplier!r}, the source gives {b.multiplier!r}"
+        m = _multiplier(name, np.float32(a.multiplier), np.float32(b.multiplier), fmt)
+        found += [] if m is None else [m]
         a, b = a.codes, b.codes
     if a.shape != b.shape:
-        return f"{name}: shape {list(a.shape)}, the source gives {list(b.shape)}"
-    if _equal(a, b):
+        return [Finding(FAIL, "tensors", f"{name}: shape {list(a.shape)}, the source gives "
+                                         f"{list(b.shape)}", name)]
+    if not _equal(a, b):
+        diff = np.asarray(a) != np.asarray(b)
+        idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+        n = int(diff.sum())
+        found.insert(0, Finding(FAIL, "tensors", f"{name}: {n} values differ, first at "
+                                                 f"{list(idx)} ({a[idx]} vs {b[idx]} in the "
+                                                 "source)", name, {"count": n, "first": list(idx)}))
+    return found
+
+
+# A multiplier that is one of these functions of the source's: a known converter bug.
+CONVENTIONS = (("the reciprocal of", lambda s: 1 / s), ("the square of", lambda s: s * s),
+               ("the reciprocal of the square of", lambda s: 1 / (s * s)),
+               ("1.0 instead of", lambda s: 1.0))
+
+
+def _multiplier(name: str, m: np.float32, s: np.float32, fmt: str) -> Finding | None:
+    if m.view(np.uint32) == s.view(np.uint32):
         return None
-    diff = np.asarray(a) != np.asarray(b)
-    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
-    return (f"{name}: {int(diff.sum())} values differ, first at {list(idx)} "
-            f"({a[idx]} vs {b[idx]} in the source)")
+    ulp = float(np.spacing(abs(s)))
+    nums = {"multiplier": float(m), "source": float(s), "ratio": float(m) / float(s),
+            "ulps": abs(float(m) - float(s)) / ulp}
+    what = f"{name}: multiplier {float(m)!r}, the source's {float(s)!r}"
+    if not get_format(fmt).SPEC.lossless:
+        bound = float(np.spacing(abs(np.float16(s)))) / 2 + ulp
+        if abs(float(m) - float(s)) <= bound:
+            return Finding(LOSS, "tensors", f"{what}: {fmt} rounds it to fp16", name,
+                           {**nums, "bound": bound, "rel": abs(float(m) / float(s) - 1)})
+    elif abs(float(m) - float(s)) <= ulp:
+        return Finding(INFO, "tensors", f"{what}: one float32 ulp apart (converters round the "
+                                        "absmean differently)", name, nums)
+    for words, f in CONVENTIONS:
+        if np.isclose(float(m), f(float(s)), rtol=2e-3, atol=0):
+            return Finding(FAIL, "tensors", f"{name}: multiplier {float(m)!r} is {words} the "
+                                            f"source's {float(s)!r} (ratio {nums['ratio']:.6g})",
+                           name, nums)
+    return Finding(FAIL, "tensors", f"{what} (ratio {nums['ratio']:.6g})", name, nums)
 
 
 def _equal(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 22) -> bool:
@@ -185,55 +246,44 @@ def _equal(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 22) -> bool:
     return all(np.array_equal(a[i:i + rows], b[i:i + rows]) for i in range(0, len(a), rows))
 
 
-def _at(order: tuple[str, ...], i: int) -> str:
-    return repr(order[i]) if i < len(order) else "absent"
-
-
-def _logits(got: Weights, ref: Weights, n: int, mode: str) -> Check:
+def _logits(got: Weights, ref: Weights, n: int, mode: str, found: list[Finding]) -> Finding:
     try:
         model_got = Model(got, mode, keep=False)
-    except InputError as e:
-        return Check("logits", False, str(e))
-    ids = fixed_tokens(n, model_got.spec.vocab)
-    a = model_got.forward(ids)
+        ids = fixed_tokens(n, model_got.spec.vocab)
+        a = model_got.forward(ids)
+    except (InputError, ValueError, IndexError, KeyError) as e:
+        return Finding(FAIL, "logits", f"the runtime cannot run the file: {e}")
     del model_got  # its float32 embedding (1.3 GB at 2B4T size) before the source's
     b = Model(ref, mode, keep=False).forward(ids)
-    if np.array_equal(a, b):
-        return Check("logits", True, f"{n} positions x {a.shape[1]} logits bit-identical ({mode} mode)")
+    if a.shape == b.shape and np.array_equal(a, b):
+        return Finding(OK, "logits", f"{n} positions x {a.shape[1]} logits bit-identical "
+                                     f"({mode} mode)")
+    if a.shape != b.shape:
+        return Finding(FAIL, "logits", f"shape {list(a.shape)}, the source's {list(b.shape)}")
     pos = int(np.argmax((a != b).any(axis=1)))
-    return Check("logits", False, f"first difference at position {pos} "
-                                  f"(max |delta| {float(np.abs(a - b).max()):.3g})")
+    rel = float(np.abs(a - b).max() / max(float(np.abs(b).max()), 1e-30))
+    nums = {"first_position": pos, "max_rel": rel, "positions": n}
+    rounding = [f for f in found if f.check in ("tensors", "loss") and f.cls in (INFO, LOSS)
+                and f.subject]
+    if rounding and not any(f.cls == FAIL for f in found):
+        return Finding(INFO, "logits", f"differ from position {pos} on, max |delta| {rel:.3g} of "
+                                       f"max |logit| ({mode} mode): the multipliers' rounding "
+                                       "above, nothing else",
+                       numbers=nums)
+    return Finding(FAIL, "logits", f"first difference at position {pos} (max |delta| {rel:.3g} "
+                                   f"of max |logit|, {mode} mode)", numbers=nums)
 
 
-def _loss(source: str | Path, scale_rule: ternary.ScaleRule | None, fmt: str) -> Check:
-    """What a lossy format costs: the largest weight error its stored multipliers make,
-    against the multipliers a lossless file holds (information; the file itself was compared
-    with what this format must hold, bit for bit)."""
-    exact = load_checkpoint_weights(source, scale_rule)
-    lossy = load_checkpoint_weights(source, scale_rule, format=fmt)
-    worst, where = 0.0, ""
-    for name in exact.order:
-        a = exact.tensors[name]
-        if isinstance(a, TernaryTensor):
-            b = lossy.tensors[name]
-            assert isinstance(b, TernaryTensor)
-            rel = abs(float(b.multiplier) - float(a.multiplier)) / max(abs(float(a.multiplier)), 1e-30)
-            if rel > worst or not where:
-                worst, where = rel, name
-    return Check("loss", True, f"{fmt} is lossy (fp16 block scale): max weight error "
-                               f"{worst:.3g} relative, in {where}", info=True)
-
-
-def _drift(source: str | Path, ref: Weights, n: int) -> Check:
+def _drift(source: str | Path, ref: Weights, n: int) -> Finding:
     """Ternary (exact mode) vs unquantized latent weights: max |Δlogit| relative to max |logit|,
     and how often the top-1 token agrees. Information only: ternarization is meant to differ."""
     if not has_latent(source):
-        return Check("drift", True, "no latent weights in the source (it is already ternary)",
-                     info=True)
+        return Finding(INFO, "drift", "no latent weights in the source (it is already ternary)")
     ids = fixed_tokens(n, int(len(ref.kvs["tokenizer.ggml.tokens"])))
     f = Model(load_checkpoint_weights(source, latent=True), keep=False).forward(ids)
     t = Model(ref, keep=False).forward(ids)
     rel = float(np.abs(t - f).max() / max(float(np.abs(f).max()), 1e-30))
     top1 = float((t.argmax(1) == f.argmax(1)).mean())
-    return Check("drift", True, f"vs latent float weights: max |delta| {rel:.3g} of max |logit|, "
-                                f"top-1 agrees at {top1:.0%} of {n} positions", info=True)
+    return Finding(INFO, "drift", f"vs latent float weights: max |delta| {rel:.3g} of max "
+                                  f"|logit|, top-1 agrees at {top1:.0%} of {n} positions",
+                   numbers={"max_rel": rel, "top1": top1, "positions": n})

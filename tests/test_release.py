@@ -102,8 +102,8 @@ def test_a_failing_verify_publishes_nothing(hub, tmp_path, monkeypatch):
     def broken(path, **kw):  # a verify that finds a mismatch in the tq2_0 artifact
         rep = real(path, **kw)
         if str(path).endswith("tq2_0.gguf"):
-            bad = verify_mod.Check("tensors", False, "blk.0.attn_q.weight: 1 values differ")
-            return verify_mod.Report(rep.path, rep.source, (*rep.checks[:1], bad))
+            bad = verify_mod.Finding("FAIL", "tensors", "blk.0.attn_q.weight: 1 values differ")
+            return verify_mod.Report(rep.path, rep.source, (*rep.findings[:1], bad))
         return rep
 
     monkeypatch.setattr(verify_mod, "verify", broken)

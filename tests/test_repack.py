@@ -172,9 +172,9 @@ def test_lossy_target_with_allow_lossy_reports_the_loss(fixtures_root, packed, t
     v = CliRunner().invoke(cli, ["verify", str(out), "--source", str(fixtures_root / name),
                                  "--no-drift", "--json"])
     assert v.exit_code == 0, v.stdout
-    loss = next(c for c in json.loads(v.stdout)["checks"] if c["name"] == "loss")
-    assert loss["info"] and f"max weight error {rel[worst]:.3g} relative, in {worst}" in \
-        loss["detail"]
+    loss = next(f for f in json.loads(v.stdout)["findings"] if f["check"] == "loss")
+    assert loss["class"] == "info loss" and loss["subject"] == worst
+    assert f"max weight error {rel[worst]:.3g} relative, in {worst}" in loss["message"]
 
 
 def test_lossy_target_accepted_when_every_multiplier_is_exact_in_fp16(packed, tmp_path):

@@ -36,8 +36,9 @@ def test_verify_json(fixtures_root, tmp_path):
     out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
     r = run_verify(out, fixtures_root / name, "--json")
     d = json.loads(r.stdout)
-    assert d["ok"] is True and [c["name"] for c in d["checks"]] == ["container", "metadata",
-                                                                    "tensors", "logits", "drift"]
+    assert d["ok"] is True and [(f["class"], f["check"]) for f in d["findings"]] == [
+        ("ok", "container"), ("ok", "metadata"), ("ok", "tensors"), ("ok", "logits"),
+        ("info", "drift")]
 
 
 def test_a_packed_file_from_another_source_fails(fixtures_root, tmp_path):
@@ -73,7 +74,7 @@ def test_one_flipped_code(packed):
     # byte 1000 = block 31, byte 8 -> element 31*128 + 8 = 3976 of the flat (256, 512) tensor
     assert r.stderr.startswith(f"Error: {out}: tensors: blk.1.ffn_down.weight: 1 values differ, "
                                "first at [7, 392]")
-    assert "FAIL  tensors" in r.stdout and "logits" not in r.stdout
+    assert "FAIL  tensors" in r.stdout and "FAIL  logits" in r.stdout  # every check runs
 
 
 def test_changed_scale(packed):
@@ -168,8 +169,9 @@ def test_a_lossy_file_verifies_against_what_its_format_holds_and_says_the_cost(f
     out = pack(src, format="tq2_0-fp16", out=tmp_path / "m.gguf").path
     r = run_verify(out, src, "--no-drift")
     assert r.exit_code == 0, r.output
-    loss = next(line for line in r.stdout.splitlines() if line.split()[1] == "loss")
-    assert loss.startswith("info  loss       tq2_0-fp16 is lossy (fp16 block scale): max weight "
-                           "error ")
+    loss = next(line for line in r.stdout.splitlines() if line.startswith("info loss"))
+    assert loss.startswith("info loss  loss       tq2_0-fp16 is lossy (fp16 block scale): max "
+                           "weight error ")
+    assert loss.endswith("; all 14 multipliers within its rounding bound")
     rel = float(loss.split("error ")[1].split()[0])
     assert 0 < rel <= 2.0 ** -11  # fp16 keeps 11 significant bits: round-to-nearest error bound
