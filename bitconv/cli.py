@@ -14,6 +14,12 @@ MODES = ("exact", "bitnet.cpp", "llama.cpp")  # runtime/bitlinear.py MODES, chec
 # kept literal so `--help` does not import numpy; checked in tests
 FORMAT_NAMES = ("i2s", "tl1", "tl2", "tq1_0", "tq1_0-fp16", "tq2_0", "tq2_0-fp16", "hf",
                 "i2s-arm")
+# every command that reads a packed GGUF: where a TL1/TL2 file's tiling comes from
+KERNEL_CONFIG = click.option(
+    "--kernel-config", type=click.Path(dir_okay=False, path_type=str), default=None,
+    help="For a TL1/TL2 file: the kernel_config.ini it was written with (bitnet.cpp's "
+         "include/kernel_config.ini) [default: FILE.kernel_config.ini beside it, else the "
+         "file's bitconv.tl.kernel_config key; a TL file with neither is refused].")
 
 
 class BitconvGroup(click.Group):
@@ -108,10 +114,11 @@ def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | Non
               help="Let tq1_0-fp16 / tq2_0-fp16 round multipliers that fp16 cannot hold exactly "
                    "(refused without it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no note on stderr.")
+@KERNEL_CONFIG
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object (path, formats, tensors, bytes, loss) instead of the path.")
 def repack(src: str, fmt: str, out: str | None, force: bool, allow_lossy: bool, quiet: bool,
-           as_json: bool) -> None:
+           as_json: bool, kernel_config: str | None) -> None:
     """Rewrite the packed model SRC in another format, without its source checkpoint, and print
     the output path. SRC is a GGUF file bitconv reads, or an `hf` directory (packed as by `pack`).
 
@@ -134,7 +141,7 @@ def repack(src: str, fmt: str, out: str | None, force: bool, allow_lossy: bool, 
     from bitconv.repack import repack as run
 
     res = run(src, format=fmt, out=out, force=force, allow_lossy=allow_lossy,
-              progress=not quiet and sys.stderr.isatty())
+              progress=not quiet and sys.stderr.isatty(), kernel_config=kernel_config)
     if res.max_error and not quiet:
         click.echo(f"note: {fmt} rounded multipliers: max relative weight error "
                    f"{res.max_error:.3g} in {res.worst}", err=True)
@@ -193,11 +200,13 @@ def pull(repo_id: str, revision: str | None, local_dir: str | None, include: tup
 @cli.command()
 @click.argument("path", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
-def inspect(path: str, as_json: bool) -> None:
+@KERNEL_CONFIG
+def inspect(path: str, as_json: bool, kernel_config: str | None) -> None:
     """Describe PATH: a checkpoint directory (family, dtypes, scale rule, shapes) or a GGUF
     file (arch, metadata, tensor table with type, format, shape and byte size). For a GGUF it
     says whether its ternary format keeps the float32 multipliers (lossless) or rounds them to
-    fp16 (tq*_0-fp16), and then bounds the weight error from the file alone.
+    fp16 (tq*_0-fp16), and then bounds the weight error from the file alone. For TL1/TL2 it
+    names the kernel configuration the file is read with and the tiling of each shape.
 
     \b
     Examples:
@@ -206,7 +215,7 @@ def inspect(path: str, as_json: bool) -> None:
     """
     from bitconv.inspect import describe
 
-    d = describe(path)
+    d = describe(path, kernel_config)
     click.echo(d.to_json() if as_json else d.to_text())
 
 
@@ -261,10 +270,11 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
               help="Output .npy file: float32 logits, shape (positions, vocab).")
 @click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
               help="BitLinear numerics: exact (per-token int8, the BitNet definition), "
+@KERNEL_CONFIG
                    "bitnet.cpp (its I2_S kernels and fp16 KV), llama.cpp (Q8_K blocks of 256).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 def logits(model: str, token_list: str | None, prompt: str | None, out: str, mode: str,
-           force: bool) -> None:
+           force: bool, kernel_config: str | None) -> None:
     """Save the logits of MODEL (a GGUF file or checkpoint directory) for every position of a
     token sequence, to compare bitconv with another engine on the same ids.
 
@@ -285,7 +295,8 @@ def logits(model: str, token_list: str | None, prompt: str | None, out: str, mod
             ids = np.array([int(t) for t in token_list.split(",")], dtype=np.int64)
         except ValueError:
             raise click.BadParameter("expected comma-separated integers", param_hint="--tokens")
-    click.echo(str(save_logits(model, out, ids=ids, prompt=prompt, mode=mode, force=force)))
+    click.echo(str(save_logits(model, out, ids=ids, prompt=prompt, mode=mode, force=force,
+                               kernel_config=kernel_config)))
 
 
 @cli.command()
@@ -297,10 +308,11 @@ def logits(model: str, token_list: str | None, prompt: str | None, out: str, mod
               help="0 is greedy; above 0 samples from softmax(logits / T).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
+@KERNEL_CONFIG
 @click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
               help="BitLinear numerics (see `bitconv logits --help`).")
 def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, chat: bool,
-        mode: str) -> None:
+        mode: str, kernel_config: str | None) -> None:
     """Generate text from MODEL (a packed GGUF file or a checkpoint directory) with the
     reference runtime, streaming the new text to stdout.
 
@@ -315,7 +327,7 @@ def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, c
     from bitconv.runtime.generate import stream_text
 
     for piece in stream_text(model, prompt, n_tokens, temperature=temperature, seed=seed,
-                             chat=chat, mode=mode):
+                             chat=chat, mode=mode, kernel_config=kernel_config):
         click.echo(piece, nl=False)
     click.echo()
 

@@ -5,7 +5,9 @@ ne0-first for GGUF, as gguf-dump and llama.cpp print them. For a GGUF, each tern
 companion is labelled with the codec that reads it (formats/__init__.py `codec_for`), and the
 summary says whether that format keeps the float32 multipliers; for a lossy one (an fp16 `d`)
 it bounds the weight error from the file alone: the exact multiplier is not stored, but it
-rounded to d, so it lies within half an fp16 ulp of it.
+rounded to d, so it lies within half an fp16 ulp of it. For TL1/TL2 it names the kernel
+configuration the file is read with and each shape's tiling (bitconv/kernel_config.py), and
+refuses a TL file that has none.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from bitconv import ternary
 from bitconv.checkpoint import load_checkpoint
 from bitconv.families import detect
 from bitconv.families.base import Dims
-from bitconv.formats import codec_for
+from bitconv.formats import codec_for, decode
 from bitconv.gguf_io import F16, F32, TYPE_NAMES
 from bitconv.gguf_reader import GGUFFile, GGUFTensor, read_gguf, tensor_bytes
+from bitconv.kernel_config import file_tilings
 
 MAX_SHOWN_ITEMS = 8  # long metadata arrays (tokens, merges) are summarised
 
@@ -63,12 +66,13 @@ class Description:
         return "\n".join(lines)
 
 
-def describe(path: str | Path) -> Description:
-    """Describe a Hugging Face checkpoint directory or a GGUF file."""
+def describe(path: str | Path, kernel_config: str | Path | None = None) -> Description:
+    """Describe a Hugging Face checkpoint directory or a GGUF file (a TL file's tiling from
+    `kernel_config`, its sidecar or its metadata key: bitconv/kernel_config.py)."""
     path = Path(path)
     if path.is_dir():
         return _describe_checkpoint(path)
-    return _describe_gguf(path)
+    return _describe_gguf(path, kernel_config)
 
 
 def _describe_checkpoint(path: Path) -> Description:
@@ -94,12 +98,17 @@ def _describe_checkpoint(path: Path) -> Description:
     return Description(str(path), "checkpoint", summary, rows)
 
 
-def _describe_gguf(path: Path) -> Description:
+def _describe_gguf(path: Path, kernel_config: str | Path | None) -> Description:
     gf = read_gguf(path)
     summary: dict[str, Any] = {"gguf version": gf.version, "alignment": gf.alignment}
     labels, weights = _codecs(gf)
-    for codec, parts in weights.values():
+    for fmt, (codec, parts) in weights.items():
         summary["ternary format"] = _format_label(codec, max(map(len, parts)))
+        shapes = [(p[0].name, (p[0].shape[0], p[0].shape[1])) for p in parts]
+        tilings = file_tilings(path, gf.kvs, fmt, shapes, kernel_config)
+        if tilings.by_shape:
+            summary["kernel config"] = tilings.source
+            summary["tiling"] = tilings.describe()
         if not codec.SPEC.lossless:
             summary["max weight error"] = _loss_bound(gf, codec, parts)
     for k, v in gf.kvs.items():
@@ -143,7 +152,7 @@ def _loss_bound(gf: GGUFFile, codec: ModuleType, weights: Parts) -> str:
     stored, but each rounded to d = fp16(m), so |d - m| is at most half an fp16 ulp of d."""
     worst, where = 0.0, ""
     for parts in weights:
-        _, m = codec.decode([np.asarray(tensor_bytes(gf, p)) for p in parts], parts[0].shape)
+        _, m = decode(codec, [np.asarray(tensor_bytes(gf, p)) for p in parts], parts[0].shape)
         d = np.float16(m)
         a = abs(float(d))
         if a == 0:

@@ -17,14 +17,16 @@ from bitconv.runtime.weights import load_any
 
 
 def save_logits(model: str | Path, out: str | Path, *, ids: npt.NDArray[np.integer] | None = None,
-                prompt: str | None = None, mode: str = "exact", force: bool = False) -> Path:
+                prompt: str | None = None, mode: str = "exact", force: bool = False,
+                kernel_config: str | Path | None = None) -> Path:
     """Write the logits of every position, shape (len(ids), vocab), to the .npy file `out`;
-    the ids are given, or `prompt` tokenized by the model's tokenizer (with its BOS)."""
+    the ids are given, or `prompt` tokenized by the model's tokenizer (with its BOS).
+    `kernel_config`: a TL file's kernel_config.ini (bitconv/kernel_config.py)."""
     out = Path(out)
     if out.suffix != ".npy":
         raise InputError(f"{out}: the output must be a .npy file")
     check_writable(out, force)  # before loading the model, not after
-    weights = load_any(model)
+    weights = load_any(model, kernel_config)
     if ids is None:
         ids = np.array(load_text_codec(model, weights.kvs).encode(prompt or ""), dtype=np.int64)
     if not len(ids):

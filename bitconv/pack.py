@@ -170,7 +170,8 @@ def metadata(ck: Checkpoint, fam: Family, codec: ModuleType) -> list[KV]:
            KV("general.file_type", T.UINT32, codec.SPEC.file_type),
            KV("general.quantization_version", T.UINT32, 2)]
     kvs += hparam_kvs(ck.config, fam.arch) + fam.extra_kvs(ck.config, fam.arch)
-    kvs += layout_kvs(codec, fam.arch)
+    weights = [(t.gguf_name, t.shape) for t in plan(ck, fam) if t.kind == "ternary"]
+    kvs += layout_kvs(codec, fam.arch, weights)  # layout and TL tiling keys
     return kvs + tokenizer_kvs(ck.path, ck.config["vocab_size"], pre_tokenizer(ck.path))
 
 

@@ -1,9 +1,9 @@
 """Stage `repack`: a packed model -> another registered format, without the source checkpoint.
 
 GGUF -> GGUF: the header keeps every key in order except `general.file_type` (the target's) and
-the layout key (formats/__init__.py `layout_kvs`); then each tensor in file order: a ternary weight
-is decoded by the codec that wrote it (codes + float32 multiplier; its companions, such as a
-`.scale`, go with it) and encoded by the target codec in row chunks; any other tensor is copied
+the layout and TL tiling keys (formats/__init__.py `layout_kvs`); then each tensor in file order: a
+ternary weight is decoded by the codec that wrote it (codes + float32 multiplier; its companions,
+such as a `.scale`, go with it; a TL input with its own tiling, bitconv/kernel_config.py) and encoded by the target codec in row chunks; any other tensor is copied
 byte for byte. One tensor is in memory at a time. GGUF -> `hf`: repack_hf.py. A checkpoint
 directory (an `hf` export) is packed, as `pack` does.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -27,9 +27,11 @@ from gguf import GGUFValueType as T
 from tqdm import tqdm
 
 from bitconv.errors import InputError, OutputError, PackError
-from bitconv.formats import codec_for, get_format, layout_kvs
+from bitconv.formats import codec_for, decode, get_format, layout_kvs
+from bitconv.formats.tl_common import KV_KEY
 from bitconv.gguf_io import BF16, F16, F32, I8, TYPE_NAMES, GGUFWriter, TensorInfo
 from bitconv.gguf_reader import GGUFFile, GGUFTensor, kv_records, read_gguf, tensor_bytes
+from bitconv.kernel_config import NONE, FileTilings, file_tilings
 from bitconv.outputs import atomic_output, check_writable
 from bitconv.pack import row_chunks, write_parts
 from bitconv.types import KV
@@ -60,11 +62,16 @@ class Source:
     tensors: tuple[GGUFTensor, ...]
     codecs: Mapping[str, ModuleType]  # ternary weight name -> the codec that wrote it
     parts: Mapping[str, tuple[GGUFTensor, ...]]  # ternary weight name -> its stored parts
+    tilings: FileTilings = NONE  # a TL file's tiling per shape (bitconv/kernel_config.py)
+
+    def weights(self) -> list[tuple[str, tuple[int, int]]]:
+        """(name, shape) of every ternary weight, in file order."""
+        return [(t.name, (t.shape[0], t.shape[1])) for t in self.tensors if t.name in self.codecs]
 
     def decode(self, t: GGUFTensor) -> tuple[npt.NDArray[np.int8], np.float32]:
         datas = [np.asarray(tensor_bytes(self.gf, p)) for p in self.parts[t.name]]
         try:
-            codes, m = self.codecs[t.name].decode(datas, t.shape)
+            codes, m = decode(self.codecs[t.name], datas, t.shape, self.tilings.by_shape)
         except InputError as e:
             raise InputError(f"{self.gf.path}: {t.name}: {e}") from None
         return codes, np.float32(m)
@@ -76,7 +83,8 @@ class Source:
 
 
 def repack(src: str | Path, *, format: str, out: str | Path | None = None, force: bool = False,
-           allow_lossy: bool = False, progress: bool = False) -> RepackResult:
+           allow_lossy: bool = False, progress: bool = False,
+           kernel_config: str | Path | None = None) -> RepackResult:
     """Rewrite a packed GGUF (or an `hf` checkpoint directory) in another format.
 
     Args:
@@ -86,6 +94,8 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
             in the current directory.
         force: overwrite an existing output.
         allow_lossy: let a `-fp16` target round multipliers that fp16 cannot hold exactly.
+        kernel_config: a TL input's kernel_config.ini (default: its sidecar, else its metadata
+            key; bitconv/kernel_config.py). A TL output is tiled as `pack` tiles it.
     Example:
         >>> repack("m-i2s.gguf", format="tq2_0", out="m-tq2_0.gguf").path
         PosixPath('m-tq2_0.gguf')
@@ -93,14 +103,14 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
     src, codec = Path(src), get_format(format)
     if src.is_dir():
         return _pack_dir(src, codec, out, force, allow_lossy, progress)
-    source = read_source(src)
+    source = read_source(src, kernel_config)
     out = Path(out) if out is not None else default_output(source, format)
     if os.path.realpath(out) == os.path.realpath(src):  # Path.resolve raises on a loop
         raise OutputError(f"{out}: is the input; choose another output")
     if codec.SPEC.container == "safetensors":
         from bitconv.repack_hf import export_hf
         return export_hf(source, out, force=force, progress=progress)
-    weights = [(t.name, t.shape) for t in source.tensors if t.name in source.codecs]
+    weights = source.weights()
     for name, shape in weights:
         try:
             codec.check_shape(shape)
@@ -120,8 +130,9 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
                         side)
 
 
-def read_source(path: Path) -> Source:
-    """Parse a packed GGUF and find the codec of each ternary weight (InputError if none fits)."""
+def read_source(path: Path, kernel_config: str | Path | None = None) -> Source:
+    """Parse a packed GGUF and find the codec of each ternary weight (InputError if none fits)
+    and, for TL1/TL2, the file's tiling (InputError if it has none: file_tilings)."""
     gf = read_gguf(path)
     if "general.architecture" not in gf.kvs:
         raise InputError(f"{path}: no general.architecture in the metadata")
@@ -145,8 +156,10 @@ def read_source(path: Path) -> Source:
     names = sorted({c.SPEC.name for c in codecs.values()})
     if len(names) > 1:
         raise InputError(f"{path}: ternary tensors in several formats ({', '.join(names)})")
-    return Source(gf, names[0] if names else "",
-                  tuple(t for t in gf.tensors if t.name not in companions), codecs, parts)
+    source = Source(gf, names[0] if names else "",
+                    tuple(t for t in gf.tensors if t.name not in companions), codecs, parts)
+    return replace(source, tilings=file_tilings(path, gf.kvs, source.format, source.weights(),
+                                                kernel_config))
 
 
 def default_output(source: Source, fmt: str) -> Path:
@@ -183,14 +196,15 @@ def check_loss(multipliers: Iterable[tuple[str, np.float32]], codec: ModuleType,
     return worst, where
 
 
-def target_kvs(gf: GGUFFile, codec: ModuleType) -> list[KV]:
-    """The source's metadata in order, with the target's general.file_type and layout key
-    (where `pack` puts it: before the tokenizer keys)."""
+def target_kvs(source: Source, codec: ModuleType) -> list[KV]:
+    """The source's metadata in order, with the target's general.file_type, layout key and TL
+    tiling key (where `pack` puts them: before the tokenizer keys; the tiling is `pack`'s)."""
+    gf = source.gf
     arch = str(gf.kvs["general.architecture"])
-    layout_key, pending = f"{arch}.tensor_data_layout", layout_kvs(codec, arch)
+    drop, pending = {f"{arch}.tensor_data_layout", KV_KEY}, layout_kvs(codec, arch, source.weights())
     out: list[KV] = []
     for kv in kv_records(gf):
-        if kv.key == layout_key:
+        if kv.key in drop:
             continue
         if kv.key.startswith("tokenizer.") and pending:
             out, pending = out + pending, []
@@ -209,7 +223,7 @@ def _write(source: Source, codec: ModuleType, out: Path, force: bool, progress: 
     with atomic_output(out, force) as f, \
             tqdm(total=total, unit="B", unit_scale=True, desc=f"repack {codec.SPEC.name}",
                  file=sys.stderr, disable=not progress, leave=False) as bar:
-        w = GGUFWriter(f, target_kvs(source.gf, codec), flat, alignment=source.gf.alignment)
+        w = GGUFWriter(f, target_kvs(source, codec), flat, alignment=source.gf.alignment)
         for t, group in zip(source.tensors, groups):
             bar.set_postfix_str(t.name, refresh=False)
             if t.name in source.codecs:

@@ -152,12 +152,43 @@ def test_every_triple_value():
     np.testing.assert_array_equal(got, codes)
 
 
-def test_sign_bit_on_zero_magnitude_reads_as_zero():
-    codes = _golden_c()
+def test_sign_bit_on_zero_magnitude_is_refused():
+    # bitnet.cpp's converter clears the sign of a zero triple (sign(0) + 2 > 1 -> 0), and so
+    # does bitconv: a set one is data no tiling writes (formats/tl2.md §2)
     data = np.frombuffer(bytes.fromhex(GOLDEN_C), np.uint8).copy()
     data[1024] |= 0x80  # word 0 bit 7: triple 4 of slab 0, row 0, magnitude 0
-    got, _ = tl2.unpack(data, codes.shape)
-    np.testing.assert_array_equal(got, codes)
+    with pytest.raises(InputError) as e:
+        tl2.unpack(data, (32, 256))
+    assert str(e.value) == ("tl2 data holds a sign bit on a zero triple (not what any tiling "
+                            "writes) at row 0, columns 12..14")
+
+
+def test_non_zero_padding_is_refused():
+    # 5c: payload 1792 bytes, zeros up to 2048 (the ggml_nbytes formula), then the tail
+    data = np.frombuffer(bytes.fromhex(GOLDEN_C), np.uint8).copy()
+    data[1900] = 0x5A
+    with pytest.raises(InputError) as e:
+        tl2.unpack(data, (32, 256))
+    assert str(e.value) == ("tl2 data has byte 0x5a at offset 1900 in its zero padding (bytes "
+                            "1792..2047): not what any tiling writes")
+    data[1900] = 0
+    data[2048 + 4:] = 0xFF  # the 28 bytes after the multiplier are not checked (tl2.md §4)
+    got, m = tl2.unpack(data, (32, 256))
+    np.testing.assert_array_equal(got, _golden_c())
+    assert m == np.float32(0.0123)
+
+
+def test_decode_needs_the_files_tiling():
+    data = np.frombuffer(bytes.fromhex(GOLDEN_C), np.uint8)
+    with pytest.raises(InputError) as e:
+        tl2.decode([data], (32, 256))
+    assert str(e.value) == ("tl2: no tiling (BM, BK, bm) given for shape (32, 256): a TL tensor "
+                            "cannot be decoded without the kernel configuration it was written "
+                            "with")
+    got, _ = tl2.decode([data], (32, 256), Tiling("tl2", 32, 256, 32, 96, 32))
+    np.testing.assert_array_equal(got, _golden_c())
+    with pytest.raises(InputError, match="in_features % BK must be a multiple of 32"):
+        tl2.decode([data], (32, 256), Tiling("tl2", 32, 256, 32, 48, 32))
 
 
 # --- 3. errors (exact text) ---

@@ -12,7 +12,9 @@ nothing else, so a new format needs no code outside its module and this registry
                                             order; no yielded array straddles two parts
     decode(datas, shape) -> (codes, multiplier)
                                             the inverse, given each part's bytes in parts() order;
-                                            InputError on malformed data
+                                            InputError on malformed data. A TILED codec (TL1/TL2)
+                                            also takes the file's tiling and refuses to decode
+                                            without it: call it through `decode` below
     sidecar(weights) -> (suffix, bytes) | None
                                             an extra file written next to the output (a kernel
                                             configuration), from [(name, shape)] of every weight
@@ -25,14 +27,17 @@ Each format has a normative spec at formats/<name>.md and tests at tests/test_<n
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from gguf import GGUFValueType
 
 from bitconv.errors import PackError
 from bitconv.formats import hf, i2s, i2s_arm, tl1, tl2, tq1_0, tq2_0
+from bitconv.formats.tiling import Tiling
 from bitconv.types import KV
 
 FORMATS: dict[str, ModuleType] = {"i2s": i2s, "tl1": tl1, "tl2": tl2, "tq1_0": tq1_0,
@@ -75,8 +80,22 @@ def file_layout(kvs: Mapping[str, Any]) -> str | None:
     return kvs.get(f"{kvs.get('general.architecture')}.tensor_data_layout")
 
 
-def layout_kvs(codec: ModuleType, arch: str) -> list[KV]:
+def layout_kvs(codec: ModuleType, arch: str,
+               weights: Sequence[tuple[str, tuple[int, int]]] = ()) -> list[KV]:
     """What a file written by `codec` must carry to be read back by it: the layout key of a
-    codec with a LAYOUT (formats/i2s-arm.md §1), else nothing."""
+    codec with a LAYOUT (formats/i2s-arm.md §1); for a TILED codec, the tiling of its ternary
+    `weights` [(name, shape)] (the `bitconv.tl.kernel_config` key, formats/tl1.md §3)."""
     layout = getattr(codec, "LAYOUT", None)
-    return [KV(f"{arch}.tensor_data_layout", GGUFValueType.STRING, layout)] if layout else []
+    out = [KV(f"{arch}.tensor_data_layout", GGUFValueType.STRING, layout)] if layout else []
+    return out + (codec.kvs(weights) if getattr(codec, "TILED", False) else [])
+
+
+def decode(codec: ModuleType, datas: Sequence[npt.NDArray[np.uint8]], shape: tuple[int, ...],
+           tilings: Mapping[tuple[int, int], Tiling] | None = None
+           ) -> tuple[npt.NDArray[np.int8], np.float32]:
+    """codec.decode; a TILED codec gets the file's tiling for `shape` from `tilings` (the reader's
+    kernel configuration, bitconv/kernel_config.py) and refuses to decode without one."""
+    if getattr(codec, "TILED", False):
+        t = (tilings or {}).get((int(shape[0]), int(shape[1])))
+        return codec.decode(datas, shape, t)  # type: ignore[no-any-return]
+    return codec.decode(datas, shape)  # type: ignore[no-any-return]

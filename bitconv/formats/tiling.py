@@ -14,12 +14,13 @@ utils/convert-hf-to-gguf-bitnet.py `preprocess_weights_tl1/tl2` (ini keys m, k, 
 """
 from __future__ import annotations
 
+import configparser
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from bitconv.errors import PackError
+from bitconv.errors import InputError, PackError
 
 Fmt = Literal["tl1", "tl2"]
 BM_CAP = 256  # largest BM the rule picks: the commonest preset BM (presets go up to 320)
@@ -156,12 +157,14 @@ def model_shapes(shapes: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return seen
 
 
-def kernel_config(fmt: Fmt, shapes: Sequence[tuple[int, int]]) -> bytes:
+def kernel_config(fmt: Fmt, shapes: Sequence[tuple[int, int]],
+                  given: Mapping[tuple[int, int], Tiling] | None = None) -> bytes:
     """include/kernel_config.ini for these shapes, in ConfigParser.write's format as codegen writes
     it (lower-case keys, `key = value`, a blank line after each section), after a `;` comment that
-    says how to build bitnet.cpp with the same numbers. Raises PackError for an untileable shape.
+    says how to build bitnet.cpp with the same numbers. Each shape's tiling is `given`'s, else
+    tiling.choose's. Raises PackError for an untileable shape.
     """
-    tiles = [choose(fmt, s) for s in model_shapes(shapes)]
+    tiles = [(given or {}).get(s) or choose(fmt, s) for s in model_shapes(shapes)]
     lists = {key: ",".join(str(getattr(t, attr)) for t in tiles)
              for key, attr in (("BM", "BM"), ("BK", "BK"), ("bm", "bm"))}
     dict_entry = ", ".join(f"[{t.M}, {t.K}]" for t in tiles)
@@ -179,3 +182,24 @@ def body(tiles: Sequence[Tiling]) -> str:
     """The sections exactly as codegen's ConfigParser writes them."""
     return "".join(f"[Kernels_{i}]\nm = {t.M}\nk = {t.K}\nbm = {t.BM}\nbk = {t.BK}\nbmm = {t.bm}\n\n"
                    for i, t in enumerate(tiles))
+
+
+def parse(text: str, where: str) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """(m, k) -> (BM, BK, bm) of every section of a kernel_config.ini, read as bitnet.cpp's
+    converter reads it (`preprocess_weights_tl1/tl2`: ConfigParser, keys m, k, bm, bk, bmm, the
+    first section matching a shape wins; section names and `;` comments do not matter).
+    InputError naming `where` for text that is not one."""
+    config = configparser.ConfigParser()
+    try:
+        config.read_string(text)
+    except configparser.Error as e:
+        raise InputError(f"{where}: not a kernel_config.ini ({str(e).splitlines()[0]})") from None
+    out: dict[tuple[int, int], tuple[int, int, int]] = {}
+    for sec in config.sections():
+        try:
+            m, k, bm, bk, bmm = (int(config.get(sec, key)) for key in ("m", "k", "bm", "bk", "bmm"))
+        except (configparser.Error, ValueError) as e:
+            raise InputError(f"{where}: section [{sec}] needs integer keys m, k, bm, bk, bmm "
+                             f"({str(e).splitlines()[0]})") from None
+        out.setdefault((m, k), (bm, bk, bmm))
+    return out

@@ -17,9 +17,11 @@ from bitconv.formats import tiling
 from bitconv.formats import tl_common as tl
 from bitconv.formats.base import FormatSpec, Part
 from bitconv.formats.tiling import Tiling
+from bitconv.types import KV
 
 SPEC = FormatSpec(name="tl1", ggml_type=38, file_type=38, block_elems=4, block_bytes=1,
                   tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiling needs every row
+TILED = True  # decode needs the file's tiling (formats/__init__.py `decode`)
 
 # Index of the pair (t0, t1) = (W[m, 2p], W[m, 2p+1]): idx = 3*t0 + t1 + 4, in 0..8, the slot of
 # lut_ctor's table [-b0-b1, -b0, -b0+b1, -b1, 0, b1, b0-b1, b0, b0+b1]. Two indices per byte.
@@ -87,7 +89,8 @@ def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
            t: Tiling | None = None) -> tuple[npt.NDArray[np.int8], np.float32]:
     """Decode TL1 tensor data (nbytes(shape) bytes, may be a read-only memmap) into int8 codes of
     `shape` and the float32 multiplier; InputError on a wrong length or an index above 8.
-    The tiling is not stored in the file: `t` defaults to the one bitconv writes."""
+    The tiling is not stored in the file: `t` defaults to bitconv's choice (the inverse of
+    `pack`); readers of files pass the file's (`decode`)."""
     shape = (int(shape[0]), int(shape[1]))
     try:
         t = tl.resolve("tl1", shape, t)
@@ -109,22 +112,28 @@ def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
     return (Part(name, SPEC.ggml_type, (int(shape[0]), int(shape[1])), nbytes(shape)),)
 
 
-def encode(multiplier: float | np.float32,
-           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
+def encode(multiplier: float | np.float32, chunks: Iterable[npt.NDArray[np.int8]],
+           t: Tiling | None = None) -> Iterator[npt.NDArray[np.uint8]]:
     """The tensor's bytes from its row chunks. The tiling depends on M, which only the last
     chunk reveals, so the codes are gathered first (M*K bytes), then packed a few tiles at a time."""
     codes = tl.gather("tl1", chunks)
-    t = tiling.choose("tl1", codes.shape)
+    t = tl.resolve("tl1", codes.shape, t)  # default: bitconv's choice, as the sidecar says
     for rows in tl.tile_groups(t):
         yield pack_body(codes[rows], t)
     yield tl.tail(multiplier)
 
 
-def decode(datas: Sequence[npt.NDArray[np.uint8]],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    return unpack(datas[0], shape)
+def decode(datas: Sequence[npt.NDArray[np.uint8]], shape: tuple[int, int],
+           t: Tiling | None = None) -> tuple[npt.NDArray[np.int8], np.float32]:
+    """The registry's decode, with the file's tiling (InputError without one: never a guess)."""
+    return unpack(datas[0], shape, tl.file_tiling("tl1", shape, t))
 
 
 def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
     """`.kernel_config.ini`: the TL1 tiling of every distinct weight shape (tiling.kernel_config)."""
     return tl.sidecar("tl1", weights)
+
+
+def kvs(weights: Sequence[tuple[str, tuple[int, int]]]) -> list[KV]:
+    """The metadata key with the same tilings as the sidecar (tl_common.KV_KEY)."""
+    return tl.kvs("tl1", weights)

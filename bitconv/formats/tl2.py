@@ -19,10 +19,12 @@ from bitconv.formats import tiling
 from bitconv.formats import tl_common as tl
 from bitconv.formats.base import FormatSpec, Part
 from bitconv.formats.tiling import Tiling
+from bitconv.types import KV
 
 # 24 weights -> 8 magnitude nibbles (4 bytes) + 8 sign bits (1 byte): ggml_nbytes' "/ 3 * 5 / 8"
 SPEC = FormatSpec(name="tl2", ggml_type=39, file_type=39, block_elems=24, block_bytes=5,
                   tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiling needs every row
+TILED = True  # decode needs the file's tiling (formats/__init__.py `decode`)
 MIN_K = 256  # bitconv sizes TL2 tensors by ggml_nbytes' formula, which starts at K = 256
 
 # Columns [0, three_k): triple g = (W[m,3g], W[m,3g+1], W[m,3g+2]) -> v = 9*t0 + 3*t1 + t2 in
@@ -129,8 +131,10 @@ def _end(t: Tiling, multiplier: float | np.float32) -> npt.NDArray[np.uint8]:
 def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
            t: Tiling | None = None) -> tuple[npt.NDArray[np.int8], np.float32]:
     """Decode TL2 tensor data (nbytes(shape) bytes, may be a read-only memmap) into int8 codes of
-    `shape` and the float32 multiplier; InputError on a wrong length, a magnitude above 13 or a
-    pair index above 8. The tiling is not stored in the file: `t` defaults to bitconv's."""
+    `shape` and the float32 multiplier; InputError on what no tiling writes: a wrong length, a
+    magnitude above 13, a sign bit on a zero triple, a pair index above 8, a non-zero byte in
+    the padding before the tail. The tiling is not stored in the file: `t` defaults to
+    bitconv's choice (the inverse of `pack`); readers of files pass the file's (`decode`)."""
     shape = (int(shape[0]), int(shape[1]))
     try:
         check_shape(shape)
@@ -147,6 +151,9 @@ def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
     words = data[n_mag:n_mag + n_sign].reshape(-1, 16, 2)[:, :, ::-1]
     bits = np.unpackbits(words, axis=-1).reshape(m // t.BM, nslab, t.BM // 32, t.BK // 24, 16, 8, 2)
     neg = bits.transpose(_SIGN_FROM_FILE).reshape(m, -1).astype(bool)
+    if (at := tl.first(neg & (mag == 0), 3)) is not None:  # the converter clears a zero's sign
+        raise InputError(f"tl2 data holds a sign bit on a zero triple (not what any tiling "
+                         f"writes) at row {at[0]}, columns {at[1]}..{at[1] + 2}")
     d = np.where(neg, 13 - mag.astype(np.int16), 13 + mag.astype(np.int16))  # v + 13, 0..26
     tri = np.stack([d // 9, d // 3 % 3, d % 3], axis=-1).astype(np.int8) - 1
     dims = _row_dims(t, m, t.two_k // 32, 8)
@@ -154,6 +161,7 @@ def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
     pairs = tl.split_nibbles(two.reshape([dims[i] for i in _ROW_TO_FILE[:-1]]))
     pairs = pairs.transpose(_ROW_FROM_FILE)[:, :, GROUPS].reshape(m, -1)   # (M, two_k/2)
     tl.bad_index("tl2", "index", pairs, 8, 2, col0=t.three_k)
+    tl.check_zeros("tl2", data, n_mag + n_sign + n_two, nbytes(shape) - tl.TAIL_BYTES)
     codes = np.concatenate([tri.reshape(m, -1), tl.pair_codes(pairs)], axis=1)
     return codes, tl.read_multiplier(data, nbytes(shape) - tl.TAIL_BYTES)
 
@@ -165,14 +173,14 @@ def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
     return (Part(name, SPEC.ggml_type, (int(shape[0]), int(shape[1])), nbytes(shape)),)
 
 
-def encode(multiplier: float | np.float32,
-           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
+def encode(multiplier: float | np.float32, chunks: Iterable[npt.NDArray[np.int8]],
+           t: Tiling | None = None) -> Iterator[npt.NDArray[np.uint8]]:
     """The tensor's bytes from its row chunks. The tiling depends on M, which only the last chunk
     reveals, so the codes are gathered first (M*K bytes); magnitudes then go out a few tiles at a
     time while the sign and pair sections (about a fifth of the output) wait for the end."""
     codes = tl.gather("tl2", chunks)
     check_shape(codes.shape)
-    t = tiling.choose("tl2", codes.shape)
+    t = tl.resolve("tl2", codes.shape, t)  # default: bitconv's choice, as the sidecar says
     later: list[npt.NDArray[np.uint8]] = []
     signs: list[npt.NDArray[np.uint8]] = []
     for rows in tl.tile_groups(t):
@@ -185,11 +193,17 @@ def encode(multiplier: float | np.float32,
     yield _end(t, multiplier)
 
 
-def decode(datas: Sequence[npt.NDArray[np.uint8]],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    return unpack(datas[0], shape)
+def decode(datas: Sequence[npt.NDArray[np.uint8]], shape: tuple[int, int],
+           t: Tiling | None = None) -> tuple[npt.NDArray[np.int8], np.float32]:
+    """The registry's decode, with the file's tiling (InputError without one: never a guess)."""
+    return unpack(datas[0], shape, tl.file_tiling("tl2", shape, t))
 
 
 def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
     """`.kernel_config.ini`: the TL2 tiling of every distinct weight shape (tiling.kernel_config)."""
     return tl.sidecar("tl2", weights)
+
+
+def kvs(weights: Sequence[tuple[str, tuple[int, int]]]) -> list[KV]:
+    """The metadata key with the same tilings as the sidecar (tl_common.KV_KEY)."""
+    return tl.kvs("tl2", weights)

@@ -1,5 +1,11 @@
 """Helpers shared by the TL1 and TL2 codecs: code checks, the pair index, nibbles, the scale tail,
-whole-tensor buffering and the kernel-config sidecar. Layouts: formats/tl1.md, formats/tl2.md.
+whole-tensor buffering, the kernel-config sidecar and metadata key. Layouts: formats/tl1.md,
+formats/tl2.md.
+
+A TL tensor's bytes depend on its tiling (BM, BK, bm), which bitnet.cpp keeps out of the GGUF
+(in include/kernel_config.ini). So `decode` takes the file's tiling and refuses to run without
+one; the readers find it (bitconv/kernel_config.py). bitconv's own TL files carry it in the
+metadata key KV_KEY as well as in the `<file>.kernel_config.ini` sidecar.
 """
 from __future__ import annotations
 
@@ -7,14 +13,18 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
+from gguf import GGUFValueType
 
 from bitconv.errors import InputError, PackError
 from bitconv.formats import tiling
 from bitconv.formats.tiling import Fmt, Tiling
+from bitconv.types import KV
 
 TAIL_BYTES = 32  # float32 LE multiplier + 28 zero bytes: the "+ 32" of ggml_nbytes
 GROUP_ELEMS = 1 << 22  # codes packed per step of encode(), in whole BM-row tiles
 SIDECAR_SUFFIX = ".kernel_config.ini"
+# GGUF STRING: the sections of the sidecar (tiling.body), so that a file describes itself
+KV_KEY = "bitconv.tl.kernel_config"
 
 U8 = npt.NDArray[np.uint8]
 I8 = npt.NDArray[np.int8]
@@ -79,13 +89,29 @@ def bad_index(fmt: Fmt, what: str, idx: npt.NDArray[np.integer], limit: int, gro
               col0: int = 0) -> None:
     """InputError for the first (row-major) index above `limit` in `idx`, whose column g covers
     weight columns col0 + group*g onwards."""
-    bad = idx > limit
-    if bad.any():
-        row, g = divmod(int(np.argmax(bad.reshape(-1))), idx.shape[1])
-        c = col0 + group * g
-        raise InputError(f"{fmt} data holds {what} {int(idx[row, g])} (not a ternary "
-                         f"{'pair' if group == 2 else 'triple'}) at row {row}, "
+    if (at := first(idx > limit, group, col0)) is not None:
+        row, c = at
+        raise InputError(f"{fmt} data holds {what} {int(idx[row, (c - col0) // group])} (not a "
+                         f"ternary {'pair' if group == 2 else 'triple'}) at row {row}, "
                          f"columns {c}..{c + group - 1}")
+
+
+def first(bad: npt.NDArray[np.bool_], group: int, col0: int = 0) -> tuple[int, int] | None:
+    """(row, first weight column) of the first (row-major) True in `bad`, whose column g covers
+    weight columns col0 + group*g onwards; None if there is none."""
+    if not bad.any():
+        return None
+    row, g = divmod(int(np.argmax(bad.reshape(-1))), bad.shape[1])
+    return row, col0 + group * g
+
+
+def check_zeros(fmt: Fmt, data: U8, start: int, stop: int) -> None:
+    """InputError unless data[start:stop] (padding every converter writes as zeros) is zero."""
+    nz = np.flatnonzero(data[start:stop])
+    if nz.size:
+        raise InputError(f"{fmt} data has byte {int(data[start + nz[0]]):#04x} at offset "
+                         f"{start + int(nz[0])} in its zero padding (bytes {start}..{stop - 1}): "
+                         "not what any tiling writes")
 
 
 def gather(fmt: Fmt, chunks: Iterable[npt.ArrayLike]) -> I8:
@@ -117,7 +143,28 @@ def resolve(fmt: Fmt, shape: tuple[int, int], t: Tiling | None) -> Tiling:
     return t
 
 
+def file_tiling(fmt: Fmt, shape: tuple[int, int], t: Tiling | None) -> Tiling:
+    """decode's tiling: the file's, checked against `shape`. None is refused: the tiling is not in
+    the tensor data, and guessing one decodes other weights without any error."""
+    shape = (int(shape[0]), int(shape[1]))
+    if t is None:
+        raise InputError(f"{fmt}: no tiling (BM, BK, bm) given for shape {shape}: a TL tensor "
+                         "cannot be decoded without the kernel configuration it was written with")
+    try:
+        return resolve(fmt, shape, t)
+    except PackError as e:
+        raise InputError(str(e)) from None
+
+
 def sidecar(fmt: Fmt, weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
     if not weights:
         return None
     return SIDECAR_SUFFIX, tiling.kernel_config(fmt, [shape for _, shape in weights])
+
+
+def kvs(fmt: Fmt, weights: Sequence[tuple[str, tuple[int, int]]]) -> list[KV]:
+    """[KV_KEY = the sidecar's sections] for the weights bitconv packs, or [] without weights."""
+    if not weights:
+        return []
+    tiles = [tiling.choose(fmt, s) for s in tiling.model_shapes(s for _, s in weights)]
+    return [KV(KV_KEY, GGUFValueType.STRING, tiling.body(tiles))]

@@ -51,10 +51,12 @@ class TextStream:
 
 
 def stream_text(path: str | Path, prompt: str, n: int, *, temperature: float = 0.0,
-                seed: int = 0, chat: bool = False, mode: str = "exact") -> Iterator[str]:
-    """Load the model at `path` (GGUF file or checkpoint directory), tokenize `prompt` (through
-    the chat template with `chat`) and yield the generated text piece by piece."""
-    weights = load_any(path)
+                seed: int = 0, chat: bool = False, mode: str = "exact",
+                kernel_config: str | Path | None = None) -> Iterator[str]:
+    """Load the model at `path` (GGUF file or checkpoint directory; a TL file's tiling from
+    `kernel_config` or as load_gguf finds it), tokenize `prompt` (through the chat template
+    with `chat`) and yield the generated text piece by piece."""
+    weights = load_any(path, kernel_config)
     codec = load_text_codec(path, weights.kvs)
     model = Model(weights, mode).load()  # every weight decoded up front, on two threads
     ids = codec.chat(prompt) if chat else codec.encode(prompt)

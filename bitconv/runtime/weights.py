@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,9 +28,10 @@ from bitconv.checkpoint import Checkpoint, load_checkpoint
 from bitconv.errors import InputError
 from bitconv.families import detect
 from bitconv.families.base import PlannedTensor, plan
-from bitconv.formats import codec_for, get_format
+from bitconv.formats import codec_for, decode, get_format
 from bitconv.gguf_io import F16, F32, TYPE_NAMES
 from bitconv.gguf_reader import GGUFFile, GGUFTensor, read_gguf, tensor_array, tensor_bytes
+from bitconv.kernel_config import FileTilings, file_tilings
 from bitconv.pack import dense_chunks, metadata, permute_heads, ternary_codes
 from bitconv.safetensors_io import MappedFiles, to_float32
 from bitconv.types import TernaryTensor
@@ -66,14 +68,15 @@ class Weights:
     format: str = "i2s"  # the codec the ternary tensors are (or would be) packed with
 
 
-def load_gguf(path: str | Path) -> Weights:
+def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weights:
     """Every tensor of a packed GGUF, unpacked through the format registry on access; a weight's
-    companion tensors (e.g. a separate scale) are folded into its TernaryTensor."""
+    companion tensors (e.g. a separate scale) are folded into its TernaryTensor. TL1/TL2 tensors
+    are decoded with the file's tiling (bitconv/kernel_config.py: `kernel_config`, the sidecar,
+    or the metadata key), found here, before any tensor is read: InputError without one."""
     gf = read_gguf(path)
     by_name = {t.name: t for t in gf.tensors}
     loaders: dict[str, Callable[[], Tensor]] = {}
-    companions: set[str] = set()
-    formats: set[str] = set()
+    packed: list[tuple[GGUFTensor, ModuleType, list[GGUFTensor]]] = []
     for t in gf.tensors:
         if t.ggml_type in (F32, F16):
             loaders[t.name] = lambda t=t: np.asarray(tensor_array(gf, t))
@@ -82,29 +85,36 @@ def load_gguf(path: str | Path) -> Weights:
         if codec is None:
             name = TYPE_NAMES.get(t.ggml_type, str(t.ggml_type))
             raise InputError(f"{path}: tensor {t.name!r} has type {name}, which bitconv cannot run")
-        formats.add(codec.SPEC.name)
-        parts = [by_name[p.name] for p in codec.parts(t.name, t.shape)]
-        companions.update(p.name for p in parts[1:])
-        loaders[t.name] = lambda t=t, codec=codec, parts=parts: _decode(gf, t, codec, parts)
+        packed.append((t, codec, [by_name[p.name] for p in codec.parts(t.name, t.shape)]))
+    formats = sorted({codec.SPEC.name for _, codec, _ in packed})
     if len(formats) > 1:
-        raise InputError(f"{path}: ternary tensors in several formats ({', '.join(sorted(formats))})")
+        raise InputError(f"{path}: ternary tensors in several formats ({', '.join(formats)})")
+    tilings = file_tilings(path, gf.kvs, formats[0] if formats else "",
+                           [(t.name, (t.shape[0], t.shape[1])) for t, _, _ in packed],
+                           kernel_config)
+    for t, codec, parts in packed:
+        loaders[t.name] = partial(_decode, gf, t, codec, parts, tilings)
+    companions = {p.name for _, _, parts in packed for p in parts[1:]}
     order = tuple(t.name for t in gf.tensors if t.name not in companions)
     return Weights(dict(gf.kvs), LazyTensors({n: loaders[n] for n in order}), order,
-                   formats.pop() if formats else "i2s")
+                   formats[0] if formats else "i2s")
 
 
-def _decode(gf: GGUFFile, t: GGUFTensor, codec: ModuleType,
-            parts: list[GGUFTensor]) -> TernaryTensor:
+def _decode(gf: GGUFFile, t: GGUFTensor, codec: ModuleType, parts: list[GGUFTensor],
+            tilings: FileTilings) -> TernaryTensor:
     try:
-        codes, m = codec.decode([np.asarray(tensor_bytes(gf, p)) for p in parts], t.shape)
+        codes, m = decode(codec, [np.asarray(tensor_bytes(gf, p)) for p in parts], t.shape,
+                          tilings.by_shape)
     except InputError as e:
         raise InputError(f"{t.name}: {e}") from None
     return TernaryTensor(t.name, codes, np.float32(m))
 
 
-def load_any(path: str | Path) -> Weights:
-    """A GGUF file or a checkpoint directory."""
-    return load_checkpoint_weights(path) if Path(path).is_dir() else load_gguf(path)
+def load_any(path: str | Path, kernel_config: str | Path | None = None) -> Weights:
+    """A GGUF file (TL tiling from `kernel_config` or as load_gguf finds it) or a checkpoint
+    directory."""
+    return (load_checkpoint_weights(path) if Path(path).is_dir()
+            else load_gguf(path, kernel_config))
 
 
 def load_checkpoint_weights(src: str | Path, scale_rule: ternary.ScaleRule | None = None,
