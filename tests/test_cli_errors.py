@@ -283,15 +283,17 @@ def test_refuses_to_replace_a_symlink(fixtures_root, tmp_path):
     assert target.read_bytes() == b"keep" and out.is_symlink()
 
 
-def test_non_llama3_bpe_vocabulary_is_refused(fixture_copy, tmp_path):
+def test_unknown_bpe_pre_tokenizer_is_refused(fixture_copy, tmp_path):
     ck = fixture_copy("Llama3-8B-1.58-100B-tokens")
     tj = json.loads((ck / "tokenizer.json").read_text())
     for t in tj["added_tokens"]:
         t["content"] = t["content"].replace("begin_of_text", "startoftext")
+    tj["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                           "use_regex": True}  # GPT-2's: llama.cpp would need pre 'gpt-2'
     (ck / "tokenizer.json").write_text(json.dumps(tj))
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, f"{ck}/tokenizer.json: not a Llama-3 vocabulary; "
-                 "bitconv cannot name its llama.cpp pre-tokenizer yet")
+    assert_fails(run_pack(ck, out), out, f"{ck}/tokenizer.json: pre_tokenizer ByteLevel is none "
+                 "bitconv can name for llama.cpp (it knows llama-bpe, falcon3)")
 
 
 def test_pack_json(fixtures_root, tmp_path):
