@@ -88,8 +88,6 @@ def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | Non
     from bitconv.pack import pack as run
 
     source = resolve_source(src, progress=not quiet and sys.stderr.isatty())  # owner/name: pull
-    if out is None and source.repo is not None:  # a cache snapshot dir is named by its sha
-        out = f"{source.name}-{fmt}.gguf"
     res = run(source.path, format=fmt, out=out, force=force,
               scale_rule=scale_rule,  # type: ignore[arg-type]
               progress=not quiet and sys.stderr.isatty(), threads=threads)

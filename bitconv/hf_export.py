@@ -36,8 +36,10 @@ from bitconv.errors import OutputError, PackError
 from bitconv.families import detect
 from bitconv.families.base import Family, PlannedTensor, plan
 from bitconv.formats import hf
+from bitconv.outputs import default_output
 from bitconv.pack import PackResult, check_scales, check_shapes, row_chunks, ternary_codes
 from bitconv.safetensors_io import DTYPES, MappedFiles
+from bitconv.snapshot import checkpoint_name
 
 # transformers' BitNetForCausalLM names the two sub-norms so (hf.md §1.6, §1.7)
 HF_SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
@@ -64,11 +66,6 @@ class _Entry:
         return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
 
 
-def default_output(src: Path) -> Path:
-    """`<checkpoint dir name>-hf` in the current directory."""
-    return Path(f"{src.resolve().name}-hf")
-
-
 def export(src: str | Path, *, out: str | Path | None = None, force: bool = False,
            scale_rule: ternary.ScaleRule | None = None, linear_class: hf.LinearClass | None = None,
            progress: bool = False) -> PackResult:
@@ -87,7 +84,7 @@ def export(src: str | Path, *, out: str | Path | None = None, force: bool = Fals
         PosixPath('Llama3-8B-1.58-100B-tokens-hf')
     """
     src = Path(src)
-    out = Path(out) if out is not None else default_output(src)
+    out = Path(out) if out is not None else default_output(checkpoint_name(src), "hf")
     check_dir_writable(out, force, src)
     ck = load_checkpoint(src)
     fam = detect(ck.config)

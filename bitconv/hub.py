@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bitconv.errors import BitconvError, NetworkError, PullError
-from bitconv.snapshot import (SHA, FileEntry, Snapshot, check, checkpoint_name, discard,
+from bitconv.snapshot import (SHA, FileEntry, Snapshot, check, discard,
                               from_cache, pick, strays, unchanged, unsafe)
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
@@ -74,10 +74,6 @@ class Source:
 
     path: Path
     repo: str | None = None
-
-    @property
-    def name(self) -> str:
-        return checkpoint_name(self.path)
 
 
 def is_repo_id(s: str) -> bool:

@@ -27,7 +27,7 @@ from bitconv.families import detect
 from bitconv.families.base import Family, PlannedTensor, hparam_kvs, plan
 from bitconv.formats import get_format, layout_kvs
 from bitconv.gguf_io import F16, F32, GGUFWriter, TensorInfo, tensor_nbytes
-from bitconv.outputs import atomic_output, check_writable
+from bitconv.outputs import atomic_output, check_writable, default_output
 from bitconv.safetensors_io import MappedFiles, to_float32
 from bitconv.snapshot import checkpoint_name
 from bitconv.tokenizer import pre_tokenizer, tokenizer_kvs
@@ -46,11 +46,6 @@ class PackResult:
     family: str
     tensors: int
     nbytes: int
-
-
-def default_output(src: Path, fmt: str) -> Path:
-    """`<checkpoint dir name>-<format>.gguf` in the current directory."""
-    return Path(f"{checkpoint_name(src)}-{fmt}.gguf")
 
 
 def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
@@ -75,7 +70,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
         from bitconv import hf_export
         return hf_export.export(src, out=out, force=force, scale_rule=scale_rule,
                                 progress=progress)
-    out = Path(out) if out is not None else default_output(src, format)
+    out = Path(out) if out is not None else default_output(checkpoint_name(src), format)
     check_writable(out, force)
     ck = load_checkpoint(src)
     fam = detect(ck.config)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bitconv.errors import InputError, VerifyError
+from bitconv.outputs import default_output
 from bitconv.recipes import Recipe, load_recipe
 
 
@@ -74,7 +75,7 @@ def release(recipe: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     old = _read_manifest(out)
     plan: list[tuple[str, str, str]] = []  # (format, relative path, key)
     for fmt in r.formats:
-        rel = f"{r.name}-hf" if fmt == "hf" else f"{r.name}-{fmt}.gguf"
+        rel = str(default_output(r.name, fmt))
         key = _sha256_bytes(json.dumps([__version__, source, fmt], sort_keys=True).encode())
         plan.append((fmt, rel, key))
     kept = {a["format"]: a for a in old.get("artifacts", [])

@@ -32,7 +32,7 @@ from bitconv.formats.tl_common import KV_KEY
 from bitconv.gguf_io import BF16, F16, F32, I8, TYPE_NAMES, GGUFWriter, TensorInfo
 from bitconv.gguf_reader import GGUFFile, GGUFTensor, kv_records, read_gguf, tensor_bytes
 from bitconv.kernel_config import NONE, FileTilings, file_tilings
-from bitconv.outputs import atomic_output, check_writable
+from bitconv.outputs import atomic_output, check_writable, default_output
 from bitconv.pack import row_chunks, write_parts
 from bitconv.types import KV
 
@@ -104,7 +104,7 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
     if src.is_dir():
         return _pack_dir(src, codec, out, force, allow_lossy, progress)
     source = read_source(src, kernel_config)
-    out = Path(out) if out is not None else default_output(source, format)
+    out = Path(out) if out is not None else default_output(output_stem(source), format)
     if os.path.realpath(out) == os.path.realpath(src):  # Path.resolve raises on a loop
         raise OutputError(f"{out}: is the input; choose another output")
     if codec.SPEC.container == "safetensors":
@@ -162,12 +162,12 @@ def read_source(path: Path, kernel_config: str | Path | None = None) -> Source:
                                                 kernel_config))
 
 
-def default_output(source: Source, fmt: str) -> Path:
-    """`<general.name>-<format>.gguf` (`-hf` for a directory) in the current directory."""
+def output_stem(source: Source) -> str:
+    """A packed file's name for its outputs: its `general.name` when that is a plain file name."""
     name = str(source.gf.kvs.get("general.name") or "")
     if not name or "/" in name or name.startswith("."):
         name = source.gf.path.stem
-    return Path(f"{name}-hf" if fmt == "hf" else f"{name}-{fmt}.gguf")
+    return name
 
 
 def check_loss(multipliers: Iterable[tuple[str, np.float32]], codec: ModuleType,

@@ -206,7 +206,9 @@ def edit_config(ck, **changes):
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
      "config.json: RoPE scaling 'llama3' is not supported yet"),
     ({"quantization_config": ...}, "config.json: LlamaForCausalLM without "
-     "quantization_config.quant_method 'bitnet' is not a BitNet checkpoint"),
+     "quantization_config.quant_method 'bitnet' is not a BitNet checkpoint (for float BitNet "
+     "weights, e.g. a Falcon-E 'prequantized' or 'bfloat16' revision, add \"quantization_config\""
+     ": {{\"quant_method\": \"bitnet\"}} to config.json)"),
 ])
 def test_bad_config_values(fixture_copy, tmp_path, changes, message):
     ck = fixture_copy("Llama3-8B-1.58-100B-tokens")

@@ -192,6 +192,17 @@ def test_pack_owner_name_pulls_first(hub, tmp_path, monkeypatch):
     assert json.loads((snap / MANIFEST).read_text())["complete"] is True
 
 
+@pytest.mark.parametrize("fmt, name", [("tq2_0", "bitnet-b1.58-2B-4T-tq2_0.gguf"),
+                                       ("hf", "bitnet-b1.58-2B-4T-hf")])
+def test_pack_owner_name_names_the_output_by_container(hub, tmp_path, monkeypatch, fmt, name):
+    # a directory output (hf) is never named *.gguf (it once was: `<name>-hf.gguf/`)
+    monkeypatch.chdir(tmp_path)
+    r = run("pack", PACKED, "--format", fmt)
+    assert (r.exit_code, r.stdout) == (0, f"{name}\n"), r.stderr
+    assert (tmp_path / name).is_dir() == (fmt == "hf")
+    assert (tmp_path / name).exists()
+
+
 # -- faults ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
 def test_corrupt_bytes_are_fetched_again_then_refused(hub, tmp_path, fixtures_root, name):

@@ -26,6 +26,8 @@ def detect(config: Mapping[str, Any]) -> Family:
     archs = config.get("architectures") or [config.get("model_type", "?")]
     if "LlamaForCausalLM" in archs:
         raise InputError("config.json: LlamaForCausalLM without quantization_config.quant_method "
-                         "'bitnet' is not a BitNet checkpoint")
+                         "'bitnet' is not a BitNet checkpoint (for float BitNet weights, e.g. a "
+                         "Falcon-E 'prequantized' or 'bfloat16' revision, add \"quantization_config\""
+                         ": {\"quant_method\": \"bitnet\"} to config.json)")
     raise InputError(f"config.json: unknown architecture {', '.join(map(str, archs))}; "
                      f"bitconv knows {KNOWN}")
