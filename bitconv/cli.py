@@ -112,9 +112,9 @@ def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | Non
               help="Let tq1_0-fp16 / tq2_0-fp16 round multipliers that fp16 cannot hold exactly "
                    "(refused without it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no note on stderr.")
-@KERNEL_CONFIG
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object (path, formats, tensors, bytes, loss) instead of the path.")
+@KERNEL_CONFIG
 def repack(src: str, fmt: str, out: str | None, force: bool, allow_lossy: bool, quiet: bool,
            as_json: bool, kernel_config: str | None) -> None:
     """Rewrite the packed model SRC in another format, without its source checkpoint, and print
@@ -231,8 +231,9 @@ def inspect(path: str, as_json: bool, kernel_config: str | None) -> None:
               help="Skip the drift report against the source's unquantized weights.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object listing every finding (class, check, subject, numbers).")
+@KERNEL_CONFIG
 def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None, mode: str,
-           no_drift: bool, as_json: bool) -> None:
+           no_drift: bool, as_json: bool, kernel_config: str | None) -> None:
     """Audit PACKED, whoever wrote it, against the SOURCE it was made from.
 
     Every check runs: the container, every metadata key, every tensor bit for bit (codes and
@@ -253,7 +254,7 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
     from bitconv.verify import verify as run
 
     report = run(packed, source=source, tokens=tokens, scale_rule=scale_rule,  # type: ignore[arg-type]
-                 mode=mode, drift=not no_drift)
+                 mode=mode, drift=not no_drift, kernel_config=kernel_config)
     click.echo(report.to_json() if as_json else report.to_text())
     if not report.ok:
         raise VerifyError(report.first_failure)
@@ -268,9 +269,9 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
               help="Output .npy file: float32 logits, shape (positions, vocab).")
 @click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
               help="BitLinear numerics: exact (per-token int8, the BitNet definition), "
-@KERNEL_CONFIG
                    "bitnet.cpp (its I2_S kernels and fp16 KV), llama.cpp (Q8_K blocks of 256).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@KERNEL_CONFIG
 def logits(model: str, token_list: str | None, prompt: str | None, out: str, mode: str,
            force: bool, kernel_config: str | None) -> None:
     """Save the logits of MODEL (a GGUF file or checkpoint directory) for every position of a
@@ -306,9 +307,9 @@ def logits(model: str, token_list: str | None, prompt: str | None, out: str, mod
               help="0 is greedy; above 0 samples from softmax(logits / T).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
-@KERNEL_CONFIG
 @click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
               help="BitLinear numerics (see `bitconv logits --help`).")
+@KERNEL_CONFIG
 def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, chat: bool,
         mode: str, kernel_config: str | None) -> None:
     """Generate text from MODEL (a packed GGUF file or a checkpoint directory) with the

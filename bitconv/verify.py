@@ -32,6 +32,7 @@ import numpy as np
 from bitconv import ternary
 from bitconv.audit import FAIL, INFO, LOSS, OK, Finding, audit_metadata
 from bitconv.errors import InputError
+from bitconv.kernel_config import KernelConfigError
 from bitconv.formats import get_format
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import (LazyTensors, Tensor, Weights, has_latent, load_any,
@@ -72,9 +73,11 @@ def fixed_tokens(n: int, vocab: int) -> np.ndarray:
 
 def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int = 16,
            scale_rule: ternary.ScaleRule | None = None, mode: str = "exact",
-           drift: bool = True) -> Report:
+           drift: bool = True, kernel_config: str | Path | None = None) -> Report:
     """Audit `packed` (a GGUF file, or an `hf` export directory) against `source`; without a
-    source only the container and codecs are checked.
+    source only the container and codecs are checked. A TL file is read with its tiling from
+    `kernel_config`, its sidecar or its metadata key (bitconv/kernel_config.py); without one
+    it cannot be judged: KernelConfigError (exit 1), not a finding.
 
     Memory stays near the largest tensor: weights are lazy and both models run with keep=False.
     `mode` selects the BitLinear numerics of the logits check (runtime/bitlinear.py). `drift`
@@ -87,7 +90,9 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
         True
     """
     try:
-        got = load_any(packed)
+        got = load_any(packed, kernel_config)
+    except KernelConfigError:
+        raise
     except InputError as e:
         return Report(str(packed), _s(source), (Finding(FAIL, "container", str(e)),))
     exact = lossless(got.format)
