@@ -1,18 +1,18 @@
 """llama.cpp (llama-cpp-python from PyPI) runs our TQ1_0/TQ2_0 files; its logits vs our runtime.
 
 Settings as DESIGN.md §5b asks for reproducible logits: F32 K/V (type_k = type_v = 0), no flash
-attention, 2 threads. Tokens: verify's fixed_tokens(16, vocab). Measured with llama-cpp-python
-0.3.36 (llama.cpp 0c1e57098, AVX2), max |Δlogit| / max |logit| over 16 positions:
+attention, 2 threads. Tokens: verify's fixed_tokens(16, vocab) (32 where judged per position). Measured with llama-cpp-python
+0.3.36 (llama.cpp 0c1e57098, AVX2), max |Δlogit| / max |logit| per position:
 
-    file (bitnet_b1_58-large, arch bitnet)   vs llama.cpp mode   vs exact mode
-    tq2_0, tq1_0 (d = 1 + .scale)            8.2e-6              2.0e-2
-    tq2_0-fp16, tq1_0-fp16                   1.6e-5              1.9e-2
-    Llama3 fixture, arch llama, tq2_0/tq1_0  1.0e-5              1.3e-2
+    file (bitnet_b1_58-large, arch bitnet)   vs llama.cpp mode        vs exact mode
+    tq2_0, tq1_0 (d = 1 + .scale)            ≤ 2e-5 at every position   2.0e-2
+    Llama3 fixture, arch llama, tq2_0/tq1_0  ≤ 2e-5 until a tie flip   1.3e-2
 
-Most positions agree to ~5e-7; the larger values come from single activations whose Q8_K
-rounding lands on the other side of a .5 boundary after float32 differences of an ulp (RMSNorm,
-RoPE, softmax are computed in another order). Over 32 tokens the Llama fixture has one such
-position at 1e-2, so the tolerance of 1e-4 (issue 5) holds for these tokens, not for any tokens.
+The comparison is judged position by position (tests/tie_flips.py): every position agrees to
+1e-4, except after a Q8_K activation that sits within 1e-3 of a rounding tie in our run and is
+shown to be the cause by rounding it the other way. Where (and whether) such a flip happens
+depends on the CPU and BLAS build: on one machine the Llama fixture had none in 16 tokens, on
+another of the same kind one at 7.9e-3 (issue 13). The verdict no longer does.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from bitconv.pack import pack
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_gguf
 from bitconv.verify import fixed_tokens
+from tie_flips import TIGHT, explain
 
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (`pip install llama-cpp-python` "
                         "builds it from the PyPI sdist, ~8 min)")
 
 TQ_FORMATS = ["tq2_0", "tq1_0", "tq2_0-fp16", "tq1_0-fp16"]
-LLAMA_CPP_REL = 1e-4   # issue 5's bar for llama.cpp mode
 EXACT_REL = 0.05       # exact mode: per-token int8 activations instead of Q8_K (see below)
 
 
@@ -67,19 +67,32 @@ def runtime_logits(weights, ids, mode: str) -> np.ndarray:
     return model.forward(np.asarray(ids))
 
 
-def _ids(weights):
-    return [int(i) for i in fixed_tokens(16, len(weights.kvs["tokenizer.ggml.tokens"]))]
+def _ids(weights, n: int = 16):
+    return [int(i) for i in fixed_tokens(n, len(weights.kvs["tokenizer.ggml.tokens"]))]
 
 
 @pytest.mark.parametrize("fmt", TQ_FORMATS)
 @pytest.mark.parametrize("name", ["bitnet_b1_58-large", "Llama3-8B-1.58-100B-tokens"])
-def test_llama_cpp_matches_runtime_llama_cpp_mode(name, fmt, packed):
+def test_llama_cpp_matches_runtime_llama_cpp_mode(name, fmt, packed, monkeypatch):
     path = packed(name, fmt)
     weights = load_gguf(path)
-    ids = _ids(weights)
+    ids = _ids(weights, 32)
     got = llama_logits(path, ids)
-    assert got.shape == (16, len(weights.kvs["tokenizer.ggml.tokens"]))
-    assert rel(got, runtime_logits(weights, ids, "llama.cpp")) <= LLAMA_CPP_REL
+    assert got.shape == (32, len(weights.kvs["tokenizer.ggml.tokens"]))
+    verdict = explain(got, Model(weights, mode="llama.cpp"), np.asarray(ids), monkeypatch)
+    assert verdict.worst_clean <= TIGHT
+
+
+@pytest.mark.parametrize("name", ["bitnet_b1_58-large", "Llama3-8B-1.58-100B-tokens"])
+def test_a_different_numeric_model_is_not_explained_away(name, packed, monkeypatch):
+    # exact mode (one int8 scale per token instead of per 256) against llama.cpp: the judge
+    # must refuse it, not find "tie flips" that excuse it
+    path = packed(name, "tq2_0")
+    weights = load_gguf(path)
+    ids = _ids(weights)
+    with pytest.raises(AssertionError, match="no activation within"):
+        explain(llama_logits(path, ids), Model(weights, mode="exact"), np.asarray(ids),
+                monkeypatch)
 
 
 @pytest.mark.parametrize("fmt", ["tq2_0", "tq1_0"])

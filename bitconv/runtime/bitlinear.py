@@ -69,6 +69,12 @@ def bitlinear(x: Array, codes: Array, multiplier: np.float32, mode: str = "exact
 def q8k(x: Array) -> tuple[Array, Array]:
     """llama.cpp's quantize_row_q8_K_ref: int8 values (as float32) and one float32 scale per
     256-element block; the signed element of largest magnitude maps to -127."""
+    v, d = q8k_scaled(x)
+    return np.minimum(np.rint(v), F32(127)), d
+
+
+def q8k_scaled(x: Array) -> tuple[Array, Array]:
+    """The values q8k rounds, iscale·x (n, B, 256), and the block scales d (n, B)."""
     n, k = x.shape
     if k % Q8K_BLOCK:
         raise InputError(f"llama.cpp mode needs in_features % {Q8K_BLOCK} == 0, got {k}")
@@ -78,7 +84,5 @@ def q8k(x: Array) -> tuple[Array, Array]:
     zero = peak == 0
     with np.errstate(divide="ignore"):
         iscale = np.where(zero, F32(0), F32(-127) / np.where(zero, F32(1), peak)).astype(F32)
-    q = np.minimum(np.rint(iscale * xb), F32(127)).astype(F32)
-    with np.errstate(divide="ignore"):
         d = np.where(zero, F32(0), F32(1) / np.where(zero, F32(1), iscale)).astype(F32)
-    return q, d[..., 0]
+    return (iscale * xb).astype(F32), d[..., 0]
