@@ -28,6 +28,7 @@ from bitconv.formats import codec_for, decode
 from bitconv.gguf_io import F16, F32, TYPE_NAMES
 from bitconv.gguf_reader import GGUFFile, GGUFTensor, read_gguf, tensor_bytes
 from bitconv.kernel_config import file_tilings
+from bitconv.tokenizer import pre_runtimes
 
 MAX_SHOWN_ITEMS = 8  # long metadata arrays (tokens, merges) are summarised
 
@@ -111,6 +112,8 @@ def _describe_gguf(path: Path, kernel_config: str | Path | None) -> Description:
             summary["tiling"] = tilings.describe()
         if not codec.SPEC.lossless:
             summary["max weight error"] = _loss_bound(gf, codec, parts)
+    if gf.kvs.get("tokenizer.ggml.model") == "gpt2":  # BPE: the pre name decides who loads it
+        summary["tokenizer loads in"] = pre_runtimes(str(gf.kvs.get("tokenizer.ggml.pre")))
     for k, v in gf.kvs.items():
         summary[k] = _short(v)
     rows = tuple(TensorRow(t.name, TYPE_NAMES.get(t.ggml_type, str(t.ggml_type)),

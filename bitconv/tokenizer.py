@@ -65,6 +65,14 @@ PRE_RUNTIMES = {
                  "submodule update only; llama.cpp and later bitnet.cpp refuse it (BitNet#622); "
                  "the same tokenizer as pre 'falcon3' loads everywhere"),
 }
+
+
+def pre_runtimes(pre: str) -> str:
+    """Which runtimes load a GGUF whose tokenizer.ggml.pre is `pre` (inspect prints it)."""
+    return PRE_RUNTIMES.get(pre, f"pre {pre!r} unknown to bitconv: see each runtime's "
+                                 "llama-vocab.cpp")
+
+
 PAD_SCORE = -10000.0  # llama.cpp's score for ids no tokenizer file names
 _ADDED_SCORE = -1000.0  # llama.cpp's score for added_tokens.json entries
 
