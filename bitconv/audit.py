@@ -188,21 +188,21 @@ def _tokens(got: Mapping[str, Any], ref: Mapping[str, Any], spm: bool) -> list[F
     bad = [i for i in diff if i not in set(holders + alike)]
     if bad:
         i = bad[0]
-        out.append(Finding(FAIL, "metadata", f"{key}: {len(bad)} tokens differ, first #{i}: "
+        out.append(Finding(FAIL, "metadata", f"{key}: {len(bad)} token(s) differ, first #{i}: "
                                              f"{_tok(ta[i], sa[i], ya[i])}, the source gives "
                                              f"{_tok(tb[i], sb[i], yb[i])}",
                            key, {"count": len(bad), "ids": bad[:64]}))
     if holders:
         i = holders[0]
-        out.append(Finding(INFO, "metadata", f"{key}: {len(holders)} unused placeholder tokens "
-                                             f"differ, first #{i}: {ta[i]!r}, the source gives "
+        out.append(Finding(INFO, "metadata", f"{key}: {len(holders)} unused placeholder "
+                                             f"token(s) differ, first #{i}: {ta[i]!r}, the source gives "
                                              f"{tb[i]!r} (type UNUSED, no SPM merge can produce "
                                              "either text)", key,
                            {"count": len(holders), "ids": holders[:64]}))
     if alike:
         i = alike[0]
-        out.append(Finding(INFO, "metadata", f"{key}: {len(alike)} special tokens differ in type "
-                                             f"or score only, first #{i}: "
+        out.append(Finding(INFO, "metadata", f"{key}: {len(alike)} special token(s) differ in "
+                                             f"type or score only, first #{i}: "
                                              f"{_tok(ta[i], sa[i], ya[i])}, the source gives "
                                              f"{_tok(tb[i], sb[i], yb[i])} (CONTROL and UNKNOWN "
                                              "tokenize and detokenize alike; no SPM merge "

@@ -106,7 +106,7 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
     container, tensors = _tensors(got, ref)
     found = [*container, *audit_metadata(got.kvs, kvs), *tensors]
     found.append(_logits(got, as_stored(ref, got.format), tokens, mode, found))
-    if drift and found[-1].cls != FAIL:
+    if drift:  # the source's own ternary vs latent logits: independent of the file
         found.append(_drift(source, ref, tokens))  # type: ignore[arg-type]
     return Report(str(packed), _s(source), tuple(found))
 
@@ -167,7 +167,8 @@ def _tensors(got: Weights, ref: Weights | None) -> tuple[list[Finding], list[Fin
                                               f"#{i} is {common[i]!r}); readers find tensors by "
                                               "name"))
     same = len(ref.order) - len({f.subject for f in diffs if f.subject})
-    head = (f"all {len(ref.order)} tensors equal the source's, bit for bit" if not diffs else
+    head = (f"all {len(ref.order)} tensors equal the source's, bit for bit"
+            if same == len(ref.order) else
             f"{same} of {len(ref.order)} tensors equal the source's, bit for bit")
     return container, [Finding(OK, "tensors", head, numbers={"equal": same,
                                                              "tensors": len(ref.order)}),
