@@ -51,8 +51,12 @@ _FALCON3_PRE = {"type": "Sequence", "pretokenizers": [
     {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
     {"type": "Digits", "individual_digits": True}]}
 PRE_TOKENIZERS: dict[str, dict[str, Any]] = {"llama-bpe": _LLAMA3_PRE, "falcon3": _FALCON3_PRE}
-# The split regex llama.cpp runs for each pre name bitconv reads (llama-vocab.cpp, LLAMA3 group;
-# its adapted `(?:'[sS]|...)` spelling matches the same strings as `(?i:'s|...)`). `falcon_e`:
+# The split regex llama.cpp runs for each pre name bitconv reads (llama-vocab.cpp, LLAMA3 group).
+# llama.cpp spells the contractions `(?:'[sS]|'[tT]|...)` where the original has
+# `(?i:'s|'t|...)`; character by character they differ only on Unicode case folds of those
+# letters, e.g. U+017F (long s): "'ſt" is "'ſ" + "t" here and one piece "'ſt" in llama.cpp (its
+# next alternative takes the apostrophe with the letters); the ids differ only if the vocab
+# merges across that boundary (the Falcon fixtures: identical, tests/test_falcon.py). `falcon_e`:
 # bitnet.cpp's own regex for it is not in any source we could read; ik_llama.cpp maps it to
 # the LLAMA3 group (ikawrakow/ik_llama.cpp#551, #555) and so do we.
 RUNTIME_SPLIT = {"llama-bpe": LLAMA3_SPLIT, "falcon3": LLAMA3_SPLIT, "falcon_e": LLAMA3_SPLIT}

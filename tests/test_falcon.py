@@ -33,6 +33,7 @@ PROMPTS = [
     ">>QUESTION<<What is 2+2?>>ANSWER<<4<|endoftext|>",
     "42 + 2024 = 2066, pi is 3.14159 and 1,000,000 > 999",   # individual digits
     "x(normal) [a]{b} 'S it's I'LL do-it; 'quoted'",          # punctuation runs, contractions
+    "it'ſt ǅ'ſ K'K",  # case folds where llama.cpp's '[sS] and (?i:'s) split differently
     "$5.00 -> 100%!!! ... ??? #tag @user ~/path",
     "Ünïcödé, emoji 🙂😀😀 and 中文, café naïve ß 日本語テキスト",
     "a\n\n\nb   \t\t c\r\n",                                  # whitespace runs
