@@ -154,14 +154,17 @@ class Model:
         x = self._dense("token_embd.weight")[ids]
         cos, sin = self._rope(pos0, len(ids))
         for i in range(s.layers):
-            x = x + self._attention(i, rmsnorm(x, self._dense(f"blk.{i}.attn_norm.weight"), s.eps),
+            x = x + self._attention(i, self._norm(x, f"blk.{i}.attn_norm.weight"),
                                     cos, sin, cache)
-            x = x + self._ffn(i, rmsnorm(x, self._dense(f"blk.{i}.ffn_norm.weight"), s.eps))
-        x = rmsnorm(x[-1:] if last else x, self._dense("output_norm.weight"), s.eps)
+            x = x + self._ffn(i, self._norm(x, f"blk.{i}.ffn_norm.weight"))
+        x = self._norm(x[-1:] if last else x, "output_norm.weight")
         head = self._dense("output.weight" if self._has("output.weight") else "token_embd.weight")
         if self.mode != "exact":
             x = x.astype(np.float16).astype(F32)  # ggml's F16 x F32 matmul rounds x to fp16
         return x @ head.T
+
+    def _norm(self, x: Array, name: str) -> Array:
+        return rmsnorm(x, self._dense(name), self.spec.eps, double=self.mode != "exact")
 
     def _linear(self, name: str, x: Array) -> Array:
         w = self._get(name, self.keep)
@@ -195,7 +198,7 @@ class Model:
             att = _f16(att)  # P converted to fp16 for V_f16 · P
         out = (att @ v).transpose(1, 0, 2).reshape(n, s.heads * s.head_dim)
         if self._has(p + "attn_sub_norm.weight"):
-            out = rmsnorm(out, self._dense(p + "attn_sub_norm.weight"), s.eps)
+            out = self._norm(out, p + "attn_sub_norm.weight")
         return self._linear(p + "attn_output.weight", out)
 
     def _ffn(self, i: int, h: Array) -> Array:
@@ -206,7 +209,7 @@ class Model:
         else:
             a = g / (F32(1) + np.exp(-g)) * u  # SiLU
         if self._has(p + "ffn_sub_norm.weight"):
-            a = rmsnorm(a, self._dense(p + "ffn_sub_norm.weight"), self.spec.eps)
+            a = self._norm(a, p + "ffn_sub_norm.weight")
         return self._linear(p + "ffn_down.weight", a)
 
     def _rope(self, pos0: int, n: int) -> tuple[Array, Array]:
@@ -226,8 +229,16 @@ class Model:
         return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
 
-def rmsnorm(x: Array, w: Array, eps: float) -> Array:
-    ms = np.mean(np.square(x, dtype=F32), axis=-1, keepdims=True, dtype=F32)
+def rmsnorm(x: Array, w: Array, eps: float, double: bool = False) -> Array:
+    """x / sqrt(mean(x²) + eps) · w. `double`: ggml's order (ggml-cpu/ops.cpp
+    ggml_compute_forward_rms_norm_f32: float32 squares summed in double, the mean rounded to
+    float32), which the engines' modes follow so that fewer activations differ from theirs by an
+    ulp; transformers (exact mode) takes the mean in float32."""
+    if double:
+        total = np.sum(np.square(x, dtype=F32), axis=-1, keepdims=True, dtype=np.float64)
+        ms = (total / x.shape[-1]).astype(F32)
+    else:
+        ms = np.mean(np.square(x, dtype=F32), axis=-1, keepdims=True, dtype=F32)
     return (x * (F32(1) / np.sqrt(ms + F32(eps)))) * w
 
 
