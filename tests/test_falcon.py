@@ -203,3 +203,14 @@ def test_repack_to_hf_rebuilds_the_falcon_tokenizer(fixtures_root, packed, tmp_p
 def test_fixture_registry_names_the_revisions():
     assert {FIXTURES[n].revision for n in REVISIONS} == {"prequantized", "bfloat16"}
     assert len({FIXTURES[n].repo for n in REVISIONS + ["Falcon-E-1B-Instruct"]}) == 1
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_transformers_runs_the_fixture_as_our_runtime_does(name, fixtures_root, monkeypatch):
+    """transformers' LlamaForCausalLM + BitNet quantizer on the fixture itself (explicit head_dim,
+    an integer rope_theta) against bitconv's exact mode, judged as test_transformers_xcheck does."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from test_transformers_xcheck import check_agreement, run_both
+    src = fixtures_root / name
+    check_agreement(*run_both(src, src, monkeypatch))
