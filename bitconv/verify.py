@@ -22,6 +22,7 @@ size of the difference; any other logit difference is `FAIL`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,11 +33,18 @@ import numpy as np
 from bitconv import ternary
 from bitconv.audit import FAIL, INFO, LOSS, OK, Finding, audit_metadata
 from bitconv.errors import InputError
-from bitconv.kernel_config import KernelConfigError
 from bitconv.formats import get_format
+from bitconv.kernel_config import KernelConfigError
 from bitconv.runtime.model import Model
-from bitconv.runtime.weights import (LazyTensors, Tensor, Weights, has_latent, load_any,
-                                     load_checkpoint_weights, stored)
+from bitconv.runtime.weights import (
+    LazyTensors,
+    Tensor,
+    Weights,
+    has_latent,
+    load_any,
+    load_checkpoint_weights,
+    stored,
+)
 from bitconv.types import TernaryTensor
 
 __all__ = ["Finding", "Report", "fixed_tokens", "verify"]
@@ -123,11 +131,14 @@ def as_stored(ref: Weights, fmt: str) -> Weights:
     if codec.SPEC.lossless:
         return replace(ref, format=fmt)
 
-    def load(name: str) -> Tensor:
-        t = ref.tensors[name]
-        return replace(t, multiplier=stored(codec, t.multiplier)) if isinstance(t, TernaryTensor) else t
-    return Weights(ref.kvs, LazyTensors({n: (lambda n=n: load(n)) for n in ref.order}),
-                   ref.order, fmt)
+    def loader(name: str) -> Callable[[], Tensor]:
+        def load() -> Tensor:
+            t = ref.tensors[name]
+            if isinstance(t, TernaryTensor):
+                return replace(t, multiplier=stored(codec, t.multiplier))
+            return t
+        return load
+    return Weights(ref.kvs, LazyTensors({n: loader(n) for n in ref.order}), ref.order, fmt)
 
 
 def _s(p: str | Path | None) -> str | None:
@@ -285,7 +296,7 @@ def _drift(source: str | Path, ref: Weights, n: int) -> Finding:
     and how often the top-1 token agrees. Information only: ternarization is meant to differ."""
     if not has_latent(source):
         return Finding(INFO, "drift", "no latent weights in the source (it is already ternary)")
-    ids = fixed_tokens(n, int(len(ref.kvs["tokenizer.ggml.tokens"])))
+    ids = fixed_tokens(n, len(ref.kvs["tokenizer.ggml.tokens"]))
     f = Model(load_checkpoint_weights(source, latent=True), keep=False).forward(ids)
     t = Model(ref, keep=False).forward(ids)
     rel = float(np.abs(t - f).max() / max(float(np.abs(f).max()), 1e-30))
