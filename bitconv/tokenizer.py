@@ -16,7 +16,7 @@ configuration (PRE_TOKENIZERS), never from a hash of a probe text as llama.cpp's
   `[^\r\n\p{L}\p{N}]?\p{L}+` keeps "(normal" together); the token ids agree whenever no
   merge of the vocabulary joins across those extra boundaries (Falcon3's merges were learned on
   its own splits, so digits and punctuation never merge with neighbours; a newline-run merge
-  such as "ĊĊ" would). RUNTIME_SPLIT is the regex each GGUF name runs with.
+  such as "ĊĊ" would: tests/test_falcon.py pins one). RUNTIME_SPLIT is the regex each name runs.
 - `falcon_e` is what bitnet.cpp's converter writes for Falcon-E; only its fork between
   microsoft/BitNet#268 and the 2025 submodule update knows it (#622). bitconv writes `falcon3`
   for the same configuration and reads `falcon_e` as ik_llama.cpp does (#551: as `falcon3`).

@@ -214,3 +214,37 @@ def test_transformers_runs_the_fixture_as_our_runtime_does(name, fixtures_root, 
     from test_transformers_xcheck import check_agreement, run_both
     src = fixtures_root / name
     check_agreement(*run_both(src, src, monkeypatch))
+
+
+def test_where_llama_cpps_falcon3_splitter_differs_from_the_tokenizer_file(fixture_copy,
+                                                                           tmp_path):
+    """llama.cpp runs pre `falcon3` with Llama-3's regex, not TII's splitter. With a newline-run
+    merge in the vocabulary ("Ċ Ċ", which TII's splitter can learn from a trailing "\\n\\n") the two
+    disagree on "a\\n\\nb": llama.cpp keeps "\\n\\n" in one piece, TII's splitter cuts it in two.
+    bitconv's GGUF tokenizer is llama.cpp's (it says what the runtimes compute); this pins the
+    difference so a reader knows it exists (bitconv/tokenizer.py)."""
+    from tokenizers import Tokenizer
+    src = fixture_copy("Falcon3-1B-Instruct-1.58bit")
+    tj = json.loads((src / "tokenizer.json").read_text())
+    last = tj["model"]["merges"][-1]
+    a, b = last.split(" ") if isinstance(last, str) else last
+    tok_id = tj["model"]["vocab"].pop(a + b)  # the last merge's token: nothing builds on it
+    tj["model"]["vocab"]["ĊĊ"] = tok_id
+    tj["model"]["merges"][-1] = "Ċ Ċ"
+    (src / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    path = pack(src, format="tq2_0", out=tmp_path / "f.gguf").path
+    ours = load_text_codec(path, load_gguf(path).kvs)
+    theirs = Tokenizer.from_file(str(src / "tokenizer.json"))
+    nl = theirs.token_to_id("Ċ")
+    assert theirs.encode("a\n\nb").ids[1:3] == [nl, nl]
+    assert ours.encode("a\n\nb")[1] == tok_id
+    assert ours.encode("a\n\n") == theirs.encode("a\n\n").ids  # a trailing run: one piece in both
+    try:
+        import llama_cpp
+    except ImportError:
+        return
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        assert llm.tokenize(b"a\n\nb", add_bos=False, special=True) == ours.encode("a\n\nb")
+    finally:
+        llm.close()
