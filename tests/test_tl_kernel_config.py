@@ -259,6 +259,10 @@ def test_own_file_with_another_kernel_config_is_read_with_it(files, tmp_path):
      "gives blk.0.attn_q.weight (256, 256) BM = 96, BK = 96, bm = 32, which"),
     ("m = 256\n", "not a kernel_config.ini (File contains no section headers."),
     ("[Kernels_0]\nm = 256\nk = 256\nbm = x\n", "section [Kernels_0] needs integer keys m, k, bm, bk, bmm"),
+    ("[Kernels_0]\nm = 256\nk = 256\nbm = 0\nbk = 0\nbmm = 32\n",
+     "section [Kernels_0] has m = 256, k = 256, bm = 0, bk = 0, bmm = 32; each must be a positive"),
+    ("[K]\nm = 256\nk = 256\nbm = 256\nbk = 96\nbmm = 32\n[K]\nm = 1\n",
+     "not a kernel_config.ini (While reading from '<string>' [line  7]: section 'K' already exists)"),
 ])
 def test_bad_kernel_config_is_one_line(text, message, files, tmp_path):
     ini = tmp_path / "bad.ini"

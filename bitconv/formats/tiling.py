@@ -201,5 +201,8 @@ def parse(text: str, where: str) -> dict[tuple[int, int], tuple[int, int, int]]:
         except (configparser.Error, ValueError) as e:
             raise InputError(f"{where}: section [{sec}] needs integer keys m, k, bm, bk, bmm "
                              f"({str(e).splitlines()[0]})") from None
+        if min(m, k, bm, bk, bmm) <= 0:
+            raise InputError(f"{where}: section [{sec}] has m = {m}, k = {k}, bm = {bm}, "
+                             f"bk = {bk}, bmm = {bmm}; each must be a positive integer")
         out.setdefault((m, k), (bm, bk, bmm))
     return out
