@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from gguf import GGUFValueType
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bitconv.cli import cli
 from bitconv.errors import InputError
@@ -25,6 +27,7 @@ from bitconv.formats.tiling import Tiling
 from bitconv.formats.tl_common import KV_KEY, SIDECAR_SUFFIX
 from bitconv.gguf_io import GGUFWriter, TensorInfo
 from bitconv.gguf_reader import kv_records, read_gguf, tensor_bytes
+from bitconv.kernel_config import KernelConfigError, file_tilings
 from bitconv.pack import pack
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.types import KV, TernaryTensor
@@ -291,3 +294,26 @@ def test_encode_with_an_explicit_tiling_is_pack_with_it(fmt):
     assert streamed != codec.pack(codes, 0.5).tobytes()
     got, m = codec.decode([np.frombuffer(streamed, np.uint8)], codes.shape, t)
     assert np.array_equal(got, codes) and m == np.float32(0.5)
+
+
+# --- any text as a kernel config: a tiling or one line, nothing else ---
+
+NOWHERE = Path(__file__).parent / "no-such-dir"  # so no sidecar: the key is read
+_INT = st.one_of(st.integers(-3, 600), st.sampled_from([32, 64, 96, 128, 192, 256, 10**30]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(sections=st.lists(st.tuples(_INT, _INT, _INT, _INT, _INT), max_size=4),
+       junk=st.text(max_size=40), fmt=st.sampled_from(["tl1", "tl2"]))
+def test_any_kernel_config_is_a_tiling_or_one_line(sections, junk, fmt):
+    text = "".join(f"[S{i}]\nm = {m}\nk = {k}\nbm = {a}\nbk = {b}\nbmm = {c}\n"
+                   for i, (m, k, a, b, c) in enumerate(sections))
+    for t in (text, text + junk, junk):
+        kvs = {KV_KEY: t}
+        try:
+            got = file_tilings(NOWHERE / "m.gguf", kvs, fmt, [("w", (256, 512))])
+        except KernelConfigError as e:
+            assert "\n" not in str(e)
+        else:
+            t0 = got.by_shape[(256, 512)]
+            assert tiling.problem(t0) is None and (t0.M, t0.K) == (256, 512)
