@@ -27,7 +27,13 @@ from typing import Any
 from gguf import TokenType
 
 from bitconv.errors import InputError
-from bitconv.tokenizer import PAD_SCORE, PRE_TOKENIZERS, RUNTIME_SPLIT, pad_name, spm_pb2
+from bitconv.tokenizer import (
+    PAD_SCORE,
+    PRE_TOKENIZERS,
+    RUNTIME_SPLIT,
+    pad_name,
+    spm_pb2,
+)
 
 _SPECIALS = ("bos", "eos", "unk", "pad")
 _IDS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id",

@@ -166,7 +166,7 @@ def test_inspect_names_the_runtimes_that_load_the_tokenizer(packed):
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["summary"]["tokenizer loads in"] == "llama.cpp, bitnet.cpp"
     text = CliRunner().invoke(cli, ["inspect", str(path)]).output
-    assert re.search(r"^tokenizer loads in +llama\.cpp, bitnet\.cpp$", text, re.M)
+    assert re.search(r"^tokenizer loads in +llama\.cpp, bitnet\.cpp$", text, re.MULTILINE)
 
 
 def test_falcon_e_pre_name_is_read_and_labelled(packed, tmp_path):

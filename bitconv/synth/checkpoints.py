@@ -198,9 +198,9 @@ def _tensors(fx: Fixture) -> tuple[list[tuple[str, str, tuple[int, ...]]], Calla
         if name.endswith("inv_freq"):
             return (1.0 / 10000.0 ** (np.arange(0, hd, 2, dtype=np.float32) / hd)).astype(np.float32)
         if name.endswith(".weight_scale"):
-            w = name[: -len("_scale")]
-            beta = (_beta(w) if kind == "2b4t" else np.float32(1) / _falcon_e_beta(w)
-                    if kind == "falcon-e" else np.float32(1) / _beta(w) * 40)  # inverse, ~20-80
+            wn = name[: -len("_scale")]
+            beta = (_beta(wn) if kind == "2b4t" else np.float32(1) / _falcon_e_beta(wn)
+                    if kind == "falcon-e" else np.float32(1) / _beta(wn) * 40)  # inverse, ~20-80
             return to_bf16(np.array([beta], np.float32))
         if name in ternary:
             if dt == "U8":

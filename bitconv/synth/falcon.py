@@ -58,7 +58,14 @@ from typing import Any
 
 from tokenizers import pre_tokenizers
 
-from bitconv.synth.tokenizers import _CORPUS, _added, _byte_chars, _dump, _learn, _token_map
+from bitconv.synth.tokenizers import (
+    _CORPUS,
+    _added,
+    _byte_chars,
+    _dump,
+    _learn,
+    _token_map,
+)
 from bitconv.tokenizer import PRE_TOKENIZERS
 
 N_ADDED = 64  # the real vocabularies have 2024 added tokens (ids 0..2023)
