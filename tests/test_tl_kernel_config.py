@@ -317,3 +317,21 @@ def test_any_kernel_config_is_a_tiling_or_one_line(sections, junk, fmt):
         else:
             t0 = got.by_shape[(256, 512)]
             assert tiling.problem(t0) is None and (t0.M, t0.K) == (256, 512)
+
+
+# --- data no tiling writes: one line naming the tensor ---
+
+def test_corrupt_tl2_padding_is_one_line_naming_the_tensor(fixtures_root, tmp_path):
+    own = pack(fixtures_root / NAME, format="tl2", out=tmp_path / "m.gguf").path
+    q = next(t for t in read_gguf(own).tensors if t.name == "blk.1.attn_q.weight")
+    # (256, 256) with BK 96: 14,336 payload bytes, zeros up to 16,384, then the tail
+    with open(own, "r+b") as f:
+        f.seek(q.offset + 15000)
+        f.write(b"\x07")
+    line = (f"blk.1.attn_q.weight: tl2 data has byte 0x07 at offset 15000 in its zero padding "
+            "(bytes 14336..16383): not what any tiling writes")
+    r = run("logits", own, "--tokens", TOKENS, "-o", tmp_path / "x.npy")
+    assert (r.exit_code, r.stderr) == (1, f"Error: {line}\n")
+    r = run("repack", own, "--format", "i2s", "-o", tmp_path / "x.gguf")
+    assert (r.exit_code, r.stderr) == (1, f"Error: {own}: {line}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.gguf" + SIDECAR_SUFFIX]
