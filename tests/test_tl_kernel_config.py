@@ -328,7 +328,7 @@ def test_corrupt_tl2_padding_is_one_line_naming_the_tensor(fixtures_root, tmp_pa
     with open(own, "r+b") as f:
         f.seek(q.offset + 15000)
         f.write(b"\x07")
-    line = (f"blk.1.attn_q.weight: tl2 data has byte 0x07 at offset 15000 in its zero padding "
+    line = ("blk.1.attn_q.weight: tl2 data has byte 0x07 at offset 15000 in its zero padding "
             "(bytes 14336..16383): not what any tiling writes")
     r = run("logits", own, "--tokens", TOKENS, "-o", tmp_path / "x.npy")
     assert (r.exit_code, r.stderr) == (1, f"Error: {line}\n")
