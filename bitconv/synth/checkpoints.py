@@ -111,7 +111,7 @@ def _masters(name: str, shape: tuple[int, int],
     return (sign * k).astype(np.float32) * (beta / np.float32(4))
 
 
-def _hf_pack(codes: npt.NDArray[np.int8]) -> npt.NDArray[np.uint8]:
+def hf_pack(codes: npt.NDArray[np.int8]) -> npt.NDArray[np.uint8]:
     """transformers' pack_weights: rows in 4 quarter blocks, quarter i at bits 2i (hf.md §1.1)."""
     q = (codes + 1).astype(np.uint8).reshape(4, codes.shape[0] // 4, codes.shape[1])
     return q[0] | (q[1] << 2) | (q[2] << 4) | (q[3] << 6)
@@ -204,7 +204,7 @@ def _tensors(fx: Fixture) -> tuple[list[tuple[str, str, tuple[int, ...]]], Calla
             return to_bf16(np.array([beta], np.float32))
         if name in ternary:
             if dt == "U8":
-                return _hf_pack(_codes(name, ternary[name]))
+                return hf_pack(_codes(name, ternary[name]))
             if kind == "falcon-e-bf16":  # onebitllms convert_to_bf16: codes / weight_scale
                 w = _codes(name, ternary[name]).astype(np.float32) * _falcon_e_beta(name)
             elif kind in ("2b4t-bf16", "falcon-e-prequantized"):
@@ -228,11 +228,22 @@ def make_fixture(name: str, dst: str | Path, shape: Shape | None = None) -> Path
     writer, tiny = ((write_llama2_spm, 512) if fx.kind == "1bitllm" else
                     (write_falcon_bpe, 768) if fx.kind in FALCON else (write_llama3_bpe, 1024))
     tok = writer(dst, min(fx.shape.vocab, tiny))
+    return write_repo(fx, dst, tok)
+
+
+def write_repo(fx: Fixture, dst: Path, tok: dict,
+               fill: Callable[[str], npt.NDArray] | None = None) -> Path:
+    """config.json, generation_config.json and the weights of `fx`'s layout into `dst`, whose
+    tokenizer files are written already (`tok`: what the writer returned). `fill(name)` gives
+    each tensor's storage (uint16 bf16 bits, `hf_pack`ed codes, ...; names and dtypes as in the
+    real repo); the default is the seeded synthetic values. scripts/train_tiny.py passes a trained
+    model's."""
     config = _config(fx, tok)
     _dump(dst / "config.json", config)
     _dump(dst / "generation_config.json", {"_from_model_config": True, "bos_token_id":
                                            config["bos_token_id"], "eos_token_id": config["eos_token_id"]})
-    ents, fill = _tensors(fx)
+    ents, synthetic = _tensors(fx)
+    fill = synthetic if fill is None else fill
     ents.sort(key=lambda e: e[0])
     if fx.shards == 1:
         write_safetensors(dst / "model.safetensors", ents, fill)

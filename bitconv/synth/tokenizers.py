@@ -82,6 +82,18 @@ BITNET_2B4T_CHAT_TEMPLATE = (
     "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
 )
 
+# Meta-Llama-3-8B-Instruct's chat template (tokenizer_config.json): header tokens around the role,
+# a blank line, the trimmed content and <|eot_id|>; BOS before the first message.
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+
 # 1bitLLM's config.json says vocab_size 32002 = 32000 SentencePiece pieces + 2 ids. The only
 # evidence about them is `padding_idx=32000` (pad_token_id), so we assume `<pad>` at the first
 # extra id, listed in added_tokens.json, and leave the second id unnamed by any file: an embedding
@@ -169,11 +181,15 @@ def _dump(path: Path, obj: Any, sort_keys: bool = False) -> None:
     path.write_bytes(text.encode("utf-8"))
 
 
-def write_llama3_bpe(dst: Path, vocab_size: int) -> dict[str, int]:
+def write_llama3_bpe(dst: Path, vocab_size: int,
+                     learned: tuple[tuple[tuple[str, str], ...], tuple[str, ...]] | None = None,
+                     chat_template: str = BITNET_2B4T_CHAT_TEMPLATE) -> dict[str, int]:
     """Write a Llama-3-shaped byte-level BPE tokenizer of `vocab_size` ids into `dst`.
 
     Ids: 256 byte tokens (GPT-2 order), learned merges, then the 256 Llama-3 specials at the end.
-    Files: tokenizer.json, tokenizer_config.json (2B4T chat template), special_tokens_map.json.
+    Files: tokenizer.json, tokenizer_config.json (2B4T chat template unless `chat_template`),
+    special_tokens_map.json. `learned` = (merges in rank order, the vocab_size - 512 new tokens)
+    replaces the embedded corpus's merges (scripts/train_tiny.py trains them with `tokenizers`).
 
     Returns:
         {"bos_token_id", "eos_token_id", "vocab_size"} for config.json. eos is <|end_of_text|>;
@@ -182,7 +198,9 @@ def write_llama3_bpe(dst: Path, vocab_size: int) -> dict[str, int]:
     n_new = vocab_size - 2 * 256
     if n_new < 0:
         raise ValueError(f"a Llama-3 BPE vocab needs >= 512 ids, got {vocab_size}")
-    merges, new = _bpe_merges(n_new)
+    merges, new = _bpe_merges(n_new) if learned is None else learned
+    if len(new) != n_new:
+        raise ValueError(f"{len(new)} learned tokens for {n_new} free ids")
     vocab = {tok: i for i, tok in enumerate((*_byte_chars(), *new))}
     first = vocab_size - 256
     bos, eos = LLAMA3_SPECIALS[0], LLAMA3_SPECIALS[1]
@@ -214,7 +232,7 @@ def write_llama3_bpe(dst: Path, vocab_size: int) -> dict[str, int]:
     _dump(dst / "tokenizer_config.json", {
         "add_bos_token": True, "add_eos_token": False,
         "added_tokens_decoder": {str(first + i): _added(t) for i, t in enumerate(LLAMA3_SPECIALS)},
-        "bos_token": bos, "chat_template": BITNET_2B4T_CHAT_TEMPLATE,
+        "bos_token": bos, "chat_template": chat_template,
         "clean_up_tokenization_spaces": True, "eos_token": eos,
         "model_input_names": ["input_ids", "attention_mask"],
         # 2B4T's context length; the real file's value is unverified.
