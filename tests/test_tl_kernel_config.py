@@ -335,3 +335,17 @@ def test_corrupt_tl2_padding_is_one_line_naming_the_tensor(fixtures_root, tmp_pa
     r = run("repack", own, "--format", "i2s", "-o", tmp_path / "x.gguf")
     assert (r.exit_code, r.stderr) == (1, f"Error: {own}: {line}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.gguf" + SIDECAR_SUFFIX]
+
+
+def test_repack_to_hf_and_back_gives_bitconvs_file(files, tmp_path):
+    # bitnet.cpp's file + its ini -> hf -> the format again: pack's file, key and sidecar
+    fmt, own = files["fmt"], files["own"]
+    hf = tmp_path / "hf" / NAME  # general.name is the directory's
+    hf.parent.mkdir()
+    r = run("repack", files["bnc"], "--format", "hf", "-o", hf, "--kernel-config", files["ini"])
+    assert r.exit_code == 0, r.stderr
+    # the one key packing it again adds: bitnet.cpp's file has no tiling key
+    assert r.stderr == f"note: packing {hf} again changes GGUF keys: {KV_KEY}\n"
+    r = run("repack", hf, "--format", fmt, "-o", tmp_path / "back.gguf")
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "back.gguf").read_bytes() == own.read_bytes()
