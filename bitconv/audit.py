@@ -11,14 +11,15 @@ prefix, with BOS 1, EOS 2, UNK 0; a BPE (`gpt2`) one adds BOS only for the Llama
 pre-tokenizers, with BOS = EOS = 11. Rules, in order:
 
 - `general.architecture` selects the graph: FAIL. Every other `general.*` key (name, author,
-  file_type, quantization_version, alignment, ...) describes the file: info. So do a
+  file_type, quantization_version, alignment, ...) describes the file: info; except a
+  `general.name` that holds one of NAME_RULES on either side, which sets token attributes. So do a
   `bitconv.*` key (bitconv's own layout notes; the tensors themselves are compared bit for bit)
   and the order of the keys.
 - A key whose effective value (its value, or the loader's default where it is missing) equals
   the source's: info. Rope scaling `none` and `linear` with factor 1 (or 0) are the same rope.
 - `tokenizer.ggml.pre` of an SPM vocabulary and `tokenizer.ggml.merges` of an SPM vocabulary
   are never read (llama.cpp: "only BPE models have pre-tokenizers"; SPM merges by score):
-  info. `tokenizer.ggml.scores` of a BPE vocabulary are never read (BPE merges by rank): info.
+  info, unless a pre name holds one of PRE_RULES. `tokenizer.ggml.scores` of a BPE vocabulary are never read (BPE merges by rank): info.
 - Tokens (text, score, type per id), SPM vocabularies only: a token is *unreachable* when no
   text can make the tokenizer output it. llama.cpp's SPM session starts from single characters
   and merges two adjacent symbols only when their concatenation is a vocabulary entry (looked
@@ -49,6 +50,10 @@ ATTR_SPECIAL = {2, 3}  # UNKNOWN, CONTROL: llama-vocab.cpp's `attr_special` in t
 LLAMA3_PRE = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
               "lfm2", "jina-v5-nano", "tekken", "chameleon"}  # BPE pres that set add_bos
 MISSING = object()
+# llama.cpp sets token attributes when the lower-cased general.name contains one of these
+# (llama-vocab.cpp `load`, "set attributes by model/tokenizer/architecture name").
+NAME_RULES = ("phi-3", "phi3", "modern-bert")
+PRE_RULES = ("jina-v2-de", "jina-v2-es", "jina-v2-code")  # the same, by tokenizer.ggml.pre
 VOCAB = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
 
 
@@ -141,11 +146,13 @@ def _key(key: str, a: Any, b: Any, got: Mapping[str, Any], ref: Mapping[str, Any
     what = (f"{key} is missing, the source gives {short(b)}" if a is MISSING else
             f"{key} is {short(a)}, the source has no such key" if b is MISSING else
             f"{key} is {short(a)}, the source gives {short(b)}")
-    if key == "general.architecture":
+    if key == "general.architecture" or key == "general.name" and any(
+            n in str(v).lower() for v in (a, b) if v is not MISSING for n in NAME_RULES):
         return Finding(FAIL, "metadata", what, key)
     if key.startswith(("general.", "bitconv.")):
         return Finding(INFO, "metadata", f"{what} (descriptive)", key)
-    if spm and key in ("tokenizer.ggml.pre", "tokenizer.ggml.merges"):
+    if spm and key in ("tokenizer.ggml.pre", "tokenizer.ggml.merges") and not any(
+            n in str(v) for v in (a, b) if v is not MISSING for n in PRE_RULES):
         return Finding(INFO, "metadata", f"{what} (an SPM vocabulary never reads it)", key)
     if key.startswith(f"{arch}.rope.scaling.") and _rope(got, arch) == _rope(ref, arch):
         return Finding(INFO, "metadata", f"{what} (the same rope: no scaling)", key)

@@ -322,3 +322,52 @@ def test_a_missing_add_bos_whose_default_differs_fails(ours, tmp_path):
         ("FAIL", "tokenizer.ggml.add_bos_token", ("tokenizer.ggml.add_bos_token is missing, "
                                                   "the source gives False (the runtime's default "
                                                   "is True)"))]
+
+
+# --- the metadata rules one by one (bitconv/audit.py), on small hand-made headers ---
+
+SPM = {"general.architecture": "bitnet", "general.name": "m", "bitnet.embedding_length": 256,
+       "bitnet.attention.head_count": 4, "tokenizer.ggml.model": "llama",
+       "tokenizer.ggml.pre": "default",
+       "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "a", "b", "ab", "[PAD6]"],
+       "tokenizer.ggml.scores": [0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -1000.0],
+       "tokenizer.ggml.token_type": [2, 3, 3, 1, 1, 1, 5], "tokenizer.ggml.bos_token_id": 1}
+
+
+def tokens_with(i, text=None, score=None, kind=None):
+    kv = {**SPM}
+    for key, v in (("tokenizer.ggml.tokens", text), ("tokenizer.ggml.scores", score),
+                   ("tokenizer.ggml.token_type", kind)):
+        if v is not None:
+            kv[key] = [*kv[key][:i], v, *kv[key][i + 1:]]
+    return kv
+
+
+@pytest.mark.parametrize("got, cls", [
+    ({**SPM, "general.name": "B158 Large Like"}, "info"),
+    ({**SPM, "general.name": "Phi3 mini"}, "FAIL"),   # llama.cpp sets token attributes by name
+    ({**SPM, "general.quantization_version": 2}, "info"),
+    ({**SPM, "tokenizer.ggml.pre": "llama-bpe"}, "info"),   # SPM never reads a pre name
+    ({**SPM, "tokenizer.ggml.pre": "jina-v2-de"}, "FAIL"),  # ... except these
+    ({**SPM, "bitnet.rope.freq_base": 10000.0}, "info"),    # the loader's default
+    ({**SPM, "bitnet.rope.freq_base": 500000.0}, "FAIL"),
+    ({**SPM, "bitnet.attention.key_length": 64}, "info"),   # = 256 / 4
+    ({**SPM, "bitnet.attention.key_length": 32}, "FAIL"),
+    ({**SPM, "bitnet.rope.scaling.type": "linear", "bitnet.rope.scaling.factor": 1.0}, "info"),
+    ({**SPM, "bitnet.rope.scaling.type": "linear", "bitnet.rope.scaling.factor": 2.0}, "FAIL"),
+    ({**SPM, "tokenizer.ggml.add_bos_token": True}, "info"),
+    ({**SPM, "tokenizer.ggml.add_eos_token": True}, "FAIL"),
+    ({**SPM, "tokenizer.chat_template": "{{ x }}"}, "FAIL"),
+    (tokens_with(6, text="[PAD1]"), "info"),                # an unreachable placeholder
+    (tokens_with(6, text="ab"), "FAIL"),                    # reachable (and a duplicate)
+    (tokens_with(6, text="<pad>"), "FAIL"),                 # llama.cpp matches <...> by text
+    (tokens_with(6, kind=1), "FAIL"),                       # no longer UNUSED
+    (tokens_with(0, kind=3, score=-1000.0), "info"),        # <unk> CONTROL: as llama.cpp writes
+    (tokens_with(5, score=-9.0), "FAIL"),                   # 'ab' = 'a' + 'b': its score ranks
+    (tokens_with(3, text="c"), "FAIL"),
+], ids=['name', 'name-phi3', 'quantization-version', 'spm-pre', 'spm-pre-jina', 'freq-base-default', 'freq-base', 'key-length-default', 'key-length', 'rope-linear-1', 'rope-linear-2', 'add-bos-default', 'add-eos', 'chat-template', 'placeholder', 'reachable-text', 'angle-text', 'not-unused', 'unk-control', 'merge-score', 'normal-text'])
+def test_each_metadata_rule(got, cls):
+    from bitconv.audit import audit_metadata
+    found = audit_metadata(got, SPM)
+    assert found[0].cls == "ok"
+    assert found[1:] and {f.cls for f in found[1:]} == {cls}, [f.message for f in found]
