@@ -204,7 +204,8 @@ def bitnet_cpp_style(src: Path, dst: Path, *, data_order: bool = False) -> Path:
                    data_order=[t.name for t in gf.tensors] if data_order else None)
 
 
-@pytest.mark.parametrize("data_order", [False, True], ids=["sorted", "data-out-of-info-order"])
+@pytest.mark.parametrize("data_order", [False, True], ids=[
+    'sorted', 'data-out-of-info-order'])
 def test_bitnet_cpp_style_1bitllm_verifies_with_info_lines(data_order, fixtures_root, tmp_path):
     src = fixtures_root / "bitnet_b1_58-large"
     ours = pack(src, out=tmp_path / "ours.gguf").path
