@@ -13,7 +13,7 @@ from bitconv.errors import BitconvError, os_error_line
 MODES = ("exact", "bitnet.cpp", "llama.cpp")  # runtime/bitlinear.py MODES, checked in tests
 # kept literal so `--help` does not import numpy; checked in tests
 FORMAT_NAMES = ("i2s", "tl1", "tl2", "tq1_0", "tq1_0-fp16", "tq2_0", "tq2_0-fp16", "hf",
-                "i2s-arm")
+                "i2s-arm", "q2_0", "q2_0-fp16")
 # every command that reads a packed GGUF: where a TL1/TL2 file's tiling comes from
 KERNEL_CONFIG = click.option(
     "--kernel-config", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -109,8 +109,8 @@ def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | Non
                    "[default: ./<general.name>-<format>.gguf, ./<general.name>-hf/].")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @click.option("--allow-lossy", is_flag=True,
-              help="Let tq1_0-fp16 / tq2_0-fp16 round multipliers that fp16 cannot hold exactly "
-                   "(refused without it).")
+              help="Let the -fp16 formats (tq1_0-fp16, tq2_0-fp16, q2_0-fp16) round multipliers "
+                   "that fp16 cannot hold exactly (refused without it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, no note on stderr.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object (path, formats, tensors, bytes, loss) instead of the path.")
@@ -120,8 +120,8 @@ def repack(src: str, fmt: str, out: str | None, force: bool, allow_lossy: bool, 
     """Rewrite the packed model SRC in another format, without its source checkpoint, and print
     the output path. SRC is a GGUF file bitconv reads, or an `hf` directory (packed as by `pack`).
 
-    Codes are always kept. Every format but tq1_0-fp16 and tq2_0-fp16 also keeps each float32
-    multiplier exactly, so those repacks are lossless (`verify` of the output against the
+    Codes are always kept. Every format but tq1_0-fp16, tq2_0-fp16 and q2_0-fp16 also keeps each
+    float32 multiplier exactly, so those repacks are lossless (`verify` of the output against the
     original checkpoint passes). The -fp16 variants round the multiplier to an fp16 block scale:
     they are refused, naming the first tensor that would change, unless every multiplier is
     exact in fp16 or --allow-lossy is given. A TL output gets its .kernel_config.ini beside it.

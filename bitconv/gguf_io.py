@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGUFValueType
 
 from bitconv.errors import InputError, PackError
 from bitconv.types import KV
@@ -39,12 +39,18 @@ MAX_DIMS = 4
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME = 64 counts the C string's NUL (ggml/src/gguf.cpp L657)
 
 # ggml type ids. 36/38/39 are bitnet.cpp's (Eddie-Wang1120/llama.cpp:ggml/include/ggml.h L393-396);
-# upstream ggml has retired ids at 36-38 and MXFP4 at 39, so these files are fork-only.
-F32, F16, I8, BF16, TQ1_0, TQ2_0, I2_S, TL1, TL2 = 0, 1, 24, 30, 34, 35, 36, 38, 39
+# upstream ggml has retired ids at 36-38 and MXFP4 at 39, so these files are fork-only. 41/42 are
+# mainline's Q1_0/Q2_0 (ggml-org/llama.cpp@0c1e57098 ggml/include/ggml.h L431-432), unused by the
+# fork; 40 (mainline NVFP4) is neither's ternary type and stays unknown (DESIGN.md §5b).
+F32, F16, I8, BF16, TQ1_0, TQ2_0, I2_S, TL1, TL2, Q1_0, Q2_0 = (0, 1, 24, 30, 34, 35, 36, 38, 39,
+                                                              41, 42)
 TYPE_NAMES: dict[int, str] = {
     F32: "F32", F16: "F16", I8: "I8", BF16: "BF16", TQ1_0: "TQ1_0", TQ2_0: "TQ2_0",
-    I2_S: "I2_S", TL1: "TL1", TL2: "TL2",
+    I2_S: "I2_S", TL1: "TL1", TL2: "TL2", Q1_0: "Q1_0", Q2_0: "Q2_0",
 }
+# (block elements, block bytes) of the fp16-d block types. Written out: gguf 0.19.0 from PyPI
+# knows TQ1_0/TQ2_0/Q1_0 but not Q2_0 (the gguf-py vendored in llama.cpp 0c1e57098 does).
+_BLOCK_SIZES = {TQ1_0: (256, 54), TQ2_0: (256, 66), Q1_0: (128, 18), Q2_0: (64, 18)}
 _PLAIN_SIZES = {F32: 4, F16: 2, I8: 1, BF16: 2}
 _ARRAY_DTYPES = {F32: np.dtype("<f4"), F16: np.dtype("<f2"), I8: np.dtype("i1")}
 
@@ -71,8 +77,8 @@ def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
     if n == 0:
         return 0  # ggml_nbytes returns 0 as soon as one ne[i] <= 0, even for I2_S
     name, ne0 = TYPE_NAMES[ggml_type], shape[-1]
-    if ggml_type in (TQ1_0, TQ2_0):
-        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    if ggml_type in _BLOCK_SIZES:
+        block, type_size = _BLOCK_SIZES[ggml_type]
         if ne0 % block:
             raise InputError(f"{name} needs the last dimension to be a multiple of {block}, "
                              f"got shape {shape}")

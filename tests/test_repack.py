@@ -287,7 +287,7 @@ def test_help_says_what_is_lossless():
     r = run("--help")
     assert r.exit_code == 0
     text = " ".join(r.stdout.split())
-    assert "--allow-lossy" in text and "tq1_0-fp16 and tq2_0-fp16" in text
+    assert "--allow-lossy" in text and "tq1_0-fp16, tq2_0-fp16 and q2_0-fp16" in text
     assert "keeps each float32 multiplier exactly" in text
 
 

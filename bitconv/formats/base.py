@@ -21,6 +21,8 @@ class FormatSpec:
                   that chunk alone, and then exactly what encode(m, []) yields (tail,
                   companions); `pack` then encodes chunks in parallel. False: TL tiles.
     container:    "gguf", or "safetensors" for the transformers export.
+    d_first:      an fp16-d block format (tq_common) stores d before the codes (Q2_0, Q1_0:
+                  `{ ggml_half d; uint8_t qs[]; }`) rather than after them (TQ1_0, TQ2_0).
     """
 
     name: str
@@ -33,6 +35,7 @@ class FormatSpec:
     lossless: bool = True
     row_local: bool = True
     container: str = "gguf"
+    d_first: bool = False
 
 
 @dataclass(frozen=True)

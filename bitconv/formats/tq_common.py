@@ -1,12 +1,14 @@
-"""What TQ1_0 and TQ2_0 share: 256-element blocks with an fp16 `d` stored last, and the two ways
-bitconv writes the per-tensor multiplier (exact in an F32 `.scale` companion with d = 1, or
-rounded into every block's d).
+"""What llama.cpp's fp16-d block types share (TQ1_0, TQ2_0: 256 elements, d stored last; Q2_0:
+64 elements, d stored first), and the two ways bitconv writes the per-tensor multiplier (exact
+in an F32 `.scale` companion with d = 1, or rounded into every block's d).
 
-Specs: formats/tq1_0.md, formats/tq2_0.md. Reference: ggml-org/llama.cpp@0c1e57098
-ggml/src/ggml-common.h L272-288 (block structs), ggml/src/ggml-quants.c L2316-2470.
-A codec module supplies its block-body packers; this module does the rest:
+Specs: formats/tq1_0.md, formats/tq2_0.md, formats/q2_0.md. Reference:
+ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-common.h L180-192, L272-288 (block structs),
+ggml/src/ggml-quants.c L74-110, L2316-2470. The block size and where d sits come from the
+codec's FormatSpec (block_elems, d_first). A codec module supplies its block-body packers; this
+module does the rest:
 
-    pack_qs(q)    (n_blocks, 256) uint8 digits 0..2 (= ternary + 1) -> (n_blocks, body) bytes
+    pack_qs(q)    (n_blocks, block_elems) uint8 digits 0..2 (= ternary + 1) -> (n_blocks, body)
     unpack_qs(b)  the inverse; digits may be 3 where the body holds one (caller reports it)
 """
 from __future__ import annotations
@@ -21,7 +23,6 @@ import numpy.typing as npt
 from bitconv.errors import InputError, PackError
 from bitconv.formats.base import FormatSpec, Part
 
-QK_K = 256                        # elements per block (ggml-common.h L89)
 F32 = 0                           # ggml type of the `.scale` companion
 D_ONE = np.uint16(0x3C00)         # fp16 1.0: the d of every block of the lossless variant
 
@@ -30,15 +31,22 @@ PackQs = Callable[[U8], U8]
 
 
 def check_shape(spec: FormatSpec, shape: tuple[int, ...]) -> None:
-    """PackError unless `shape` is (out_features, in_features) with in_features % 256 == 0."""
+    """PackError unless `shape` is (out_features, in_features) with in_features a multiple of
+    the block (256 for TQ, 64 for Q2_0)."""
     if len(shape) != 2:
         raise PackError(f"{spec.name} packs 2-D weights, got shape {tuple(int(d) for d in shape)}")
-    if int(shape[1]) % QK_K:
-        raise PackError(f"{spec.name} needs in_features % 256 == 0, got {int(shape[1])}")
+    if int(shape[1]) % spec.block_elems:
+        raise PackError(f"{spec.name} needs in_features % {spec.block_elems} == 0, "
+                        f"got {int(shape[1])}")
 
 
 def nbytes(spec: FormatSpec, shape: tuple[int, int]) -> int:
-    return int(shape[0]) * int(shape[1]) // QK_K * spec.block_bytes
+    return int(shape[0]) * int(shape[1]) // spec.block_elems * spec.block_bytes
+
+
+def _d_cols(spec: FormatSpec) -> tuple[slice, slice]:
+    """(d, body) byte columns of a block: d is the first two bytes (Q2_0) or the last (TQ)."""
+    return (slice(0, 2), slice(2, None)) if spec.d_first else (slice(-2, None), slice(0, -2))
 
 
 def scale_name(name: str) -> str:
@@ -70,7 +78,8 @@ def fp16_d(spec: FormatSpec, multiplier: float | np.float32) -> np.uint16:
 
 def pack_rows(spec: FormatSpec, pack_qs: PackQs, codes: npt.NDArray[np.integer],
               d_bits: np.uint16) -> U8:
-    """Whole rows of ternary codes (rows, K) -> rows*K/256 blocks, each `body | d` (fp16 LE)."""
+    """Whole rows of ternary codes (rows, K) -> rows*K/block blocks, each `body | d` (TQ) or
+    `d | body` (Q2_0), d fp16 LE."""
     codes = np.asarray(codes)
     check_shape(spec, codes.shape)
     if codes.dtype.kind not in "iu":
@@ -82,10 +91,10 @@ def pack_rows(spec: FormatSpec, pack_qs: PackQs, codes: npt.NDArray[np.integer],
     q = np.ascontiguousarray(codes).view(np.uint8) + np.uint8(1)   # -1 -> 255 + 1 wraps to 0
     if q.size and q.max() > 2:
         _raise_not_ternary(spec, codes)
-    n = q.size // QK_K
+    n, dc, body = q.size // spec.block_elems, *_d_cols(spec)
     out = np.empty((n, spec.block_bytes), dtype=np.uint8)           # (n_blocks, body + 2)
-    out[:, :-2] = pack_qs(q.reshape(n, QK_K))
-    out[:, -2:] = np.array([d_bits], dtype="<u2").view(np.uint8)    # d, little-endian, last
+    out[:, body] = pack_qs(q.reshape(n, spec.block_elems))
+    out[:, dc] = np.array([d_bits], dtype="<u2").view(np.uint8)     # d, little-endian
     return out.reshape(-1)
 
 
@@ -101,25 +110,26 @@ def unpack_rows(spec: FormatSpec, unpack_qs: PackQs, data: U8,
     """Tensor bytes -> (codes of `shape`, fp16 bits of each block's d). InputError on a wrong
     length or a code 3 (TQ2_0); unpack_qs raises for bytes it cannot read (TQ1_0)."""
     shape = (int(shape[0]), int(shape[1]))
-    if shape[1] % QK_K:
-        raise InputError(f"{spec.name} needs in_features % 256 == 0, got {shape[1]}")
+    if shape[1] % spec.block_elems:
+        raise InputError(f"{spec.name} needs in_features % {spec.block_elems} == 0, "
+                         f"got {shape[1]}")
     data = np.asarray(data, dtype=np.uint8).reshape(-1)
     expected = nbytes(spec, shape)
     if data.size != expected:
         raise InputError(f"{spec.name} data is {data.size} bytes, expected {expected} "
                          f"for shape {shape}")
-    blocks = data.reshape(-1, spec.block_bytes)                    # (n_blocks, body + 2)
-    q = unpack_qs(blocks[:, :-2])                                  # (n_blocks, 256) digits
+    blocks, dc, body = data.reshape(-1, spec.block_bytes), *_d_cols(spec)  # (n_blocks, 2 + body)
+    q = unpack_qs(blocks[:, body])                                 # (n_blocks, block) digits
     if q.size and q.max() > 2:
         first = int(np.argmax(q.reshape(-1) > 2))
         raise InputError(f"{spec.name} data holds code 3 (not a ternary value) at element {first}")
-    d_bits = np.ascontiguousarray(blocks[:, -2:]).view("<u2").reshape(-1).astype(np.uint16)
+    d_bits = np.ascontiguousarray(blocks[:, dc]).view("<u2").reshape(-1).astype(np.uint16)
     q -= 1                                                         # 0 wraps to 255 = int8 -1
     return q.view(np.int8).reshape(shape), d_bits
 
 
-def _nonzero_blocks(codes: npt.NDArray[np.int8]) -> npt.NDArray[np.bool_]:
-    return np.asarray(codes.reshape(-1, QK_K).any(axis=1))
+def _nonzero_blocks(spec: FormatSpec, codes: npt.NDArray[np.int8]) -> npt.NDArray[np.bool_]:
+    return np.asarray(codes.reshape(-1, spec.block_elems).any(axis=1))
 
 
 def _f16(bits: np.uint16 | int) -> float:
@@ -130,7 +140,7 @@ def single_d(spec: FormatSpec, codes: npt.NDArray[np.int8],
              d_bits: npt.NDArray[np.uint16]) -> np.uint16:
     """The one d of a per-tensor-scaled tensor. A block whose codes are all 0 has no say (its d
     scales nothing; llama.cpp's quantizer writes d = 0 there); others must agree bit for bit."""
-    live = np.flatnonzero(_nonzero_blocks(codes))
+    live = np.flatnonzero(_nonzero_blocks(spec, codes))
     if live.size == 0:
         return np.uint16(d_bits[0]) if d_bits.size else D_ONE
     bits = d_bits[live]
@@ -157,7 +167,7 @@ def encode_lossless(spec: FormatSpec, pack_qs: PackQs, multiplier: float | np.fl
 def decode_lossless(spec: FormatSpec, unpack_qs: PackQs, datas: Sequence[U8],
                     shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
     codes, d_bits = unpack_rows(spec, unpack_qs, datas[0], shape)
-    live = np.flatnonzero(_nonzero_blocks(codes) & (d_bits != D_ONE))
+    live = np.flatnonzero(_nonzero_blocks(spec, codes) & (d_bits != D_ONE))
     if live.size:
         raise InputError(f"{spec.name} blocks must have d = 1 beside a .scale tensor, got "
                          f"d = {_f16(d_bits[live[0]])} at block {int(live[0])}")
@@ -193,7 +203,7 @@ def codec_module(qualname: str, doc: str, **surface: Any) -> ModuleType:
 
 def lossy_codec(qualname: str, doc: str, spec: FormatSpec, pack_qs: PackQs, unpack_qs: PackQs,
                 **helpers: Any) -> ModuleType:
-    """The `-fp16` variant of a TQ type (d = fp16(multiplier) in every block, no companion
+    """The `-fp16` variant of an fp16-d type (d = fp16(multiplier) in every block, no companion
     tensor) as a registry codec; `helpers` are the format's own nbytes/pack/unpack."""
     def check(shape: tuple[int, int]) -> None:
         check_shape(spec, shape)
