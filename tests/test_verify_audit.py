@@ -204,8 +204,7 @@ def bitnet_cpp_style(src: Path, dst: Path, *, data_order: bool = False) -> Path:
                    data_order=[t.name for t in gf.tensors] if data_order else None)
 
 
-@pytest.mark.parametrize("data_order", [False, True], ids=[
-    'sorted', 'data-out-of-info-order'])
+@pytest.mark.parametrize("data_order", [False, True], ids=["sorted", "data-out-of-info-order"])
 def test_bitnet_cpp_style_1bitllm_verifies_with_info_lines(data_order, fixtures_root, tmp_path):
     src = fixtures_root / "bitnet_b1_58-large"
     ours = pack(src, out=tmp_path / "ours.gguf").path
@@ -366,7 +365,11 @@ def tokens_with(i, text=None, score=None, kind=None):
     (tokens_with(0, kind=3, score=-1000.0), "info"),        # <unk> CONTROL: as llama.cpp writes
     (tokens_with(5, score=-9.0), "FAIL"),                   # 'ab' = 'a' + 'b': its score ranks
     (tokens_with(3, text="c"), "FAIL"),
-], ids=['name', 'name-phi3', 'quantization-version', 'spm-pre', 'spm-pre-jina', 'freq-base-default', 'freq-base', 'key-length-default', 'key-length', 'rope-linear-1', 'rope-linear-2', 'add-bos-default', 'add-eos', 'chat-template', 'placeholder', 'reachable-text', 'angle-text', 'not-unused', 'unk-control', 'merge-score', 'normal-text'])
+], ids=["name", "name-phi3", "quantization-version", "spm-pre", "spm-pre-jina",
+        "freq-base-default", "freq-base", "key-length-default", "key-length", "rope-linear-1",
+        "rope-linear-2", "add-bos-default", "add-eos", "chat-template", "placeholder",
+        "reachable-text", "angle-text", "not-unused", "unk-control", "merge-score",
+        "normal-text"])
 def test_each_metadata_rule(got, cls):
     from bitconv.audit import audit_metadata
     found = audit_metadata(got, SPM)
