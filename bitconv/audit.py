@@ -19,7 +19,8 @@ pre-tokenizers, with BOS = EOS = 11. Rules, in order:
   the source's: info. Rope scaling `none` and `linear` with factor 1 (or 0) are the same rope.
 - `tokenizer.ggml.pre` of an SPM vocabulary and `tokenizer.ggml.merges` of an SPM vocabulary
   are never read (llama.cpp: "only BPE models have pre-tokenizers"; SPM merges by score):
-  info, unless a pre name holds one of PRE_RULES. `tokenizer.ggml.scores` of a BPE vocabulary are never read (BPE merges by rank): info.
+  info, unless a pre name holds one of PRE_RULES. `tokenizer.ggml.scores` of a BPE
+  vocabulary are never read (BPE merges by rank): info.
 - Tokens (text, score, type per id), SPM vocabularies only: a token is *unreachable* when no
   text can make the tokenizer output it. llama.cpp's SPM session starts from single characters
   and merges two adjacent symbols only when their concatenation is a vocabulary entry (looked
@@ -74,8 +75,9 @@ class Finding:
 
 def same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
-        return (isinstance(a, (list, tuple, np.ndarray)) and isinstance(b, (list, tuple, np.ndarray))
-                and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b)))
+        seq = (list, tuple, np.ndarray)
+        return (isinstance(a, seq) and isinstance(b, seq) and len(a) == len(b)
+                and all(same(x, y) for x, y in zip(a, b)))
     if isinstance(a, (float, np.floating)) or isinstance(b, (float, np.floating)):
         return bool(np.float32(a) == np.float32(b))  # GGUF floats are float32
     return bool(a == b)
@@ -202,9 +204,9 @@ def _tokens(got: Mapping[str, Any], ref: Mapping[str, Any], spm: bool) -> list[F
     if holders:
         i = holders[0]
         out.append(Finding(INFO, "metadata", f"{key}: {len(holders)} unused placeholder "
-                                             f"token(s) differ, first #{i}: {ta[i]!r}, the source gives "
-                                             f"{tb[i]!r} (type UNUSED, no SPM merge can produce "
-                                             "either text)", key,
+                                             f"token(s) differ, first #{i}: {ta[i]!r}, the source "
+                                             f"gives {tb[i]!r} (type UNUSED, no SPM merge can "
+                                             "produce either text)", key,
                            {"count": len(holders), "ids": holders[:64]}))
     if alike:
         i = alike[0]

@@ -104,18 +104,18 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
     except InputError as e:
         return Report(str(packed), _s(source), (Finding(FAIL, "container", str(e)),))
     exact = lossless(got.format)
-    ref = None if source is None else load_checkpoint_weights(source, scale_rule, format=exact)
-    if ref is None:
+    if source is None:
         return Report(str(packed), None, tuple(_tensors(got, None)[0]))
-    kvs = dict(load_checkpoint_weights(source, scale_rule, format=got.format).kvs  # type: ignore[arg-type]
-               if exact != got.format else ref.kvs)
+    ref = load_checkpoint_weights(source, scale_rule, format=exact)
+    kvs = dict(ref.kvs if exact == got.format else  # a lossy format's own metadata
+               load_checkpoint_weights(source, scale_rule, format=got.format).kvs)
     if Path(packed).is_dir():  # an `hf` export: its name is its directory's
         got = replace(got, kvs={**got.kvs, "general.name": kvs.get("general.name")})
     container, tensors = _tensors(got, ref)
     found = [*container, *audit_metadata(got.kvs, kvs), *tensors]
     found.append(_logits(got, as_stored(ref, got.format), tokens, mode, found))
     if drift:  # the source's own ternary vs latent logits: independent of the file
-        found.append(_drift(source, ref, tokens))  # type: ignore[arg-type]
+        found.append(_drift(source, ref, tokens))
     return Report(str(packed), _s(source), tuple(found))
 
 
