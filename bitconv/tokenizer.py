@@ -139,12 +139,31 @@ def _canonical(cfg: Any) -> Any:
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
+    """A JSON object file (tokenizer.json, tokenizer_config.json, config.json), None if absent."""
+    if not path.exists() and not path.is_symlink():  # anything else fails to open in one line
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _check_bpe(path: Path, model: Mapping[str, Any], added: Any) -> None:
+    """The JSON types of a BPE tokenizer.json's vocab, merges and added tokens."""
+    vocab, merges = model.get("vocab"), model.get("merges", [])
+    if not (isinstance(vocab, dict) and all(type(i) is int for i in vocab.values())):
+        raise InputError(f"{path}: model.vocab must map tokens to integer ids")
+    if not (isinstance(merges, list) and all(
+            isinstance(m, str) or (isinstance(m, list) and len(m) == 2
+                                   and all(isinstance(x, str) for x in m)) for m in merges)):
+        raise InputError(f"{path}: model.merges must be a list of \"a b\" strings or [a, b] pairs")
+    if not (isinstance(added, list) and all(
+            isinstance(t, dict) and type(t.get("id")) is int and isinstance(t.get("content"), str)
+            for t in added)):
+        raise InputError(f"{path}: added_tokens must be a list of {{id, content}} objects")
 
 
 def _looks_special(token: str) -> bool:
@@ -180,6 +199,7 @@ def _bpe_kvs(src: Path, vocab_size: int, pre: str | None) -> list[KV]:
     if pre is None:
         raise InputError(f"{path}: a BPE tokenizer needs a llama.cpp pre-tokenizer name "
                          "(e.g. 'llama-bpe' for Llama-3)")
+    _check_bpe(path, model, tj.get("added_tokens", []))
     tokens: list[str | None] = [None] * vocab_size
     for token, tok_id in model.get("vocab", {}).items():
         _place(src, tokens, tok_id, token)
@@ -275,6 +295,9 @@ def _special_kvs(src: Path, lookup: Mapping[str, int], vocab_size: int,
             kvs.append(KV(key, GGUFValueType.UINT32, tok_id))
     for typ, key in (("bos", K.ADD_BOS), ("eos", K.ADD_EOS)):
         flag = tc.get(f"add_{typ}_token")
+        if flag is not None and not isinstance(flag, bool):
+            raise InputError(f"{src / 'tokenizer_config.json'}: add_{typ}_token must be true or "
+                             f"false, got {json.dumps(flag)}")
         if not isinstance(flag, bool) and template:  # infer from TemplateProcessing, like gguf
             flag = template.get(typ) is not None and template.get(typ) == _name(tc, typ)
         if not isinstance(flag, bool):  # `silent`: the flag a file without one means

@@ -341,6 +341,37 @@ def test_null_means_absent_where_transformers_says_so(fixture_copy, tmp_path, ke
     assert got.read_bytes() == ref.read_bytes()
 
 
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(data)))
+
+
+TOKENIZER_FILES = [  # (fixture, file, edit, expected line after the file's path)
+    ("bitnet-b1.58-2B-4T", "tokenizer_config.json", lambda d: {**d, "add_bos_token": "yes"},
+     'add_bos_token must be true or false, got "yes"'),
+    ("bitnet_b1_58-large", "tokenizer_config.json", lambda d: {**d, "add_eos_token": 0},
+     "add_eos_token must be true or false, got 0"),
+    ("bitnet-b1.58-2B-4T", "tokenizer_config.json", lambda d: [d], "expected a JSON object"),
+    ("bitnet-b1.58-2B-4T", "tokenizer.json",
+     lambda d: {**d, "model": {**d["model"], "vocab": None}},
+     "model.vocab must map tokens to integer ids"),
+    ("bitnet-b1.58-2B-4T", "tokenizer.json",
+     lambda d: {**d, "model": {**d["model"], "merges": [1, 2]}},
+     'model.merges must be a list of "a b" strings or [a, b] pairs'),
+]
+
+
+@pytest.mark.parametrize("fixture,name,edit,line", TOKENIZER_FILES,
+                         ids=[f"{f}-{n}-{i}" for i, (f, n, _, _) in enumerate(TOKENIZER_FILES)])
+def test_tokenizer_files_of_the_wrong_type(fixture_copy, tmp_path, fixture, name, edit, line):
+    ck = fixture_copy(fixture)
+    _edit_json(ck / name, edit)
+    out = tmp_path / "o.gguf"
+    r = run("pack", ck, "-o", out)
+    assert (r.exit_code, r.stdout, r.stderr) == (1, "", f"Error: {ck / name}: {line}\n")
+    assert not out.exists()
+
+
 # --- safetensors headers that break the specification ---
 
 def st_parts(path: Path) -> tuple[dict, bytes]:
