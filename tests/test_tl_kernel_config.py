@@ -280,6 +280,8 @@ def test_missing_kernel_config_file_is_one_line(files, tmp_path):
             "--kernel-config", tmp_path / "nope.ini")
     assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1 and "nope.ini" in r.stderr
     assert not (tmp_path / "x.npy").exists()
+    r = run("inspect", files["bnc"], "--kernel-config", tmp_path)
+    assert (r.exit_code, r.stderr) == (1, f"Error: {tmp_path}: is a directory\n")
 
 
 # --- the encoder takes an explicit tiling ---
