@@ -16,7 +16,7 @@ FORMAT_NAMES = ("i2s", "tl1", "tl2", "tq1_0", "tq1_0-fp16", "tq2_0", "tq2_0-fp16
                 "i2s-arm", "q2_0", "q2_0-fp16")
 # every command that reads a packed GGUF: where a TL1/TL2 file's tiling comes from
 KERNEL_CONFIG = click.option(
-    "--kernel-config", type=click.Path(path_type=str), default=None,  # read (and refused) by the library
+    "--kernel-config", type=click.Path(path_type=str), default=None,  # the library reads it
     help="For a TL1/TL2 file: the kernel_config.ini it was written with (bitnet.cpp's "
          "include/kernel_config.ini) [default: FILE.kernel_config.ini beside it, else the "
          "file's bitconv.tl.kernel_config key; a TL file with neither is refused].")
