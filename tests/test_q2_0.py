@@ -466,3 +466,47 @@ def test_cli_pack_refuses_unpackable_shape(tmp_path):
     assert r.stderr == ("Error: model.layers.0.mlp.down_proj.weight: q2_0 needs in_features % 64 "
                         "== 0, got 672\n") and r.stdout == ""
     assert not out.exists() and not list(tmp_path.glob("m.gguf*"))
+
+
+# --- 5. runtime, llama.cpp mode: Q8_0 activations (formats/q2_0.md §7) ---
+
+def test_q8_0_block_by_hand():
+    from bitconv.runtime.bitlinear import q8_0
+    x = np.zeros((1, 96), np.float32)
+    x[0, :5] = [127, 63.5, -1.5, 0.5, 2.5]   # block 0: amax 127 -> 127/amax = 1, d = 1
+    x[0, 32:35] = [1.0, 0.5, -0.25]          # block 1: amax 1 -> 127/amax = 127
+    q, d = q8_0(x)                            # block 2: all zero -> d = 0, q = 0
+    assert q.shape == (1, 3, 32) and d.shape == (1, 3)
+    # rint: half to even as _mm256_round_ps(_MM_ROUND_NEAREST); roundf would give 64 -2 1 3
+    assert q[0, 0, :5].tolist() == [127, 64, -2, 0, 2] and not q[0, 0, 5:].any()
+    # 0.5 * 127 = 63.5 -> 64; -0.25 * 127 = -31.75 -> -32
+    assert q[0, 1, :3].tolist() == [127, 64, -32] and not q[0, 2].any()
+    # d = fp16(amax / 127): 1/127 = 0.0078740157 = 2^-7 (1 + 8.06/1024) -> mantissa 8:
+    # 2^-7 (1 + 8/1024) = 0.00787353515625, the value the dot product multiplies by
+    assert d[0].tolist() == [1.0, 0.00787353515625, 0.0]
+
+
+def test_q2_0_dot_sums_per_block_then_scales():
+    from bitconv.runtime.bitlinear import bitlinear, q8_0
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    codes = rng.integers(-1, 2, size=(5, 256)).astype(np.float32)
+    q, d = q8_0(x)
+    want = np.zeros((3, 5), np.float32)
+    for i in range(4):                        # weight blocks of 64 = Q8_0 blocks 2i, 2i+1
+        sumi = np.zeros((3, 5), np.float32)
+        for k in (2 * i, 2 * i + 1):
+            isum = q[:, k] @ codes[:, 32 * k: 32 * k + 32].T   # integers, exact
+            assert (isum == np.round(isum)).all()
+            sumi += d[:, k:k + 1] * isum
+        want += sumi
+    got = bitlinear(x, codes, np.float32(0.75), "llama.cpp", group=64)
+    np.testing.assert_array_equal(got, want * np.float32(0.75))
+    assert not np.array_equal(got, bitlinear(x, codes, np.float32(0.75), "llama.cpp"))  # Q8_K
+
+
+def test_model_picks_q8_0_for_q2_0_files(packed):
+    from bitconv.runtime.model import Model
+    assert Model(load_gguf(packed("bitnet_b1_58-large", "q2_0")), "llama.cpp").group == 64
+    assert Model(load_gguf(packed("bitnet_b1_58-large", "q2_0-fp16")), "llama.cpp").group == 64
+    assert Model(load_gguf(packed("bitnet_b1_58-large", "tq2_0")), "llama.cpp").group == 0

@@ -8,7 +8,8 @@ and the other down. One flipped code changes that BitLinear's output at that pos
 one quantization step in every column, hence K/V at that position, hence every later position
 (by ~1e-2 of max|logit| on the tiny fixtures). Which activation, if any, lands on a tie depends
 on the CPU and the BLAS build, so a fixed tolerance over all positions gives a verdict that
-depends on the machine (issue 13).
+depends on the machine (issue 13). The same holds for Q8_0 (blocks of 32, q = round(x·127/amax)),
+which llama.cpp uses for Q2_0 weights: both quantizers are patched, whichever the model calls.
 
 The machine-independent verdict used here (`explain`): walk the positions in order. Every
 position must agree to TIGHT. At the first that does not, search our own run for activations at
@@ -37,15 +38,16 @@ CANDIDATES = 16  # nearest-tie activations tried per diverging position
 
 @dataclass(frozen=True)
 class Flip:
-    call: int      # index of the q8k call in execution order (one per BitLinear)
+    call: int      # index of the q8k / q8_0 call in execution order (one per BitLinear)
     pos: int       # token position (row of x)
-    block: int     # Q8_K block along K
+    block: int     # Q8_K (Q8_0) block along K
     j: int         # element within the block
     distance: float  # |iscale·x − (k + ½)|
+    size: int = bl.Q8K_BLOCK  # elements per block: 256 (Q8_K) or 32 (Q8_0)
 
     def __str__(self) -> str:
         return (f"BitLinear call {self.call}, position {self.pos}, element "
-                f"{self.block * bl.Q8K_BLOCK + self.j}: {self.distance:.1e} from a tie")
+                f"{self.block * self.size + self.j}: {self.distance:.1e} from a tie")
 
 
 @dataclass(frozen=True)
@@ -57,21 +59,25 @@ class Verdict:
 
 def run_ours(model: Model, ids: np.ndarray, flips: tuple[Flip, ...],
              monkeypatch) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Our logits with `flips` applied, and every q8k call's scaled values, in execution order."""
+    """Our logits with `flips` applied, and every q8k / q8_0 call's scaled values, in execution
+    order."""
     seen: list[np.ndarray] = []
 
-    def q8k(x):
-        v, d = bl.q8k_scaled(x)
-        q = np.minimum(np.rint(v), np.float32(127))
-        for f in flips:
-            if f.call == len(seen):
-                r, c = v[f.pos, f.block, f.j], q[f.pos, f.block, f.j]
-                q[f.pos, f.block, f.j] += np.sign(r - c) or 1  # to the other side of r
-        seen.append(v)
-        return q, d
+    def patched(scaled, rounded):
+        def quantize(x):
+            v, d = scaled(x)
+            q = rounded(v)
+            for f in flips:
+                if f.call == len(seen):
+                    r, c = v[f.pos, f.block, f.j], q[f.pos, f.block, f.j]
+                    q[f.pos, f.block, f.j] += np.sign(r - c) or 1  # to the other side of r
+            seen.append(v)
+            return q, d
+        return quantize
 
     with monkeypatch.context() as m:
-        m.setattr(bl, "q8k", q8k)
+        m.setattr(bl, "q8k", patched(bl.q8k_scaled, lambda v: np.minimum(np.rint(v), np.float32(127))))
+        m.setattr(bl, "q8_0", patched(bl.q8_0_scaled, np.rint))
         logits = model.forward(np.asarray(ids))
     return logits, seen
 
@@ -85,7 +91,7 @@ def near_ties(values: list[np.ndarray], pos: int, taken: tuple[Flip, ...]) -> li
     for call, v in enumerate(values):
         dist = np.abs(v[pos] - (np.floor(v[pos]) + np.float32(0.5)))
         for b, j in np.argwhere(dist < TIE):
-            f = Flip(call, pos, int(b), int(j), float(dist[b, j]))
+            f = Flip(call, pos, int(b), int(j), float(dist[b, j]), v.shape[-1])
             if all((f.call, f.pos, f.block, f.j) != (t.call, t.pos, t.block, t.j) for t in taken):
                 out.append(f)
     return sorted(out, key=lambda f: f.distance)[:CANDIDATES]

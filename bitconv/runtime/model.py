@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
-from bitconv.runtime.bitlinear import bitlinear, check_mode
+from bitconv.runtime.bitlinear import bitlinear, check_mode, q8_0_group
 from bitconv.runtime.weights import Weights
 from bitconv.types import TernaryTensor
 from bitconv.workers import Workers
@@ -94,6 +94,7 @@ class Model:
     def __init__(self, weights: Weights, mode: str = "exact", keep: bool = True) -> None:
         self.spec = Spec.of(dict(weights.kvs))
         self.mode, self.keep = check_mode(mode), keep
+        self.group = q8_0_group(weights.format)  # llama.cpp mode: Q8_0 activations for Q2_0
         self.weights = weights
         self._cache: dict[str, Any] = {}
         self._buf = np.empty(0, F32)  # keep=False: the current layer's codes
@@ -169,7 +170,7 @@ class Model:
     def _linear(self, name: str, x: Array) -> Array:
         w = self._get(name, self.keep)
         if isinstance(w, tuple):
-            return bitlinear(x, w[0], w[1], self.mode)
+            return bitlinear(x, w[0], w[1], self.mode, self.group)
         return x @ w.T  # latent float weights
 
     def _attention(self, i: int, h: Array, cos: Array, sin: Array, cache: Cache) -> Array:
