@@ -190,7 +190,78 @@ def _parse(h: _Header, size: int) -> GGUFFile:
                              f"file has {size}")
         tensors.append(GGUFTensor(name, ggml_type, shape, data_offset + offset, nbytes))
     _check_disjoint(path, tensors, data_offset)
+    _check_standard_kvs(path, kvs, kv_types)
     return GGUFFile(path, version, alignment, kvs, kv_types, tuple(tensors), data_offset, size)
+
+
+# The standardized keys bitconv and the runtimes read, with the value each must hold (ggml
+# docs/gguf.md "Standardized key-value pairs": counts are uint32/uint64, epsilons and bases
+# float32, token lists arrays of strings, token ids uint32). Counts of any integer width are
+# taken, as gguf-py reads them; llama.cpp also allows per-layer arrays for these three.
+_COUNTS = ("context_length", "embedding_length", "block_count", "feed_forward_length",
+           "attention.head_count", "attention.head_count_kv", "rope.dimension_count",
+           "vocab_size", "attention.key_length", "attention.value_length")
+_PER_LAYER = ("feed_forward_length", "attention.head_count", "attention.head_count_kv")
+_FLOATS = ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon", "rope.freq_base",
+           "rope.scaling.factor")
+_INTS = frozenset({_V.UINT8, _V.INT8, _V.UINT16, _V.INT16, _V.UINT32, _V.INT32, _V.UINT64,
+                   _V.INT64})
+_STRINGS = ("general.architecture", "general.name", "tokenizer.ggml.model", "tokenizer.ggml.pre",
+            "tokenizer.chat_template")
+_FLAGS = ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
+          "tokenizer.ggml.add_space_prefix")
+
+
+def _check_standard_kvs(path: Path, kvs: dict[str, Any], types: dict[str, GGUFValueType]) -> None:
+    """Each standardized key present holds its kind of value (one line naming the key), so a
+    runtime reading it never meets a string where it divides by a head count."""
+    def bad(key: str, what: str) -> InputError:
+        v = kvs[key]
+        shown = (f"{types[key].name} {v!r}" if not isinstance(v, (list, np.ndarray))
+                 else f"an ARRAY of {len(v)}")
+        return InputError(f"{path}: metadata {key} must be {what}, got {shown[:60]}")
+
+    def count(key: str, v: Any) -> bool:
+        return types[key] in _INTS and 0 < int(v) < 2**31
+
+    for key in _STRINGS:
+        if key in kvs and types[key] != _V.STRING:
+            raise bad(key, "a string")
+    for key in _FLAGS:
+        if key in kvs and types[key] != _V.BOOL:
+            raise bad(key, "true or false")
+    arch = kvs.get("general.architecture")
+    for suffix in _COUNTS if isinstance(arch, str) else ():
+        key = f"{arch}.{suffix}"
+        if key not in kvs:
+            continue
+        v = kvs[key]
+        per_layer = (suffix in _PER_LAYER and isinstance(v, np.ndarray) and v.dtype.kind in "iu"
+                     and len(v) and v.min() > 0 and v.max() < 2**31)
+        if not (per_layer or (types[key] != _V.ARRAY and count(key, v))):
+            raise bad(key, "a positive integer")
+    for suffix in _FLOATS if isinstance(arch, str) else ():
+        key = f"{arch}.{suffix}"
+        if key in kvs and not (types[key] in (_V.FLOAT32, _V.FLOAT64) and np.isfinite(kvs[key])
+                               and kvs[key] >= (0 if "epsilon" in suffix else 1e-30)):
+            raise bad(key, "a finite float" + (" >= 0" if "epsilon" in suffix else " > 0"))
+    tokens = kvs.get("tokenizer.ggml.tokens")
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+        if key in kvs and not (types[key] == _V.ARRAY and isinstance(kvs[key], list)
+                               and all(isinstance(t, str) for t in kvs[key])):
+            raise bad(key, "an array of strings")
+    n = len(tokens) if tokens is not None else None
+    for key, kinds in (("tokenizer.ggml.token_type", "iu"), ("tokenizer.ggml.scores", "f")):
+        v = kvs.get(key)
+        if key in kvs and not (isinstance(v, np.ndarray) and v.dtype.kind in kinds
+                               and (n is None or len(v) == n)):
+            raise bad(key, f"an array of {'integers' if kinds == 'iu' else 'floats'}, one per "
+                           f"token ({n} tokens)")
+    for key in kvs:
+        if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
+            v = kvs[key]
+            if not (types[key] in _INTS and 0 <= int(v) and (n is None or int(v) < n)):
+                raise bad(key, "a token id" + (f" below {n}" if n is not None else ""))
 
 
 def _check_disjoint(path: Path, tensors: list[GGUFTensor], data_offset: int) -> None:

@@ -372,6 +372,67 @@ def test_tokenizer_files_of_the_wrong_type(fixture_copy, tmp_path, fixture, name
     assert not out.exists()
 
 
+# --- GGUF metadata: the standardized keys of the wrong type (ggml docs/gguf.md) ---
+
+def rewrite_kvs(src: Path, dst: Path, change) -> None:
+    """`src` with each KV record passed through `change` (None drops it); tensors unchanged."""
+    import numpy as np
+
+    from bitconv.gguf_io import GGUFWriter, TensorInfo
+    from bitconv.gguf_reader import kv_records, read_gguf, tensor_bytes
+
+    gf = read_gguf(src)
+    kvs = [kv for kv in map(change, kv_records(gf)) if kv is not None]
+    with open(dst, "wb") as f:
+        w = GGUFWriter(f, kvs, [TensorInfo(t.name, t.shape, t.ggml_type, t.nbytes)
+                                for t in gf.tensors])
+        for t in gf.tensors:
+            w.write(np.asarray(tensor_bytes(gf, t)))
+            w.end_tensor()
+        w.close()
+
+
+def _set(key: str, vtype: str, value: object):
+    from gguf import GGUFValueType as V
+
+    from bitconv.types import KV
+
+    def change(kv):
+        return KV(kv.key, V[vtype], value) if kv.key.endswith(key) else kv
+    return change
+
+
+GGUF_KVS = [  # (key suffix, new type, new value, expected text after "metadata <key> must be ")
+    (".block_count", "STRING", "2", "a positive integer, got STRING '2'"),
+    (".attention.head_count", "FLOAT32", 4.0, "a positive integer, got FLOAT32 4.0"),
+    (".attention.head_count", "UINT32", 0, "a positive integer, got UINT32 0"),
+    (".attention.layer_norm_rms_epsilon", "STRING", "x",
+     "a finite float >= 0, got STRING 'x'"),
+    (".rope.freq_base", "FLOAT32", -1.0, "a finite float > 0, got FLOAT32 -1.0"),
+    ("tokenizer.ggml.bos_token_id", "UINT32", 99999,
+     "a token id below 1024, got UINT32 99999"),
+    ("general.architecture", "UINT32", 5, "a string, got UINT32 5"),
+    ("tokenizer.ggml.add_bos_token", "UINT8", 1, "true or false, got UINT8 1"),
+]
+
+
+@pytest.mark.parametrize("suffix,vtype,value,what", GGUF_KVS,
+                         ids=[f"{k}-{t}" for k, t, _, _ in GGUF_KVS])
+def test_gguf_metadata_of_the_wrong_type(world, tmp_path, suffix, vtype, value, what):
+    bad = tmp_path / "bad.gguf"
+    rewrite_kvs(world / "m.gguf", bad, _set(suffix, vtype, value))
+    from bitconv.gguf_reader import read_gguf
+
+    key = next(k for k in read_gguf(world / "m.gguf").kvs if k.endswith(suffix))
+    for cmd in (["inspect"], ["run", "-p", "hi", "-n", "1"],
+                ["logits", "--tokens", "1", "-o", tmp_path / "o.npy"],
+                ["repack", "--format", "tq2_0", "-o", tmp_path / "o.gguf"]):
+        r = run(cmd[0], bad, *cmd[1:])
+        assert (r.exit_code, r.stdout, r.stderr) == (
+            1, "", f"Error: {bad}: metadata {key} must be {what}\n"), cmd
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
+
+
 # --- safetensors headers that break the specification ---
 
 def st_parts(path: Path) -> tuple[dict, bytes]:
