@@ -153,6 +153,6 @@ def test_drift_is_information(fixtures_root, tmp_path):
     path = pack(latent_src, out=tmp_path / "l.gguf").path
     r = CliRunner().invoke(cli, ["verify", str(path), "--source", str(latent_src), "--json"])
     import json
-    drift = json.loads(r.stdout)["checks"][-1]
-    assert drift["name"] == "drift" and drift["info"] and drift["ok"]
-    assert drift["detail"].startswith("vs latent float weights: max |delta| ")
+    drift = json.loads(r.stdout)["findings"][-1]
+    assert drift["check"] == "drift" and drift["class"] == "info" and r.exit_code == 0
+    assert drift["message"].startswith("vs latent float weights: max |delta| ")
