@@ -38,8 +38,11 @@ def atomic_output(out: Path, force: bool = False) -> Iterator[BinaryIO]:
     """Yield a file that appears as `out` only if the block completes without an exception."""
     check_writable(out, force)
     tmp = out.with_name(out.name + ".incomplete")
+    # A stale one (a killed run) goes first; "x" (O_EXCL) then never writes through a symlink
+    # someone left under that name, which "wb" would follow and truncate its target.
+    tmp.unlink(missing_ok=True)
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "xb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -560,3 +560,17 @@ def test_safetensors_header_against_the_specification(fixture_copy, tmp_path, ca
     assert not out.exists() and not (tmp_path / "hf").exists()
     assert not list(tmp_path.glob("*.incomplete"))
     assert digest(ck) == before
+
+
+@pytest.mark.parametrize("writer", ["pack", "repack", "logits"])
+def test_a_symlink_left_as_the_temporary_name_is_not_written_through(world, tmp_path, writer):
+    """`<out>.incomplete` is replaced, never opened: a symlink there (left by anyone) would
+    otherwise have its target truncated and overwritten."""
+    victim = tmp_path / "precious"
+    victim.write_bytes(b"keep")
+    out = tmp_path / ("o.npy" if writer == "logits" else "o.gguf")
+    out.with_name(out.name + ".incomplete").symlink_to(victim)
+    r = run(*WRITERS[writer](world), "-o", out)
+    assert (r.exit_code, r.stderr) == (0, ""), r.output
+    assert victim.read_bytes() == b"keep" and out.is_file() and not out.is_symlink()
+    assert not out.with_name(out.name + ".incomplete").exists()
