@@ -510,3 +510,36 @@ def test_model_picks_q8_0_for_q2_0_files(packed):
     assert Model(load_gguf(packed("bitnet_b1_58-large", "q2_0")), "llama.cpp").group == 64
     assert Model(load_gguf(packed("bitnet_b1_58-large", "q2_0-fp16")), "llama.cpp").group == 64
     assert Model(load_gguf(packed("bitnet_b1_58-large", "tq2_0")), "llama.cpp").group == 0
+
+
+# --- 6. recipes and release ---
+
+def test_shipped_recipes_list_q2_0_where_llama_cpp_runs_it():
+    from pathlib import Path
+
+    from bitconv.recipes import load_recipe
+    root = Path(__file__).parent.parent / "recipes"
+    for stem in ("bitnet_b1_58-large", "bitnet_b1_58-3B", "Llama3-8B-1.58-100B-tokens"):
+        assert "q2_0" in load_recipe(root / f"{stem}.toml").formats
+
+
+def test_release_packs_and_verifies_q2_0(fixtures_root, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hfc
+
+    from bitconv.synth.fakehub import FakeHub
+    repo = "bitconv/tiny-bitnet_b1_58-large"
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'name = "tiny"\nrepo = "{repo}"\nrevision = "main"\nfamily = "bitnet"\n'
+                      'formats = ["q2_0", "q2_0-fp16"]\n')
+    with FakeHub({repo: fixtures_root / "bitnet_b1_58-large"}) as h:
+        monkeypatch.setenv("HF_ENDPOINT", h.url)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+        r = CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel"),
+                                     "--json"])
+    assert r.exit_code == 0, r.output
+    arts = json.loads(r.stdout)["artifacts"]
+    assert [(a["format"], a["verify"]) for a in arts] == [("q2_0", "ok"), ("q2_0-fp16", "ok")]
+    assert (tmp_path / "rel" / "tiny-q2_0.gguf").exists()
