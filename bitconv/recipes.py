@@ -67,10 +67,10 @@ class Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Parse and validate one recipe file; InputError naming the file and the key otherwise."""
     path = Path(path)
-    try:
+    try:  # an OSError (missing, a directory, unreadable) is the CLI's one line
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise InputError(f"{path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path}: not valid TOML ({e})") from None
 

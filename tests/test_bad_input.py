@@ -574,3 +574,16 @@ def test_a_symlink_left_as_the_temporary_name_is_not_written_through(world, tmp_
     assert (r.exit_code, r.stderr) == (0, ""), r.output
     assert victim.read_bytes() == b"keep" and out.is_file() and not out.is_symlink()
     assert not out.with_name(out.name + ".incomplete").exists()
+
+
+@pytest.mark.parametrize("case,rel,line", [
+    ("missing", "nope.toml", "{p}: no such file or directory"),
+    ("a_directory", "adir", "{p}: is a directory"),
+    ("loop", "loop", "{p}: too many levels of symbolic links"),
+    ("binary", "m.gguf", "{p}: not UTF-8 text"),
+])
+def test_recipe_paths(world, case, rel, line):
+    p = world / rel
+    for args in (["release", p], ["recipe", "check", p], ["recipe", "lock", p]):
+        r = run(*args)
+        assert (r.exit_code, r.stdout, r.stderr) == (1, "", f"Error: {line.format(p=p)}\n"), args
