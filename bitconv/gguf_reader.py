@@ -257,11 +257,10 @@ def _check_standard_kvs(path: Path, kvs: dict[str, Any], types: dict[str, GGUFVa
                                and (n is None or len(v) == n)):
             raise bad(key, f"an array of {'integers' if kinds == 'iu' else 'floats'}, one per "
                            f"token ({n} tokens)")
-    for key in kvs:
-        if key.startswith("tokenizer.ggml.") and key.endswith("_token_id"):
-            v = kvs[key]
-            if not (types[key] in _INTS and 0 <= int(v) and (n is None or int(v) < n)):
-                raise bad(key, "a token id" + (f" below {n}" if n is not None else ""))
+    for key, v in kvs.items():
+        if (key.startswith("tokenizer.ggml.") and key.endswith("_token_id")
+                and not (types[key] in _INTS and 0 <= int(v) and (n is None or int(v) < n))):
+            raise bad(key, "a token id" + (f" below {n}" if n is not None else ""))
 
 
 def _check_disjoint(path: Path, tensors: list[GGUFTensor], data_offset: int) -> None:

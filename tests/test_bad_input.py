@@ -76,7 +76,10 @@ def world(fixtures_root) -> Iterator[Path]:
     """A world-readable tree (nobody must reach it) with one good input of each kind and the
     broken ones. pytest's own tmp dirs are 0700 root, so this lives in its own mkdtemp."""
     # the CLI imports these lazily; as nobody it could not write their bytecode caches
-    import bitconv.inspect, bitconv.logits, bitconv.repack, bitconv.runtime.generate  # noqa: F401
+    import bitconv.inspect
+    import bitconv.logits
+    import bitconv.repack
+    import bitconv.runtime.generate
     import bitconv.verify  # noqa: F401
 
     root = Path(tempfile.mkdtemp(prefix="bitconv-bad-input-"))
@@ -120,8 +123,8 @@ GGUF_INPUTS = [
     ("config_is_a_dir", "ck_cfgdir", "{p}/config.json: is a directory"),
     ("shard_is_a_dir", "ck_stdir", "{p}/model.safetensors: is a directory"),
     ("shard_no_permission", "ck_noread", "{p}/model.safetensors: permission denied"),
-    ("dir_not_a_model", "adir", "{p}: no config.json (is this a Hugging Face checkpoint "
-                                "directory?)"),
+    ("dir_not_a_model", "adir",
+     "{p}: no config.json (is this a Hugging Face checkpoint directory?)"),
 ]
 COMMANDS = {  # every command that reads a model path; {o} is a fresh output path
     "inspect": [],
@@ -167,8 +170,8 @@ def test_verify_source_that_cannot_be_read(world, tmp_path):
     assert (r.exit_code, r.stderr) == (
         1, f"Error: {world}/ck_noread/model.safetensors: permission denied\n"), r.output
     r = run("verify", world / "m.gguf", "--source", world / "loop")
-    assert (r.exit_code, r.stderr) == (1, f"Error: {world}/loop: too many levels of symbolic "
-                                          "links\n"), r.output
+    line = f"Error: {world}/loop: too many levels of symbolic links\n"
+    assert (r.exit_code, r.stderr) == (1, line), r.output
 
 
 OUTPUTS = [  # (case, -o relative to the world, expected line with {o} the output path)
@@ -216,7 +219,7 @@ def test_file_size_limit_while_writing(world, tmp_path, writer):
         args[-3] = "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16"  # 64 KB of logits
     before = digest(world)
     r = subprocess.run([sys.executable, "-m", "bitconv", *args], capture_output=True, text=True,
-                       preexec_fn=_limited(30_000), timeout=300)
+                       preexec_fn=_limited(30_000), timeout=300, check=False)
     # numpy's tofile drops the errno: "cannot write (16384 requested and 7468 written)"
     reason = "File too large" if writer != "logits" else ""
     assert r.returncode == 1 and r.stderr.startswith(f"Error: {o}: cannot write ({reason}"), \
@@ -233,10 +236,9 @@ def test_file_size_limit_while_writing(world, tmp_path, writer):
 def hub(fixtures_root, tmp_path, monkeypatch):
     import huggingface_hub.constants as hfc
 
+    from bitconv.recipes import load_recipe
     from bitconv.synth.checkpoints import FIXTURES
     from bitconv.synth.fakehub import FakeHub
-
-    from bitconv.recipes import load_recipe
 
     repos = {fx.repo: fixtures_root / n for n, fx in FIXTURES.items()}
     repos[load_recipe(RECIPE).repo] = fixtures_root / "bitnet-b1.58-2B-4T-bf16"
@@ -470,8 +472,8 @@ def _n(v):
 
 
 def _trailing(h, d):
-    return h, d + b"\0" * 8, "8 bytes after the last tensor belong to no tensor (the data must " \
-                             "end at the end of the file)"
+    return h, d + b"\0" * 8, ("8 bytes after the last tensor belong to no tensor (the data "
+                              "must end at the end of the file)")
 
 
 def _size_mismatch(h, d):
