@@ -95,7 +95,10 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
             chunks = (encoded(codec, ternary_rows(ck, mf, t, rule, scale_rule is None,
                                                   codec.SPEC.row_multiple, workers), workers)
                       if t.kind == "ternary" else dense_chunks(ck, mf, t, workers))
-            write_parts(w, group, chunks)
+            try:
+                write_parts(w, group, chunks)
+            except PackError as e:  # codes the format cannot hold (a 0 in q1_0): name the weight
+                raise PackError(f"{t.source}: {e}") from None
             mf.release(ck.ref(t.source))
             bar.update(sum(i.nbytes for i in group))
         w.close()

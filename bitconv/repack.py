@@ -231,7 +231,10 @@ def _write(source: Source, codec: ModuleType, out: Path, force: bool, progress: 
                 chunks = codec.encode(m, code_chunks(codes, codec.SPEC.row_multiple))
             else:
                 chunks = byte_chunks(tensor_bytes(source.gf, t))
-            write_parts(w, group, chunks)
+            try:
+                write_parts(w, group, chunks)
+            except PackError as e:  # codes the target cannot hold (a 0 in q1_0)
+                raise PackError(f"{t.name}: {e}") from None
             bar.update(sum(i.nbytes for i in group))
         w.close()
     return total

@@ -217,3 +217,16 @@ def multiplier_from_scale(name: str, weight_scale: float, rule: ScaleRule,
             f"divides, so it should be at least {MIN_DIVIDE_SCALE:g}); "
             "pass --scale-rule to force one")
     return ws if rule == "multiply" else np.float32(1) / ws
+
+
+def binarize(w: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], np.float32]:
+    """BitNet's 1-bit weights ("BitNet: Scaling 1-bit Transformers for Large Language Models",
+    2023, §2.1): codes = Sign(W − α) with α = mean(W) per tensor, Sign(0) = +1 (bitconv's
+    choice, the same as llama.cpp's Q1_0 quantizer's `x >= 0`), multiplier β = mean|W| (the
+    paper's ||W||₁ / nm). Means accumulate in float64 and are rounded to float32.
+    formats/q1_0.md §7."""
+    w = np.asarray(w, np.float32)
+    alpha = np.float32(np.mean(w, dtype=np.float64))
+    beta = np.float32(np.mean(np.abs(w), dtype=np.float64))
+    codes = np.where(w >= alpha, np.int8(1), np.int8(-1))
+    return codes, beta

@@ -24,7 +24,9 @@ from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
 
 FAMILIES = sorted(FIXTURES)
-LOSSLESS = sorted(n for n, c in FORMATS.items() if c.SPEC.lossless and c.SPEC.container == "gguf")
+# ternary fixtures: formats that hold a 0 code (q1_0 is binary only: tests/test_q1_0.py)
+LOSSLESS = sorted(n for n, c in FORMATS.items()
+                  if c.SPEC.lossless and c.SPEC.container == "gguf" and 0 in c.SPEC.codes)
 SIDECAR = ".kernel_config.ini"
 
 

@@ -36,13 +36,14 @@ import numpy.typing as npt
 from gguf import GGUFValueType
 
 from bitconv.errors import PackError
-from bitconv.formats import hf, i2s, i2s_arm, q2_0, tl1, tl2, tq1_0, tq2_0
+from bitconv.formats import hf, i2s, i2s_arm, q1_0, q2_0, tl1, tl2, tq1_0, tq2_0
 from bitconv.formats.tiling import Tiling
 from bitconv.types import KV
 
 FORMATS: dict[str, ModuleType] = {"i2s": i2s, "tl1": tl1, "tl2": tl2, "tq1_0": tq1_0,
                                 "tq1_0-fp16": tq1_0.fp16, "tq2_0": tq2_0, "tq2_0-fp16": tq2_0.fp16,
-                                "hf": hf, "i2s-arm": i2s_arm, "q2_0": q2_0, "q2_0-fp16": q2_0.fp16}
+                                "hf": hf, "i2s-arm": i2s_arm, "q2_0": q2_0, "q2_0-fp16": q2_0.fp16,
+                                "q1_0": q1_0, "q1_0-fp16": q1_0.fp16}
 
 
 def get_format(name: str) -> ModuleType:

@@ -21,6 +21,7 @@ class FormatSpec:
                   that chunk alone, and then exactly what encode(m, []) yields (tail,
                   companions); `pack` then encodes chunks in parallel. False: TL tiles.
     container:    "gguf", or "safetensors" for the transformers export.
+    codes:        the weight codes the layout holds: ternary, or (-1, 1) for binary (Q1_0).
     d_first:      an fp16-d block format (tq_common) stores d before the codes (Q2_0, Q1_0:
                   `{ ggml_half d; uint8_t qs[]; }`) rather than after them (TQ1_0, TQ2_0).
     """
@@ -35,6 +36,7 @@ class FormatSpec:
     lossless: bool = True
     row_local: bool = True
     container: str = "gguf"
+    codes: tuple[int, ...] = (-1, 0, 1)
     d_first: bool = False
 
 

@@ -44,7 +44,7 @@ Q8K_BLOCK = 256
 Q8_0_BLOCK = 32
 # Weight formats whose llama.cpp dot product takes Q8_0 activations (ggml-cpu/ggml-cpu.c
 # type_traits_cpu .vec_dot_type), with the weight block that sums its Q8_0 blocks first
-Q8_0_GROUPS = {"q2_0": 64, "q2_0-fp16": 64}
+Q8_0_GROUPS = {"q2_0": 64, "q2_0-fp16": 64, "q1_0": 128, "q1_0-fp16": 128}
 
 
 def q8_0_group(fmt: str) -> int:
