@@ -22,7 +22,8 @@ scales are applied (DESIGN.md §5):
           lossy file, whose decoded multiplier is that d)
     There is no per-token absmax step: llama.cpp's `bitnet` graph has no activation quantizer.
 
-`llama.cpp` for Q2_0 weights (vec_dot_type Q8_0, formats/q2_0.md §7; `group=64`):
+`llama.cpp` for Q2_0 / Q1_0 weights (vec_dot_type Q8_0, formats/q2_0.md §7, q1_0.md §5;
+`group` = 64 / 128, the weight block; Q1_0 sums four Q8_0 blocks per block, Q2_0 two):
     per block b of 32 along K (quantize_row_q8_0, ggml-cpu/arch/x86/quants.c L302-398, AVX):
     amax = max|x_b|; d_b = fp32(fp16(amax / 127)); q_b = rint(x_b · (127 / amax))
     (all-zero block: q = 0, d = 0)
