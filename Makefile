@@ -10,7 +10,7 @@ PYTHON    := $(VENV)/bin/python
 DEMO      := build/demo
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
-.PHONY: setup test test-deps lint demo fixtures bench release release-demo clean
+.PHONY: setup test test-deps lint demo fixtures train-tiny bench release release-demo clean
 
 setup: $(VENV)/.bitconv-setup  ## a project venv with bitconv and what the main job needs
 
@@ -36,8 +36,11 @@ fixtures: setup  ## regenerate the tiny checkpoints under tests/data (determinis
 	for n in bitnet_b1_58-large bitnet-b1.58-2B-4T bitnet-b1.58-2B-4T-bf16 Llama3-8B-1.58-100B-tokens; do \
 	  $(PYTHON) -m bitconv make-fixture $$n tests/data/$$n >/dev/null || exit 1; done
 
-demo: setup  ## pull the embedded tiny 2B4T model from a local fake hub, pack it to I2_S, inspect, verify
+demo: setup  ## pull the trained tiny 2B4T model from a local fake hub, pack it to I2_S, inspect, verify, run
 	PYTHON=$(PYTHON) DEMO=$(DEMO) sh scripts/demo.sh
+
+train-tiny: test-deps  ## retrain models/bitnet-tiny-shakespeare[-bf16] (scripts/train_tiny.py; ~20 min, 1 thread)
+	$(PYTHON) scripts/train_tiny.py --out models
 
 bench: test-deps  ## full-size benchmarks (generates multi-GB inputs under build/bench)
 	$(PYTHON) bench/bench_pack.py
