@@ -93,7 +93,8 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
         for t, group in zip(items, infos):
             bar.set_postfix_str(t.gguf_name, refresh=False)
             chunks = (encoded(codec, ternary_rows(ck, mf, t, rule, scale_rule is None,
-                                                  codec.SPEC.row_multiple, workers), workers)
+                                                  codec.SPEC.row_multiple, workers,
+                                                  binary=0 not in codec.SPEC.codes), workers)
                       if t.kind == "ternary" else dense_chunks(ck, mf, t, workers))
             try:
                 write_parts(w, group, chunks)
@@ -207,10 +208,13 @@ class TernaryRows:
 
 
 def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
-                 checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL
-                 ) -> TernaryRows:
+                 checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL,
+                 binary: bool = False) -> TernaryRows:
     """Packed sources are unpacked and checked, never re-quantized; latent ones take a first
-    pass (on `workers`) for the absmean, here, before any code is made."""
+    pass (on `workers`) for the absmean, here, before any code is made. `binary` (a format that
+    holds no 0 code, q1_0): latent floats are binarized as BitNet (1-bit) does instead,
+    Sign(W − mean W) with multiplier mean|W| (formats/q1_0.md §7); already-binary floats ±a
+    come out as sign(W) and a either way."""
     ref = ck.ref(t.source)
     out_f, in_f = t.shape
     head = out_f // t.heads if t.heads else 1
@@ -222,8 +226,14 @@ def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternar
         packed = mf.view(ref)
         return TernaryRows(m, rows, lambda rs: order(
             ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)))
-    scan = ternary.AbsmeanScan(t.source)
     release = lambda rs: mf.release(ref, rs)  # noqa: E731
+    if binary:
+        alpha, beta = ternary.binary_stats(list(workers.map(
+            lambda rs: ternary.binary_scan(mf.view(ref, rs), ref.dtype, t.source),
+            row_chunks(out_f, in_f))))
+        return TernaryRows(beta, rows, lambda rs: order(ternary.binarize_stored(
+            mf.view(ref, rs), ref.dtype, alpha)), release)
+    scan = ternary.AbsmeanScan(t.source)
     # pass 2 re-reads the tensor: a small one stays mapped between the passes (no second
     # round of page faults), a huge one is released chunk by chunk to bound the resident set
     keep = ref.nbytes <= KEEP_MAPPED
@@ -236,10 +246,10 @@ def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternar
 
 
 def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
-                  checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL
-                  ) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
+                  checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL,
+                  binary: bool = False) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
     """The multiplier of planned tensor `t` and its codes in row chunks, in GGUF row order."""
-    src = ternary_rows(ck, mf, t, rule, checked, row_multiple, workers)
+    src = ternary_rows(ck, mf, t, rule, checked, row_multiple, workers, binary)
     return src.multiplier, workers.map(src.codes, src.rows, done=src.done)
 
 

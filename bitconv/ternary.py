@@ -223,10 +223,28 @@ def binarize(w: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], np.float
     """BitNet's 1-bit weights ("BitNet: Scaling 1-bit Transformers for Large Language Models",
     2023, §2.1): codes = Sign(W − α) with α = mean(W) per tensor, Sign(0) = +1 (bitconv's
     choice, the same as llama.cpp's Q1_0 quantizer's `x >= 0`), multiplier β = mean|W| (the
-    paper's ||W||₁ / nm). Means accumulate in float64 and are rounded to float32.
-    formats/q1_0.md §7."""
-    w = np.asarray(w, np.float32)
-    alpha = np.float32(np.mean(w, dtype=np.float64))
-    beta = np.float32(np.mean(np.abs(w), dtype=np.float64))
-    codes = np.where(w >= alpha, np.int8(1), np.int8(-1))
-    return codes, beta
+    paper's ||W||₁ / nm). Means accumulate in float64 and are rounded to float32; `pack` gets
+    the same through binary_scan/binary_stats/binarize_stored in row chunks. formats/q1_0.md §7."""
+    alpha, beta = binary_stats([binary_scan(w, "F32")])
+    return binarize_stored(w, "F32", alpha), beta
+
+
+def binary_scan(stored: npt.NDArray, dtype: str, name: str = "") -> tuple[float, float, int]:
+    """Pass 1 of binarization over a chunk of stored values: (Σw, Σ|w|) in float64, count."""
+    w = to_float32(stored.reshape(-1), dtype)
+    s, a = float(np.sum(w, dtype=np.float64)), float(np.sum(np.abs(w), dtype=np.float64))
+    if not (math.isfinite(s) and math.isfinite(a)):
+        raise InputError(f"{name}: holds NaN or Inf values; refusing to binarize")
+    return s, a, w.size
+
+
+def binary_stats(parts: list[tuple[float, float, int]]) -> tuple[np.float32, np.float32]:
+    """(α, β) = float32 of (Σw / n, Σ|w| / n) over the scanned chunks."""
+    n = sum(p[2] for p in parts)
+    return (np.float32(sum(p[0] for p in parts) / n), np.float32(sum(p[1] for p in parts) / n))
+
+
+def binarize_stored(stored: npt.NDArray, dtype: str, alpha: np.float32) -> npt.NDArray[np.int8]:
+    """Pass 2: +1 where w >= α, else −1 (float32 comparison), in the stored shape."""
+    w = to_float32(stored, dtype)
+    return np.where(w >= alpha, np.int8(1), np.int8(-1))

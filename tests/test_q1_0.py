@@ -208,7 +208,7 @@ def rewrite_shards(src, dst, transform):
         arrays = {r.name: np.frombuffer(raw[r.start:r.end], DTYPES[r.dtype]).reshape(r.shape)
                   for r in order}
         write_safetensors(shard, [(r.name, r.dtype, r.shape) for r in order],
-                          lambda n: transform(n, arrays[n]) if PROJ.fullmatch(n) else arrays[n])
+                          lambda n, a=arrays: transform(n, a[n]) if PROJ.fullmatch(n) else a[n])
     return dst
 
 
@@ -276,9 +276,32 @@ def test_binary_multiplier_is_mean_abs_of_latent(fixtures_root, binaries):
     assert m == binarize(w)[1]
 
 
+def test_latent_floats_are_binarized_as_bitnet_does(fixtures_root, binaries, tmp_path):
+    # q1_0 holds no 0: pack binarizes latent floats (Sign(W - mean W), mean|W|), which gives
+    # the model the already-binary fixture holds; verify's source side does the same
+    src = fixtures_root / "bitnet_b1_58-large"
+    out = pack(src, format="q1_0", out=tmp_path / "m.gguf").path
+    got, ref = load_gguf(out), load_gguf(pack(binaries["bitnet"], format="q1_0",
+                                             out=tmp_path / "b.gguf").path)
+    st = src / "model.safetensors"
+    for n in ("blk.0.ffn_down.weight", "blk.1.attn_q.weight"):
+        a, b = got.tensors[n], ref.tensors[n]
+        np.testing.assert_array_equal(a.codes, b.codes)
+        assert a.multiplier == b.multiplier
+    h = read_header(st)["model.layers.1.mlp.down_proj.weight"]
+    w = np.frombuffer(st.read_bytes()[h.start:h.end], np.float32).reshape(h.shape)
+    codes, beta = binarize(w)
+    np.testing.assert_array_equal(got.tensors["blk.1.ffn_down.weight"].codes, codes)
+    assert got.tensors["blk.1.ffn_down.weight"].multiplier == beta
+    r = CliRunner().invoke(cli, ["verify", str(out), "--source", str(src), "--no-drift",
+                                 "--tokens", "4"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+
+
 def test_ternary_model_is_refused_by_q1_0(fixtures_root, tmp_path):
+    # HF-packed ternary codes are never re-quantized: their 0s have no Q1_0 bit
     out = tmp_path / "m.gguf"
-    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet_b1_58-large"),
+    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "Llama3-8B-1.58-100B-tokens"),
                                  "--format", "q1_0", "-o", str(out)])
     assert r.exit_code == 1 and r.stdout == ""
     assert re.fullmatch(r"Error: model\.layers\.0\.\S+\.weight: q1_0 holds binary weights "

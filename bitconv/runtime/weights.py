@@ -134,7 +134,8 @@ def load_checkpoint_weights(src: str | Path, scale_rule: ternary.ScaleRule | Non
             if t.kind == "ternary" and latent and not t.scale_source:
                 return latent_rows(ck, mf, t)
             if t.kind == "ternary":
-                m, chunks = ternary_codes(ck, mf, t, rule, scale_rule is None)
+                m, chunks = ternary_codes(ck, mf, t, rule, scale_rule is None,
+                                          binary=0 not in codec.SPEC.codes)
                 return TernaryTensor(t.gguf_name, _rows(chunks, t.shape), stored(codec, m))
             return _rows(dense_chunks(ck, mf, t), t.shape)
 
