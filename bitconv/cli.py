@@ -331,6 +331,40 @@ def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, c
     click.echo()
 
 
+@cli.command(name="eval")
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--text", "text", type=click.Path(path_type=str), required=True,
+              help="A UTF-8 text file (at least 2·CTX tokens).")
+@click.option("--ctx", type=click.IntRange(4), default=512, show_default=True,
+              help="Chunk length in tokens; the second half of each chunk is scored.")
+@click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
+              help="BitLinear numerics (see `bitconv logits --help`).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, per-chunk values included.")
+@KERNEL_CONFIG
+def eval_(model: str, text: str, ctx: int, mode: str, as_json: bool,
+          kernel_config: str | None) -> None:
+    """Perplexity of MODEL (a GGUF file or checkpoint directory) on a text, computed as
+    llama.cpp's perplexity tool does: BOS + the text, chunks of CTX tokens each starting with
+    BOS, the second half of each chunk scored. A progress bar goes to stderr.
+
+    \b
+    Examples:
+      bitconv eval model-i2s.gguf --text wiki.test.raw --ctx 512
+      bitconv eval model-tq2_0.gguf --text held-out.txt --mode llama.cpp --json
+    """
+    import json
+
+    from bitconv.eval import evaluate
+
+    r = evaluate(model, text, ctx=ctx, mode=mode, progress=True, kernel_config=kernel_config)
+    if as_json:
+        click.echo(json.dumps(r.to_json(), indent=2))
+        return
+    click.echo("".join(f"[{c.index}]{c.ppl_running:.4f}," for c in r.chunks))
+    click.echo(f"PPL = {r.ppl:.4f} +/- {r.ppl_error:.5f}  ({len(r.chunks)} chunks of {r.ctx}, "
+               f"{r.scored} of {r.tokens} tokens scored, {r.mode} mode)")
+
+
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=str))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
