@@ -337,11 +337,13 @@ def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, c
               help="A UTF-8 text file (at least 2·CTX tokens).")
 @click.option("--ctx", type=click.IntRange(4), default=512, show_default=True,
               help="Chunk length in tokens; the second half of each chunk is scored.")
+@click.option("--chunks", type=click.IntRange(1), default=None,
+              help="Evaluate at most this many chunks (llama.cpp's --chunks) [default: all].")
 @click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
               help="BitLinear numerics (see `bitconv logits --help`).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, per-chunk values included.")
 @KERNEL_CONFIG
-def eval_(model: str, text: str, ctx: int, mode: str, as_json: bool,
+def eval_(model: str, text: str, ctx: int, chunks: int | None, mode: str, as_json: bool,
           kernel_config: str | None) -> None:
     """Perplexity of MODEL (a GGUF file or checkpoint directory) on a text, computed as
     llama.cpp's perplexity tool does: BOS + the text, chunks of CTX tokens each starting with
@@ -356,7 +358,8 @@ def eval_(model: str, text: str, ctx: int, mode: str, as_json: bool,
 
     from bitconv.eval import evaluate
 
-    r = evaluate(model, text, ctx=ctx, mode=mode, progress=True, kernel_config=kernel_config)
+    r = evaluate(model, text, ctx=ctx, mode=mode, progress=True, chunks=chunks,
+                 kernel_config=kernel_config)
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=2))
         return

@@ -81,11 +81,14 @@ def chunk_positions(n_tokens: int, ctx: int) -> tuple[int, int]:
 
 
 def perplexity(model: Model, ids: Sequence[int], ctx: int, bos: int | None,
-               progress: bool = False) -> tuple[list[float], list[int], npt.NDArray[np.float64]]:
+               progress: bool = False, chunks: int | None = None,
+               ) -> tuple[list[float], list[int], npt.NDArray[np.float64]]:
     """Per-chunk (sum of nll, count) and every scored nll, for `ids` (BOS already in front if the
-    model adds one); `bos` replaces each chunk's first token when not None."""
+    model adds one); `bos` replaces each chunk's first token when not None. `chunks`: at most
+    that many (llama.cpp's --chunks)."""
     ids_arr = np.asarray(ids, dtype=np.int64)
     n_chunk, first = chunk_positions(len(ids_arr), ctx)
+    n_chunk = n_chunk if chunks is None else min(n_chunk, chunks)
     sums, counts, every = [], [], []
     bar = None
     if progress:
@@ -112,7 +115,7 @@ def perplexity(model: Model, ids: Sequence[int], ctx: int, bos: int | None,
 
 
 def evaluate(model_path: str | Path, text_path: str | Path, *, ctx: int = 512,
-             mode: str = "exact", progress: bool = False,
+             mode: str = "exact", progress: bool = False, chunks: int | None = None,
              kernel_config: str | Path | None = None) -> EvalResult:
     """Perplexity of the model at `model_path` (GGUF file or checkpoint directory) on the UTF-8
     text file `text_path`, chunked and scored as llama.cpp's perplexity tool does."""
@@ -126,7 +129,7 @@ def evaluate(model_path: str | Path, text_path: str | Path, *, ctx: int = 512,
     chunk_positions(len(ids), ctx)  # refuse a short text before decoding the weights
     model = Model(weights, mode).load()
     bos = codec.bos_id if codec.add_bos else None
-    sums, counts, every = perplexity(model, ids, ctx, bos, progress)
+    sums, counts, every = perplexity(model, ids, ctx, bos, progress, chunks)
     chunks, total, count = [], 0.0, 0
     for k, (s, c) in enumerate(zip(sums, counts), 1):
         total, count = total + s, count + c
