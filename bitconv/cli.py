@@ -341,10 +341,15 @@ def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, c
               help="Evaluate at most this many chunks (llama.cpp's --chunks) [default: all].")
 @click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
               help="BitLinear numerics (see `bitconv logits --help`).")
+@click.option("--research", default=None, metavar="SPEC",
+              help="Research inference modes on top of exact mode: a preset (a4.8, v2, "
+                   "q-sparse) and/or SITE=BITS[:absmean][:topK][:hadamard] and kv=BITS, "
+                   "comma-separated; SITE is attn_in, o_in, ffn_in, down_in or all "
+                   "(e.g. 'a4.8,kv=3', 'all=4', 'o_in=8:top0.5').")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, per-chunk values included.")
 @KERNEL_CONFIG
-def eval_(model: str, text: str, ctx: int, chunks: int | None, mode: str, as_json: bool,
-          kernel_config: str | None) -> None:
+def eval_(model: str, text: str, ctx: int, chunks: int | None, mode: str, research: str | None,
+          as_json: bool, kernel_config: str | None) -> None:
     """Perplexity of MODEL (a GGUF file or checkpoint directory) on a text, computed as
     llama.cpp's perplexity tool does: BOS + the text, chunks of CTX tokens each starting with
     BOS, the second half of each chunk scored. A progress bar goes to stderr.
@@ -359,7 +364,7 @@ def eval_(model: str, text: str, ctx: int, chunks: int | None, mode: str, as_jso
     from bitconv.eval import evaluate
 
     r = evaluate(model, text, ctx=ctx, mode=mode, progress=True, chunks=chunks,
-                 kernel_config=kernel_config)
+                 kernel_config=kernel_config, research=research)
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=2))
         return

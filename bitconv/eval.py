@@ -30,6 +30,7 @@ import numpy.typing as npt
 
 from bitconv.errors import InputError
 from bitconv.runtime.model import Model
+from bitconv.runtime.research import parse
 from bitconv.runtime.text import load_text_codec
 from bitconv.runtime.weights import load_any
 
@@ -116,9 +117,10 @@ def perplexity(model: Model, ids: Sequence[int], ctx: int, bos: int | None,
 
 def evaluate(model_path: str | Path, text_path: str | Path, *, ctx: int = 512,
              mode: str = "exact", progress: bool = False, chunks: int | None = None,
-             kernel_config: str | Path | None = None) -> EvalResult:
+             kernel_config: str | Path | None = None, research: str | None = None) -> EvalResult:
     """Perplexity of the model at `model_path` (GGUF file or checkpoint directory) on the UTF-8
-    text file `text_path`, chunked and scored as llama.cpp's perplexity tool does."""
+    text file `text_path`, chunked and scored as llama.cpp's perplexity tool does. `research`:
+    a runtime/research.py spec (preset or options), on top of exact mode."""
     try:
         text = Path(text_path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -127,15 +129,16 @@ def evaluate(model_path: str | Path, text_path: str | Path, *, ctx: int = 512,
     codec = load_text_codec(model_path, weights.kvs)
     ids = codec.encode(text)
     chunk_positions(len(ids), ctx)  # refuse a short text before decoding the weights
-    model = Model(weights, mode).load()
+    model = Model(weights, mode, research=parse(research) if research else None).load()
     bos = codec.bos_id if codec.add_bos else None
     sums, counts, every = perplexity(model, ids, ctx, bos, progress, chunks)
-    chunks, total, count = [], 0.0, 0
+    rows, total, count = [], 0.0, 0
     for k, (s, c) in enumerate(zip(sums, counts), 1):
         total, count = total + s, count + c
-        chunks.append(Chunk(k, s / c, math.exp(s / c), math.exp(total / count)))
+        rows.append(Chunk(k, s / c, math.exp(s / c), math.exp(total / count)))
     mean = total / count
     var = float(np.mean(every ** 2)) - mean * mean
     err = math.sqrt(var / (count - 1)) if var > 0 and count > 1 else 0.0
-    return EvalResult(str(model_path), str(text_path), mode, ctx, len(ids), count, mean,
-                      math.exp(mean), math.exp(mean) * err, chunks)
+    label = f"{mode}+{research}" if research else mode
+    return EvalResult(str(model_path), str(text_path), label, ctx, len(ids), count, mean,
+                      math.exp(mean), math.exp(mean) * err, rows)

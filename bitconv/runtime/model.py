@@ -22,6 +22,9 @@ import numpy.typing as npt
 
 from bitconv.errors import InputError
 from bitconv.runtime.bitlinear import bitlinear, check_mode, q8_0_group
+from bitconv.runtime.research import SITE_OF, Research
+from bitconv.runtime.research import kv as research_kv
+from bitconv.runtime.research import linear as research_linear
 from bitconv.runtime.weights import Weights
 from bitconv.types import TernaryTensor
 from bitconv.workers import Workers
@@ -91,9 +94,14 @@ class Model:
     settings the interop tests ask llama.cpp for (llama-cpp.md §4.6).
     """
 
-    def __init__(self, weights: Weights, mode: str = "exact", keep: bool = True) -> None:
+    def __init__(self, weights: Weights, mode: str = "exact", keep: bool = True,
+                 research: Research | None = None) -> None:
         self.spec = Spec.of(dict(weights.kvs))
         self.mode, self.keep = check_mode(mode), keep
+        # research modes (runtime/research.py) apply on top of exact mode only
+        self.research = research if research is not None and not research.off else None
+        if self.research is not None and self.mode != "exact":
+            raise InputError(f"research modes run on exact mode, not {mode!r}")
         self.group = q8_0_group(weights.format)  # llama.cpp mode: Q8_0 activations for Q2_0
         self.weights = weights
         self._cache: dict[str, Any] = {}
@@ -170,6 +178,9 @@ class Model:
     def _linear(self, name: str, x: Array) -> Array:
         w = self._get(name, self.keep)
         if isinstance(w, tuple):
+            site = self.research and self.research.site(SITE_OF.get(name.split(".")[-2], ""))
+            if site:
+                return research_linear(x, w[0], w[1], site)
             return bitlinear(x, w[0], w[1], self.mode, self.group)
         return x @ w.T  # latent float weights
 
@@ -179,6 +190,8 @@ class Model:
         k = self._linear(p + "attn_k.weight", h).reshape(n, s.kv_heads, s.head_dim).transpose(1, 0, 2)
         v = self._linear(p + "attn_v.weight", h).reshape(n, s.kv_heads, s.head_dim).transpose(1, 0, 2)
         q, k = self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin)
+        if self.research is not None and self.research.kv_bits is not None:
+            k, v = research_kv(k, self.research.kv_bits), research_kv(v, self.research.kv_bits)
         if self.mode == "bitnet.cpp":
             q, k, v = _f16(q), _f16(k), _f16(v)  # fp16 KV cache; Q converted for K_f16 · Q
         if len(cache.k) > i:

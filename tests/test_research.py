@@ -1,0 +1,115 @@
+"""Research inference modes (bitconv/runtime/research.py): quantizers on hand-derived vectors,
+Hadamard orthonormal and invertible, top-K keeps exactly k, every mode off is exact mode bit for
+bit, and the presets run on the trained tiny model."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bitconv.errors import InputError
+from bitconv.runtime.bitlinear import bitlinear
+from bitconv.runtime.model import Model
+from bitconv.runtime.research import PRESETS, SiteQuant, hadamard, linear, parse, quantize, topk
+from bitconv.runtime.weights import load_checkpoint_weights
+
+TINY = Path(__file__).resolve().parents[1] / "models" / "bitnet-tiny-shakespeare"
+F32 = np.float32
+
+
+def test_absmax_4bit_hand_derived():
+    # Qp = 7, s = 7 / max|x| = 7: x·s = 7, -3.5, 1.75, 0 -> 7, -4 (half to even), 2, 0
+    q, s = quantize(np.array([[1.0, -0.5, 0.25, 0.0]], F32), 4)
+    assert s[0, 0] == 7 and q.tolist() == [[7, -4, 2, 0]]
+
+
+def test_absmean_4bit_hand_derived():
+    # BitNet a4.8 INT4: s = sqrt(7) / mean|x|; mean|(2, -1, .5, -.5)| = 1:
+    # x·s = 5.29, -2.65, 1.32, -1.32 -> 5, -3, 1, -1
+    q, s = quantize(np.array([[2.0, -1.0, 0.5, -0.5]], F32), 4, "absmean")
+    assert math.isclose(float(s[0, 0]), math.sqrt(7), rel_tol=1e-6)
+    assert q.tolist() == [[5, -3, 1, -1]]
+    # an outlier clips: mean|(10, 0, 0, 0)| = 2.5, 10·sqrt(7)/2.5 = 10.6 -> 7
+    q, _ = quantize(np.array([[10.0, 0, 0, 0]], F32), 4, "absmean")
+    assert q.tolist() == [[7, 0, 0, 0]]
+
+
+def test_absmean_is_4_bit_only():
+    with pytest.raises(InputError, match="absmean"):
+        SiteQuant(8, "absmean")
+
+
+def test_8bit_absmax_site_is_exact_mode_bit_for_bit():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 256)).astype(F32)
+    codes = rng.integers(-1, 2, (64, 256)).astype(F32)
+    m = F32(0.0173)
+    np.testing.assert_array_equal(linear(x, codes, m, SiteQuant(8)),
+                                  bitlinear(x, codes, m, "exact"))
+
+
+@pytest.mark.parametrize("d", [1, 2, 8, 256])
+def test_hadamard_orthonormal_and_invertible(d):
+    h = hadamard(d).astype(np.float64)
+    np.testing.assert_allclose(h @ h.T, np.eye(d), atol=1e-6)
+    np.testing.assert_array_equal(h, h.T)
+    x = np.random.default_rng(d).standard_normal((3, d))
+    np.testing.assert_allclose(x @ h @ h, x, atol=1e-5)  # H is its own inverse
+
+
+def test_hadamard_refuses_other_sizes():
+    with pytest.raises(InputError, match="power-of-two"):
+        hadamard(768)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.25, 0.1, 1.0])
+def test_topk_keeps_exactly_k(ratio):
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.standard_normal((4, 100)), np.ones((1, 100))]).astype(F32)  # ties
+    y = topk(x, ratio)
+    k = math.ceil(ratio * 100)
+    assert ((y != 0).sum(-1) == k).all()
+    kept = y != 0
+    np.testing.assert_array_equal(y[kept], x[kept])
+    for row, out in zip(x[:4], y[:4]):  # the kept ones are the largest |x|
+        assert np.abs(out[out != 0]).min() >= np.sort(np.abs(row))[-k]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_checkpoint_weights(TINY)
+
+
+def test_every_mode_off_is_exact_mode(tiny):
+    ids = np.arange(40) * 31 % 2816
+    exact = Model(tiny).forward(ids)
+    for spec in ("", "all=8", "all=8:top1.0"):
+        np.testing.assert_array_equal(Model(tiny, research=parse(spec)).forward(ids), exact)
+
+
+def test_presets_change_the_model(tiny):
+    ids = np.arange(40) * 31 % 2816
+    exact = Model(tiny).forward(ids)
+    for name in [*PRESETS, "kv=3"]:
+        got = Model(tiny, research=parse(name)).forward(ids)
+        rel = np.abs(got - exact).max() / np.abs(exact).max()
+        assert 0 < rel < 0.5, (name, rel)  # lossy, but the same model
+
+
+def test_research_needs_exact_mode(tiny):
+    with pytest.raises(InputError, match="exact mode"):
+        Model(tiny, mode="llama.cpp", research=parse("a4.8"))
+
+
+@pytest.mark.parametrize("spec", ["a5", "o_in=5", "x_in=4", "all=4:sharp", "kv=7", "all=4:top0"])
+def test_bad_specs_are_refused(spec):
+    with pytest.raises(InputError):
+        parse(spec)
+
+
+def test_parse_composes():
+    r = parse("a4.8,kv=3,down_in=4:hadamard")
+    assert r.kv_bits == 3 and r.site("down_in") == SiteQuant(4, hadamard=True)
+    assert r.site("attn_in") == SiteQuant(4, "absmean")
