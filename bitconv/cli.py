@@ -21,6 +21,12 @@ KERNEL_CONFIG = click.option(
          "include/kernel_config.ini) [default: FILE.kernel_config.ini beside it, else the "
          "file's bitconv.tl.kernel_config key; a TL file with neither is refused].")
 
+# run, logits, eval: research inference modes (runtime/research.py), on top of exact mode
+RESEARCH = click.option(
+    "--research", default=None, metavar="SPEC",
+    help="Research inference modes on top of exact mode: a preset (a4.8, v2, q-sparse) and/or "
+         "SITE=BITS[:absmean][:topK][:hadamard] and kv=BITS, comma-separated; SITE is attn_in, "
+         "o_in, ffn_in, down_in or all (e.g. 'a4.8,kv=3', 'all=4', 'o_in=8:top0.5').")
 
 class BitconvGroup(click.Group):
     """Turns a BitconvError into one line on stderr and its exit status (1, or 3 for verify),
@@ -271,9 +277,10 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
               help="BitLinear numerics: exact (per-token int8, the BitNet definition), "
                    "bitnet.cpp (its I2_S kernels and fp16 KV), llama.cpp (Q8_K blocks of 256).")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@RESEARCH
 @KERNEL_CONFIG
 def logits(model: str, token_list: str | None, prompt: str | None, out: str, mode: str,
-           force: bool, kernel_config: str | None) -> None:
+           force: bool, research: str | None, kernel_config: str | None) -> None:
     """Save the logits of MODEL (a GGUF file or checkpoint directory) for every position of a
     token sequence, to compare bitconv with another engine on the same ids.
 
@@ -295,7 +302,7 @@ def logits(model: str, token_list: str | None, prompt: str | None, out: str, mod
         except ValueError:
             raise click.BadParameter("expected comma-separated integers", param_hint="--tokens")
     click.echo(str(save_logits(model, out, ids=ids, prompt=prompt, mode=mode, force=force,
-                               kernel_config=kernel_config)))
+                               kernel_config=kernel_config, research=research)))
 
 
 @cli.command()
@@ -309,9 +316,10 @@ def logits(model: str, token_list: str | None, prompt: str | None, out: str, mod
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
 @click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
               help="BitLinear numerics (see `bitconv logits --help`).")
+@RESEARCH
 @KERNEL_CONFIG
 def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, chat: bool,
-        mode: str, kernel_config: str | None) -> None:
+        mode: str, research: str | None, kernel_config: str | None) -> None:
     """Generate text from MODEL (a packed GGUF file or a checkpoint directory) with the
     reference runtime, streaming the new text to stdout.
 
@@ -326,7 +334,8 @@ def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, c
     from bitconv.runtime.generate import stream_text
 
     for piece in stream_text(model, prompt, n_tokens, temperature=temperature, seed=seed,
-                             chat=chat, mode=mode, kernel_config=kernel_config):
+                             chat=chat, mode=mode, kernel_config=kernel_config,
+                             research=research):
         click.echo(piece, nl=False)
     click.echo()
 
@@ -341,11 +350,7 @@ def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, c
               help="Evaluate at most this many chunks (llama.cpp's --chunks) [default: all].")
 @click.option("--mode", type=click.Choice(MODES), default="exact", show_default=True,
               help="BitLinear numerics (see `bitconv logits --help`).")
-@click.option("--research", default=None, metavar="SPEC",
-              help="Research inference modes on top of exact mode: a preset (a4.8, v2, "
-                   "q-sparse) and/or SITE=BITS[:absmean][:topK][:hadamard] and kv=BITS, "
-                   "comma-separated; SITE is attn_in, o_in, ffn_in, down_in or all "
-                   "(e.g. 'a4.8,kv=3', 'all=4', 'o_in=8:top0.5').")
+@RESEARCH
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, per-chunk values included.")
 @KERNEL_CONFIG
 def eval_(model: str, text: str, ctx: int, chunks: int | None, mode: str, research: str | None,

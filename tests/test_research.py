@@ -113,3 +113,24 @@ def test_parse_composes():
     r = parse("a4.8,kv=3,down_in=4:hadamard")
     assert r.kv_bits == 3 and r.site("down_in") == SiteQuant(4, hadamard=True)
     assert r.site("attn_in") == SiteQuant(4, "absmean")
+
+
+def test_run_and_logits_take_research(tmp_path):
+    from click.testing import CliRunner
+
+    from bitconv.cli import cli
+
+    outs = {}
+    for spec in (None, "all=8", "a4.8"):
+        out = tmp_path / f"{spec}.npy"
+        args = ["logits", str(TINY), "-p", "To be, or not to be", "-o", str(out)]
+        r = CliRunner().invoke(cli, args + (["--research", spec] if spec else []))
+        assert r.exit_code == 0, r.output
+        outs[spec] = np.load(out)
+    np.testing.assert_array_equal(outs["all=8"], outs[None])
+    assert not np.array_equal(outs["a4.8"], outs[None])
+    r = CliRunner().invoke(cli, ["run", str(TINY), "-p", "To be", "-n", "4", "--research", "v2"])
+    assert r.exit_code == 0 and r.output.strip()
+    r = CliRunner().invoke(cli, ["run", str(TINY), "-p", "To be", "--research", "a4.8",
+                                 "--mode", "bitnet.cpp"])
+    assert r.exit_code == 1 and "exact mode" in r.output

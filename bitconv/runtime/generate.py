@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from bitconv.runtime.model import Cache, Model
+from bitconv.runtime.research import parse
 from bitconv.runtime.text import TextCodec, load_text_codec
 from bitconv.runtime.weights import load_any
 
@@ -52,13 +53,15 @@ class TextStream:
 
 def stream_text(path: str | Path, prompt: str, n: int, *, temperature: float = 0.0,
                 seed: int = 0, chat: bool = False, mode: str = "exact",
-                kernel_config: str | Path | None = None) -> Iterator[str]:
+                kernel_config: str | Path | None = None,
+                research: str | None = None) -> Iterator[str]:
     """Load the model at `path` (GGUF file or checkpoint directory; a TL file's tiling from
     `kernel_config` or as load_gguf finds it), tokenize `prompt` (through the chat template
-    with `chat`) and yield the generated text piece by piece."""
+    with `chat`) and yield the generated text piece by piece. `research`: a
+    runtime/research.py spec, on top of exact mode."""
     weights = load_any(path, kernel_config)
     codec = load_text_codec(path, weights.kvs)
-    model = Model(weights, mode).load()  # every weight decoded up front, on two threads
+    model = Model(weights, mode, research=parse(research) if research else None).load()  # every weight decoded up front, on two threads
     ids = codec.chat(prompt) if chat else codec.encode(prompt)
     stream = TextStream(codec)
     for tok in generate(model, ids, n, temperature, seed, codec.eog_ids):
