@@ -61,7 +61,8 @@ def stream_text(path: str | Path, prompt: str, n: int, *, temperature: float = 0
     runtime/research.py spec, on top of exact mode."""
     weights = load_any(path, kernel_config)
     codec = load_text_codec(path, weights.kvs)
-    model = Model(weights, mode, research=parse(research) if research else None).load()  # every weight decoded up front, on two threads
+    # every weight decoded up front, on two threads
+    model = Model(weights, mode, research=parse(research) if research else None).load()
     ids = codec.chat(prompt) if chat else codec.encode(prompt)
     stream = TextStream(codec)
     for tok in generate(model, ids, n, temperature, seed, codec.eog_ids):
