@@ -74,13 +74,18 @@ def cli() -> None:
 @click.option("--scale-rule", type=click.Choice(["multiply", "divide"]), default=None,
               help="Override how weight_scale is applied (and skip its magnitude check); "
                    "by default multiply iff linear_class is autobitlinear.")
+@click.option("--scale-stat", type=click.Choice(["mean", "median"]), default="mean",
+              show_default=True,
+              help="Ternarization scale of latent weights: mean |W| (BitNet b1.58) or median |W| "
+                   "(BitNet b1.58 Reloaded, a research option: verify then reports the "
+                   "multipliers as differing from the source's absmean).")
 @click.option("-j", "--threads", type=click.IntRange(1, 64), default=None,
               help="Worker threads [default: one per core]. The output does not depend on it.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object (path, format, family, tensors, bytes) instead of the path.")
 def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | None,
-         threads: int | None, as_json: bool, quiet: bool) -> None:
+         scale_stat: str, threads: int | None, as_json: bool, quiet: bool) -> None:
     """Pack the checkpoint directory SRC into a GGUF file and print its path. SRC may also be
     a Hugging Face repo id (owner/name, not an existing path): it is pulled first, as by `pull`.
 
@@ -96,7 +101,8 @@ def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | Non
     source = resolve_source(src, progress=not quiet and sys.stderr.isatty())  # owner/name: pull
     res = run(source.path, format=fmt, out=out, force=force,
               scale_rule=scale_rule,  # type: ignore[arg-type]
-              progress=not quiet and sys.stderr.isatty(), threads=threads)
+              progress=not quiet and sys.stderr.isatty(), threads=threads,
+              scale_stat=scale_stat)
     if as_json:
         import json
 

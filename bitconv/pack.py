@@ -22,7 +22,7 @@ from tqdm import tqdm
 from bitconv import ternary
 from bitconv.checkpoint import Checkpoint, load_checkpoint
 from bitconv.dense import dense_part
-from bitconv.errors import PackError
+from bitconv.errors import InputError, PackError
 from bitconv.families import detect
 from bitconv.families.base import Family, PlannedTensor, hparam_kvs, plan
 from bitconv.formats import get_format, layout_kvs
@@ -50,7 +50,8 @@ class PackResult:
 
 def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
          force: bool = False, scale_rule: ternary.ScaleRule | None = None,
-         progress: bool = False, threads: int | None = None) -> PackResult:
+         progress: bool = False, threads: int | None = None,
+         scale_stat: str = "mean") -> PackResult:
     """Pack a BitNet checkpoint directory into a GGUF file of the given format.
 
     Args:
@@ -60,13 +61,20 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
         force: overwrite an existing output.
         scale_rule: override the weight_scale convention (and skip its sanity check).
         threads: worker threads (default: one per core); the output bytes do not depend on it.
+        scale_stat: "mean" (absmean, BitNet b1.58) or "median" (BitNet b1.58 Reloaded: the
+            median of |W| as the ternarization scale; latent sources only, a research option
+            that `verify` against the source reports as a multiplier mismatch).
     Example:
         >>> pack("tests/data/bitnet-b1.58-2B-4T", format="i2s").path
         PosixPath('bitnet-b1.58-2B-4T-i2s.gguf')
     """
     src = Path(src)
     codec = get_format(format)
+    if scale_stat not in ("mean", "median"):
+        raise InputError(f"scale statistic {scale_stat!r}: choose mean or median")
     if codec.SPEC.container == "safetensors":  # a checkpoint directory, not a GGUF
+        if scale_stat != "mean":
+            raise InputError("--scale-stat median writes GGUF formats only")
         from bitconv import hf_export
         return hf_export.export(src, out=out, force=force, scale_rule=scale_rule,
                                 progress=progress)
@@ -84,6 +92,9 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     kvs = metadata(ck, fam, codec)
     rule = scale_rule or ternary.scale_rule(dict(ck.config))
     check_scales(ck, items, rule, scale_rule is None)
+    if scale_stat != "mean" and any(t.scale_source for t in items if t.kind == "ternary"):
+        raise InputError(f"{src}: --scale-stat {scale_stat} needs latent (float) weights; this "
+                         "checkpoint stores packed codes and scales already")
     flat = [i for group in infos for i in group]
     total = sum(i.nbytes for i in flat)
     with atomic_output(out, force) as f, MappedFiles() as mf, Workers(threads) as workers, \
@@ -94,7 +105,8 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
             bar.set_postfix_str(t.gguf_name, refresh=False)
             chunks = (encoded(codec, ternary_rows(ck, mf, t, rule, scale_rule is None,
                                                   codec.SPEC.row_multiple, workers,
-                                                  binary=0 not in codec.SPEC.codes), workers)
+                                                  binary=0 not in codec.SPEC.codes,
+                                                  scale_stat=scale_stat), workers)
                       if t.kind == "ternary" else dense_chunks(ck, mf, t, workers))
             try:
                 write_parts(w, group, chunks)
@@ -209,7 +221,7 @@ class TernaryRows:
 
 def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
                  checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL,
-                 binary: bool = False) -> TernaryRows:
+                 binary: bool = False, scale_stat: str = "mean") -> TernaryRows:
     """Packed sources are unpacked and checked, never re-quantized; latent ones take a first
     pass (on `workers`) for the absmean, here, before any code is made. `binary` (a format that
     holds no 0 code, q1_0): latent floats are binarized as BitNet (1-bit) does instead,
@@ -241,6 +253,8 @@ def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternar
                             row_chunks(out_f, in_f), done=None if keep else release):
         scan.merge(part)
     m, already = scan.result()
+    if scale_stat == "median" and not already:  # BitNet b1.58 Reloaded: median |W| (whole tensor)
+        m = ternary.abs_median(mf.view(ref), ref.dtype, t.source)
     return TernaryRows(m, rows, lambda rs: order(ternary.ternarize_stored(
         mf.view(ref, rs), ref.dtype, m, already, t.source)), release)
 

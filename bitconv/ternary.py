@@ -144,6 +144,18 @@ def ternarize_stored(stored: npt.NDArray, dtype: str, multiplier: np.float32,
     return out.reshape(stored.shape)
 
 
+def abs_median(stored: npt.NDArray, dtype: str, name: str = "") -> np.float32:
+    """median(|W|) of a latent tensor, the ternarization scale of BitNet b1.58 Reloaded
+    (`pack --scale-stat median`): the whole tensor in float32 at once (4 bytes per value), then
+    numpy's median (the mean of the two middle values for an even count), floored at EPS."""
+    a = _abs32(np.ascontiguousarray(stored).reshape(-1), dtype,
+               np.empty(stored.size, np.uint32))
+    m = np.float32(np.median(a)) if a.size else np.float32(0)
+    if not np.isfinite(m):
+        raise InputError(f"{name}: non-finite weights")
+    return max(m, EPS)
+
+
 def threshold(multiplier: np.float32) -> np.float32:
     """The largest float32 t with fl(t / m) <= 0.5. rint(w / m) (half to even) is non-zero
     exactly when fl(|w| / m) > 0.5, and correctly rounded division is monotonic in |w|, so

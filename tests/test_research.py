@@ -12,7 +12,15 @@ import pytest
 from bitconv.errors import InputError
 from bitconv.runtime.bitlinear import bitlinear
 from bitconv.runtime.model import Model
-from bitconv.runtime.research import PRESETS, SiteQuant, hadamard, linear, parse, quantize, topk
+from bitconv.runtime.research import (
+    PRESETS,
+    SiteQuant,
+    hadamard,
+    linear,
+    parse,
+    quantize,
+    topk,
+)
 from bitconv.runtime.weights import load_checkpoint_weights
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "bitnet-tiny-shakespeare"
@@ -134,3 +142,25 @@ def test_run_and_logits_take_research(tmp_path):
     r = CliRunner().invoke(cli, ["run", str(TINY), "-p", "To be", "--research", "a4.8",
                                  "--mode", "bitnet.cpp"])
     assert r.exit_code == 1 and "exact mode" in r.output
+
+
+def test_pack_scale_stat_median(tmp_path):
+    """BitNet b1.58 Reloaded: the multiplier is median|W| of the latent masters and the codes are
+    clip(rint(W / median), -1, 1); packed sources and the hf export refuse it."""
+    from bitconv.pack import pack
+    from bitconv.runtime.weights import load_gguf
+
+    bf16 = TINY.parent / "bitnet-tiny-shakespeare-bf16"
+    path = pack(bf16, format="i2s", out=tmp_path / "m.gguf", scale_stat="median").path
+    latent = load_checkpoint_weights(bf16, latent=True).tensors["blk.1.ffn_down.weight"]
+    w = np.asarray(latent, F32)
+    got = load_gguf(path).tensors["blk.1.ffn_down.weight"]
+    m = F32(np.median(np.abs(w)))
+    assert got.multiplier == m
+    np.testing.assert_array_equal(got.codes, np.clip(np.rint(w / m), -1, 1))
+    mean_packed = load_gguf(pack(bf16, format="i2s", out=tmp_path / "a.gguf").path)
+    assert mean_packed.tensors["blk.1.ffn_down.weight"].multiplier != m
+    with pytest.raises(InputError, match="latent"):
+        pack(TINY, format="i2s", out=tmp_path / "p.gguf", scale_stat="median")
+    with pytest.raises(InputError, match="GGUF"):
+        pack(bf16, format="hf", out=tmp_path / "hf", scale_stat="median")
