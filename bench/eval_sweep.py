@@ -10,7 +10,8 @@ scripts/train_tiny.py's reader; never seen in training), and writes sweep.json a
 Lossless formats hold the same codes and multipliers, so within a mode they must give the same
 perplexity; the -fp16 formats round each multiplier to fp16; the modes differ in how
 activations are quantized (exact: per token int8; llama.cpp: Q8_K blocks of 256). Then the
-I2_S file runs in exact mode with each research mode of RESEARCH (runtime/research.py).
+I2_S file runs in exact mode with each research mode of RESEARCH (runtime/research.py), and the
+-bf16 masters are packed with `--scale-stat median` (BitNet b1.58 Reloaded).
 `--plot` draws sweep.png from sweep.json (perplexity per format and mode, and per research mode).
 """
 from __future__ import annotations
@@ -127,6 +128,13 @@ def main() -> None:
                      "ppl_error": r.ppl_error, "scored": r.scored, "chunks": len(r.chunks),
                      "ctx": r.ctx})
         print(f"i2s exact+{spec:14s} ppl {r.ppl:.4f} +/- {r.ppl_error:.4f}", file=sys.stderr)
+    med = pack(MODEL.with_name(MODEL.name + "-bf16"), format="i2s", scale_stat="median",
+               out=args.out / "tiny-i2s-median.gguf", force=True).path  # Reloaded: latent source
+    r = evaluate(med, text, ctx=args.ctx, mode="exact", chunks=args.chunks)
+    rows.append({"format": "i2s", "research": "pack --scale-stat median", "mode": "exact",
+                 "ppl": r.ppl, "ppl_error": r.ppl_error, "scored": r.scored,
+                 "chunks": len(r.chunks), "ctx": r.ctx})
+    print(f"i2s median scale  ppl {r.ppl:.4f} +/- {r.ppl_error:.4f}", file=sys.stderr)
     (args.out / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [(f"Held-out perplexity of {MODEL.name} (ctx {args.ctx}, {args.chunks} chunks, "
              "llama.cpp's definition; Hamlet, Julius Caesar, Twelfth Night)"), "",
