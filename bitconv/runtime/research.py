@@ -20,7 +20,13 @@ KV cache bits: K (after RoPE) and V are quantized per head and position with abs
 kept dequantized. The granularity is this runtime's choice; the papers' kernels may group
 differently.
 
-Presets (what each paper runs at inference; Research.preset):
+Provenance: the papers' full texts were not readable from this machine (no network; only their
+abstracts were found), so the constants above are as recalled from them, not re-derived: the
+absmean INT4 scale sqrt(7)/mean|x| and clip [-8, 7] (a4.8), absmax INT4 with Hadamard on the
+o_proj/down_proj inputs (v2), magnitude top-K (Q-Sparse). Check them against the papers before
+quoting a number as the paper's method.
+
+Presets (what each paper runs at inference; PRESETS):
   a4.8:     attn_in, ffn_in 4-bit absmean; o_in top-K 50 % then 8-bit absmax; down_in 8-bit
             absmax (ReLU² makes it sparse already). The paper adds a 3-bit KV cache: --research
             a4.8,kv=3.
