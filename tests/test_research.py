@@ -16,11 +16,13 @@ from bitconv.runtime.research import (
     PRESETS,
     SiteQuant,
     hadamard,
+    kv,
     linear,
     parse,
     quantize,
     topk,
 )
+from bitconv.ternary import abs_median
 from bitconv.runtime.weights import load_checkpoint_weights
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "bitnet-tiny-shakespeare"
@@ -85,6 +87,45 @@ def test_topk_keeps_exactly_k(ratio):
         assert np.abs(out[out != 0]).min() >= np.sort(np.abs(row))[-k]
 
 
+def test_topk_quantizes_with_the_dense_statistic():
+    # a4.8 eq. 1 / Q-Sparse eq. 4: Y = (Q(X) ⊙ Top_k(|X|)) · Wᵀ. absmean 4 bit, x = (4, -1, 1, 2):
+    # β = mean|x| = 2, s = sqrt(7)/2: x·s = 5.29, -1.32, 1.32, 2.65 -> 5, -1, 1, 3; top 50 % keeps
+    # positions 0 and 3 -> (5, 0, 0, 3), y = q / s. (Masking first would give β = 1.5 and (7, 0, 0, 4).)
+    eye = np.eye(4, dtype=F32)
+    y = linear(np.array([[4.0, -1, 1, 2]], F32), eye, F32(1), SiteQuant(4, "absmean", topk=0.5))
+    np.testing.assert_allclose(y * math.sqrt(7) / 2, [[5, 0, 0, 3]], atol=1e-5)
+    # absmax 8 bit: s = 127 / 1; (1, -0.5, 0.25, 0)·127 -> 127, -64 (half to even), 32, 0; top 50 %
+    # keeps positions 0 and 1 (the largest entry always survives, so the order does not matter)
+    y = linear(np.array([[1.0, -0.5, 0.25, 0]], F32), eye, F32(1), SiteQuant(8, topk=0.5))
+    np.testing.assert_array_equal(y * F32(127), [[127, -64, 0, 0]])
+
+
+def test_kv_keeps_the_bos_position_at_more_bits():
+    # a4.8 §3.1: a 3-bit KV cache keeps the BOS token's heads at 4 bits. Row (1, -0.5, 0.25, 0.1):
+    # 3 bits, Qp = 3: 3, -1.5 -> -2, 0.75 -> 1, 0.3 -> 0 -> (1, -2/3, 1/3, 0);
+    # 4 bits, Qp = 7: 7, -3.5 -> -4, 1.75 -> 2, 0.7 -> 1 -> (1, -4/7, 2/7, 1/7)
+    x = np.tile(np.array([1.0, -0.5, 0.25, 0.1], F32), (1, 2, 1))  # (heads, positions, dim)
+    three, four = [1, -2 / 3, 1 / 3, 0], [1, -4 / 7, 2 / 7, 1 / 7]
+    np.testing.assert_allclose(kv(x, 3, 4, start=0)[0], [four, three], atol=1e-6)
+    np.testing.assert_allclose(kv(x, 3, 4, start=5)[0], [three, three], atol=1e-6)  # decode step
+    assert parse("kv=3").kv_bos_bits == 4 and parse("kv=3:bos8").kv_bos_bits == 8  # a4.8 / v2
+    assert parse("kv=8").kv_bos_bits == 8
+
+
+def test_v2_preset_is_absmean_4bit_with_hadamard_on_the_intermediate_states():
+    # BitNet v2 §2.1: per-token absmean for 4-bit activations (eq. 6), H-BitLinear for Wo, Wdown
+    v2 = dict(PRESETS["v2"].sites)
+    assert v2["attn_in"] == v2["ffn_in"] == SiteQuant(4, "absmean")
+    assert v2["o_in"] == v2["down_in"] == SiteQuant(4, "absmean", hadamard=True)
+
+
+def test_abs_median_is_the_lower_middle_value():
+    # BitNet b1.58 Reloaded's code takes torch's median: the lower of the two middle values
+    # for an even count. |w| sorted: 0.1 0.2 0.3 0.4 -> 0.2 (numpy's median would be 0.25)
+    assert abs_median(np.array([0.1, -0.4, 0.3, -0.2], F32), "F32") == F32(0.2)
+    assert abs_median(np.array([3.0, -1.0, 2.0], F32), "F32") == F32(2.0)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return load_checkpoint_weights(TINY)
@@ -104,6 +145,8 @@ def test_presets_change_the_model(tiny):
         got = Model(tiny, research=parse(name)).forward(ids)
         rel = np.abs(got - exact).max() / np.abs(exact).max()
         assert 0 < rel < 0.5, (name, rel)  # lossy, but the same model
+    bos4, bos3 = (Model(tiny, research=parse(s)).forward(ids) for s in ("kv=3", "kv=3:bos3"))
+    assert not np.array_equal(bos4, bos3)  # the first position's 4 bits are used
 
 
 def test_research_needs_exact_mode(tiny):
@@ -111,7 +154,8 @@ def test_research_needs_exact_mode(tiny):
         Model(tiny, mode="llama.cpp", research=parse("a4.8"))
 
 
-@pytest.mark.parametrize("spec", ["a5", "o_in=5", "x_in=4", "all=4:sharp", "kv=7", "all=4:top0"])
+@pytest.mark.parametrize("spec", ["a5", "o_in=5", "x_in=4", "all=4:sharp", "kv=7", "all=4:top0",
+                                  "kv=4:bos3", "kv=3:x4", "kv=3:bos5"])
 def test_bad_specs_are_refused(spec):
     with pytest.raises(InputError):
         parse(spec)
@@ -145,8 +189,9 @@ def test_run_and_logits_take_research(tmp_path):
 
 
 def test_pack_scale_stat_median(tmp_path):
-    """BitNet b1.58 Reloaded: the multiplier is median|W| of the latent masters and the codes are
-    clip(rint(W / median), -1, 1); packed sources and the hf export refuse it."""
+    """BitNet b1.58 Reloaded: the multiplier is median|W| of the latent masters (the lower middle
+    value, as torch's median) and the codes are clip(rint(W / median), -1, 1); packed sources and
+    the hf export refuse it."""
     from bitconv.pack import pack
     from bitconv.runtime.weights import load_gguf
 
@@ -155,7 +200,7 @@ def test_pack_scale_stat_median(tmp_path):
     latent = load_checkpoint_weights(bf16, latent=True).tensors["blk.1.ffn_down.weight"]
     w = np.asarray(latent, F32)
     got = load_gguf(path).tensors["blk.1.ffn_down.weight"]
-    m = F32(np.median(np.abs(w)))
+    m = np.sort(np.abs(w), axis=None)[(w.size - 1) // 2]
     assert got.multiplier == m
     np.testing.assert_array_equal(got.codes, np.clip(np.rint(w / m), -1, 1))
     mean_packed = load_gguf(pack(bf16, format="i2s", out=tmp_path / "a.gguf").path)

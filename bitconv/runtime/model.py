@@ -191,7 +191,8 @@ class Model:
         v = self._linear(p + "attn_v.weight", h).reshape(n, s.kv_heads, s.head_dim).transpose(1, 0, 2)
         q, k = self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin)
         if self.research is not None and self.research.kv_bits is not None:
-            k, v = research_kv(k, self.research.kv_bits), research_kv(v, self.research.kv_bits)
+            r, start = self.research, cache.k[i].shape[1] if len(cache.k) > i else 0
+            k, v = (research_kv(t, r.kv_bits, r.kv_bos_bits, start) for t in (k, v))
         if self.mode == "bitnet.cpp":
             q, k, v = _f16(q), _f16(k), _f16(v)  # fp16 KV cache; Q converted for K_f16 · Q
         if len(cache.k) > i:
