@@ -145,12 +145,18 @@ def ternarize_stored(stored: npt.NDArray, dtype: str, multiplier: np.float32,
 
 
 def abs_median(stored: npt.NDArray, dtype: str, name: str = "") -> np.float32:
-    """median(|W|) of a latent tensor, the ternarization scale of BitNet b1.58 Reloaded
-    (`pack --scale-stat median`): the whole tensor in float32 at once (4 bytes per value), then
-    numpy's median (the mean of the two middle values for an even count), floored at EPS."""
+    """median(|W|) of a latent tensor, the ternarization scale of BitNet b1.58 Reloaded (Nielsen &
+    Schneider-Kamp, arXiv 2407.09527; `pack --scale-stat median`): codes = clip(rint(W / m), -1, 1),
+    multiplier m. The paper's text was not available offline; this follows the authors' code
+    (github.com/schneiderkamplab/bitlinear, bitlinear/bitlinear.py `scale` with
+    measures.py `AbsMedian`, per tensor for weights: `w.abs().median()`), and torch's median of an
+    even count is the LOWER of the two middle values (torch.median docs), not their mean: the
+    element of rank (n - 1) // 2 of the sorted |W|. Whole tensor in float32 at once (4 bytes per
+    value); floored at EPS as the code's clamp_(min=eps)."""
     a = _abs32(np.ascontiguousarray(stored).reshape(-1), dtype,
                np.empty(stored.size, np.uint32))
-    m = np.float32(np.median(a)) if a.size else np.float32(0)
+    mid = (a.size - 1) // 2
+    m = np.float32(np.partition(a, mid)[mid]) if a.size else np.float32(0)
     if not np.isfinite(m):
         raise InputError(f"{name}: non-finite weights")
     return max(m, EPS)
@@ -233,10 +239,11 @@ def multiplier_from_scale(name: str, weight_scale: float, rule: ScaleRule,
 
 def binarize(w: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], np.float32]:
     """BitNet's 1-bit weights ("BitNet: Scaling 1-bit Transformers for Large Language Models",
-    2023, §2.1): codes = Sign(W − α) with α = mean(W) per tensor, Sign(0) = +1 (bitconv's
-    choice, the same as llama.cpp's Q1_0 quantizer's `x >= 0`), multiplier β = mean|W| (the
-    paper's ||W||₁ / nm). Means accumulate in float64 and are rounded to float32; `pack` gets
-    the same through binary_scan/binary_stats/binarize_stored in row chunks. formats/q1_0.md §7."""
+    arXiv 2310.11453v1, §2.1 eqs. 1-3 and 12): codes = Sign(W − α) with α = mean(W) per tensor and
+    Sign(x) = +1 if x > 0, −1 if x <= 0 (eq. 2: Sign(0) = −1, unlike llama.cpp's Q1_0 quantizer's
+    `x >= 0`), multiplier β = ||W||₁ / nm = mean|W| (eq. 12). Means accumulate in float64 and are
+    rounded to float32; `pack` gets the same through binary_scan/binary_stats/binarize_stored in
+    row chunks. formats/q1_0.md §7."""
     alpha, beta = binary_stats([binary_scan(w, "F32")])
     return binarize_stored(w, "F32", alpha), beta
 
@@ -257,6 +264,7 @@ def binary_stats(parts: list[tuple[float, float, int]]) -> tuple[np.float32, np.
 
 
 def binarize_stored(stored: npt.NDArray, dtype: str, alpha: np.float32) -> npt.NDArray[np.int8]:
-    """Pass 2: +1 where w >= α, else −1 (float32 comparison), in the stored shape."""
+    """Pass 2: +1 where w > α, else −1 (float32 comparison; fl(w − α) > 0 exactly when w > α),
+    in the stored shape."""
     w = to_float32(stored, dtype)
-    return np.where(w >= alpha, np.int8(1), np.int8(-1))
+    return np.where(w > alpha, np.int8(1), np.int8(-1))

@@ -192,7 +192,7 @@ def test_binarize_by_hand():
     codes, beta = binarize(np.array([[0.5, -0.25, 0.25, 0.0]], np.float32))
     assert codes.tolist() == [[1, -1, 1, -1]] and beta == np.float32(0.25)  # alpha = 0.125
     codes, beta = binarize(np.array([[1.0, -1.0, 0.0, 0.0]], np.float32))
-    assert codes.tolist() == [[1, -1, 1, 1]] and beta == np.float32(0.5)   # Sign(0) = +1
+    assert codes.tolist() == [[1, -1, -1, -1]] and beta == np.float32(0.5)  # Sign(0) = -1 (eq. 2)
 
 
 # --- 5. binary fixtures: 1bitLLM layout (latent floats already binary) and Llama3 layout ---
