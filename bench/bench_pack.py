@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from bitconv.recipes import load_recipe
+from bitconv.stages.recipes import load_recipe
 from bitconv.synth.checkpoints import Shape, make_fixture
 
 ROOT = Path("build/bench")

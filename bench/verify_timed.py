@@ -13,7 +13,7 @@ import json
 import time
 from typing import Any
 
-from bitconv import verify as verify_mod
+from bitconv.stages import verify as verify_mod
 
 
 def main() -> None:

@@ -95,8 +95,8 @@ def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | Non
       bitconv pack microsoft/bitnet-b1.58-2B-4T
       bitconv pack ./Llama3-8B-1.58-100B-tokens -o llama3-i2s.gguf --force
     """
-    from bitconv.hub import resolve_source
-    from bitconv.pack import pack as run
+    from bitconv.stages.pack import pack as run
+    from bitconv.stages.pull import resolve_source
 
     source = resolve_source(src, progress=not quiet and sys.stderr.isatty())  # owner/name: pull
     res = run(source.path, format=fmt, out=out, force=force,
@@ -148,7 +148,7 @@ def repack(src: str, fmt: str, out: str | None, force: bool, allow_lossy: bool, 
       bitconv repack m-tq2_0.gguf --format tq2_0-fp16 --allow-lossy -o m-fp16.gguf
       bitconv repack m-i2s.gguf --format hf -o ./hf/bitnet-b1.58-2B-4T
     """
-    from bitconv.repack import repack as run
+    from bitconv.stages.repack import repack as run
 
     res = run(src, format=fmt, out=out, force=force, allow_lossy=allow_lossy,
               progress=not quiet and sys.stderr.isatty(), kernel_config=kernel_config)
@@ -200,7 +200,7 @@ def pull(repo_id: str, revision: str | None, local_dir: str | None, include: tup
       bitconv pull microsoft/bitnet-b1.58-2B-4T-bf16 --revision main --local-dir ./bf16
       MODEL := $(shell bitconv pull microsoft/bitnet-b1.58-2B-4T)     # in a Makefile
     """
-    from bitconv.hub import pull as run
+    from bitconv.stages.pull import pull as run
 
     snap = run(repo_id, revision=revision, local_dir=local_dir, include=include or None,
                offline=offline, progress=not quiet and sys.stderr.isatty())
@@ -223,7 +223,7 @@ def inspect(path: str, as_json: bool, kernel_config: str | None) -> None:
       bitconv inspect ./bitnet-b1.58-2B-4T
       bitconv inspect bitnet-b1.58-2B-4T-i2s.gguf --json
     """
-    from bitconv.inspect import describe
+    from bitconv.stages.inspect import describe
 
     d = describe(path, kernel_config)
     click.echo(d.to_json() if as_json else d.to_text())
@@ -263,7 +263,7 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
       bitconv verify model-i2s.gguf --source ./bitnet-b1.58-2B-4T
     """
     from bitconv.errors import VerifyError
-    from bitconv.verify import verify as run
+    from bitconv.stages.verify import verify as run
 
     report = run(packed, source=source, tokens=tokens, scale_rule=scale_rule,  # type: ignore[arg-type]
                  mode=mode, drift=not no_drift, kernel_config=kernel_config)
@@ -297,7 +297,7 @@ def logits(model: str, token_list: str | None, prompt: str | None, out: str, mod
     """
     import numpy as np
 
-    from bitconv.logits import save_logits
+    from bitconv.stages.logits import save_logits
 
     if (token_list is None) == (prompt is None):
         raise click.UsageError("give exactly one of --tokens and --prompt")
@@ -372,7 +372,7 @@ def eval_(model: str, text: str, ctx: int, chunks: int | None, mode: str, resear
     """
     import json
 
-    from bitconv.eval import evaluate
+    from bitconv.stages.eval import evaluate
 
     r = evaluate(model, text, ctx=ctx, mode=mode, progress=True, chunks=chunks,
                  kernel_config=kernel_config, research=research)
@@ -401,7 +401,7 @@ def release(recipe: str, out: str | None, jobs: int, as_json: bool) -> None:
     Example:
       bitconv release recipes/bitnet-b1.58-2B-4T.toml -j2
     """
-    from bitconv.release import release as run
+    from bitconv.stages.release import release as run
 
     res = run(recipe, out=out, jobs=jobs, progress=sys.stderr.isatty())
     click.echo(res.to_json() if as_json else str(res.out))
@@ -417,8 +417,8 @@ def recipe() -> None:
 def recipe_lock(path: str) -> None:
     """Pull the recipe's revision and record the resolved commit sha and the input files'
     sha256 in the recipe file; print the sha."""
-    from bitconv.hub import pull
-    from bitconv.recipes import load_recipe, lock
+    from bitconv.stages.pull import pull
+    from bitconv.stages.recipes import load_recipe, lock
 
     r = load_recipe(path)
     snap = pull(r.repo, revision=r.revision)
@@ -430,7 +430,7 @@ def recipe_lock(path: str) -> None:
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 def recipe_check(paths: tuple[str, ...]) -> None:
     """Validate recipe files (default: recipes/*.toml); print each name."""
-    from bitconv.recipes import find_recipes, load_recipe
+    from bitconv.stages.recipes import find_recipes, load_recipe
 
     for p in paths or tuple(str(p) for p in find_recipes()):
         click.echo(load_recipe(p).name)
@@ -445,7 +445,8 @@ def make_fixture(name: str, dst: str) -> None:
     NAME is one of: bitnet_b1_58-large, bitnet-b1.58-2B-4T, bitnet-b1.58-2B-4T-bf16,
     Llama3-8B-1.58-100B-tokens. Used by the tests, `make demo` and the benchmarks.
     """
-    from bitconv.synth.checkpoints import FIXTURES, make_fixture as run
+    from bitconv.synth.checkpoints import FIXTURES
+    from bitconv.synth.checkpoints import make_fixture as run
 
     if name not in FIXTURES:
         raise click.BadParameter(f"choose one of: {', '.join(FIXTURES)}", param_hint="NAME")

@@ -5,7 +5,7 @@ set -eu
 PYTHON=${PYTHON:-python3}
 WORK=${WORK:-build/release-demo}
 OUT=${OUT:-release/demo}
-REPO=$($PYTHON -c 'from bitconv.recipes import load_recipe; print(load_recipe("recipes/demo.toml").repo)')
+REPO=$($PYTHON -c 'from bitconv.stages.recipes import load_recipe; print(load_recipe("recipes/demo.toml").repo)')
 rm -rf "$WORK" && mkdir -p "$WORK"
 . scripts/fakehub.sh
 $PYTHON -m bitconv release recipes/demo.toml --out "$OUT" -j "${JOBS:-2}"

@@ -32,7 +32,7 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
-from bitconv.pack import pack
+from bitconv.stages.pack import pack
 
 FIXTURE = "bitnet-b1.58-2B-4T"
 NOBODY = 65534
@@ -76,11 +76,11 @@ def world(fixtures_root) -> Iterator[Path]:
     """A world-readable tree (nobody must reach it) with one good input of each kind and the
     broken ones. pytest's own tmp dirs are 0700 root, so this lives in its own mkdtemp."""
     # the CLI imports these lazily; as nobody it could not write their bytecode caches
-    import bitconv.inspect
-    import bitconv.logits
-    import bitconv.repack
     import bitconv.runtime.generate
-    import bitconv.verify  # noqa: F401
+    import bitconv.stages.inspect
+    import bitconv.stages.logits
+    import bitconv.stages.repack
+    import bitconv.stages.verify  # noqa: F401
 
     root = Path(tempfile.mkdtemp(prefix="bitconv-bad-input-"))
     try:
@@ -236,7 +236,7 @@ def test_file_size_limit_while_writing(world, tmp_path, writer):
 def hub(fixtures_root, tmp_path, monkeypatch):
     import huggingface_hub.constants as hfc
 
-    from bitconv.recipes import load_recipe
+    from bitconv.stages.recipes import load_recipe
     from bitconv.synth.checkpoints import FIXTURES
     from bitconv.synth.fakehub import FakeHub
 
@@ -380,8 +380,8 @@ def rewrite_kvs(src: Path, dst: Path, change) -> None:
     """`src` with each KV record passed through `change` (None drops it); tensors unchanged."""
     import numpy as np
 
-    from bitconv.gguf_io import GGUFWriter, TensorInfo
-    from bitconv.gguf_reader import kv_records, read_gguf, tensor_bytes
+    from bitconv.containers.gguf_reader import kv_records, read_gguf, tensor_bytes
+    from bitconv.containers.gguf_writer import GGUFWriter, TensorInfo
 
     gf = read_gguf(src)
     kvs = [kv for kv in map(change, kv_records(gf)) if kv is not None]
@@ -423,7 +423,7 @@ GGUF_KVS = [  # (key suffix, new type, new value, expected text after "metadata 
 def test_gguf_metadata_of_the_wrong_type(world, tmp_path, suffix, vtype, value, what):
     bad = tmp_path / "bad.gguf"
     rewrite_kvs(world / "m.gguf", bad, _set(suffix, vtype, value))
-    from bitconv.gguf_reader import read_gguf
+    from bitconv.containers.gguf_reader import read_gguf
 
     key = next(k for k in read_gguf(world / "m.gguf").kvs if k.endswith(suffix))
     for cmd in (["inspect"], ["run", "-p", "hi", "-n", "1"],

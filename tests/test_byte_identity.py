@@ -45,8 +45,8 @@ def _outcome(run, out: Path) -> dict[str, str]:
 
 def outputs(fixtures: Path, work: Path) -> dict[str, dict[str, dict[str, str]]]:
     from bitconv.formats import FORMATS
-    from bitconv.pack import pack
-    from bitconv.repack import repack
+    from bitconv.stages.pack import pack
+    from bitconv.stages.repack import repack
 
     sources = {n: fixtures / n for n in sorted(p.name for p in fixtures.iterdir())}
     sources["bitnet-tiny-shakespeare"] = TINY

@@ -6,10 +6,10 @@ import struct
 
 import pytest
 from click.testing import CliRunner
+from conftest import patch_bytes, tensor_range
 
 from bitconv.cli import cli
 from bitconv.synth.checkpoints import Shape, make_fixture
-from conftest import patch_bytes, tensor_range
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 
@@ -226,8 +226,9 @@ def test_config_that_is_not_an_object(fixture_copy, tmp_path):
 
 def test_unexpected_tensor(fixture_copy, tmp_path):
     """A tensor bitconv would otherwise drop silently (here: a per-projection rms_norm)."""
-    from bitconv.safetensors_io import write_safetensors
     import numpy as np
+
+    from bitconv.containers.safetensors import write_safetensors
     ck = fixture_copy("bitnet-b1.58-2B-4T")
     write_safetensors(ck / "extra.safetensors",
                       [("model.layers.0.mlp.down_proj.rms_norm.weight", "F32", (512,))],
@@ -304,7 +305,7 @@ def test_pack_json(fixtures_root, tmp_path):
     r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T"), "-o", str(out),
                                  "--json"])
     assert r.exit_code == 0, r.output
-    from bitconv.gguf_reader import read_gguf
+    from bitconv.containers.gguf_reader import read_gguf
     data = sum(t.nbytes for t in read_gguf(out).tensors)  # tensor bytes, without header/padding
     assert json.loads(r.stdout) == {"path": str(out), "format": "i2s", "family": "bitnet-b1.58",
                                     "tensors": 24, "bytes": data}

@@ -1,4 +1,4 @@
-"""`bitconv eval`: perplexity as llama.cpp's perplexity tool computes it (bitconv/eval.py).
+"""`bitconv eval`: perplexity as llama.cpp's perplexity tool computes it (bitconv/stages/eval.py).
 
 The cross-check runs llama.cpp itself (llama-cpp-python 0.3.36) on a TQ2_0 file: its own
 tokenizer on the same text, the same chunks (BOS first, fresh KV cache each), its logits scored
@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
-from bitconv.eval import evaluate, token_nll
+from bitconv.stages.eval import evaluate, token_nll
 
 TEXT = Path(__file__).resolve().parents[1] / "models" / "bitnet-tiny-shakespeare" / "heldout_sample.txt"
 TINY = TEXT.parent
@@ -59,7 +59,7 @@ def test_cli_json_and_short_text(tmp_path):
 
 def test_eval_matches_llama_cpp_perplexity(fixtures_root, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
-    from bitconv.pack import pack
+    from bitconv.stages.pack import pack
 
     path = pack(fixtures_root / "bitnet_b1_58-large", format="tq2_0",
                 out=tmp_path / "m-tq2_0.gguf").path

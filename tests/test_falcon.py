@@ -14,15 +14,19 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
-from bitconv.gguf_reader import read_gguf, tensor_bytes
-from bitconv.pack import pack
+from bitconv.containers.gguf_reader import read_gguf, tensor_bytes
+from bitconv.containers.safetensors import to_float32
+from bitconv.model.ternary import AbsmeanScan
+from bitconv.model.tokenizer.from_files import (
+    PRE_TOKENIZERS,
+    pre_runtimes,
+    pre_tokenizer,
+)
 from bitconv.runtime.text import load_text_codec
 from bitconv.runtime.weights import load_gguf
-from bitconv.safetensors_io import to_float32
+from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES
 from bitconv.synth.falcon import FALCON_SPECIALS
-from bitconv.ternary import AbsmeanScan
-from bitconv.tokenizer import PRE_TOKENIZERS, pre_runtimes, pre_tokenizer
 
 MAIN = ["Falcon3-1B-Instruct-1.58bit", "Falcon-E-1B-Instruct"]
 REVISIONS = ["Falcon-E-1B-Instruct-prequantized", "Falcon-E-1B-Instruct-bfloat16"]
@@ -144,8 +148,8 @@ def test_bfloat16_revision_is_kept_not_requantized(fixtures_root):
     """Its |W| take one value a per tensor: the multiplier is a itself. Absmean would have made it
     a x (fraction of non-zeros), about 2a/3, and the codes would not change, so only the scale
     would be silently wrong."""
-    from bitconv.checkpoint import load_checkpoint
-    from bitconv.safetensors_io import MappedFiles
+    from bitconv.containers.safetensors import MappedFiles
+    from bitconv.model.checkpoint import load_checkpoint
     ck = load_checkpoint(fixtures_root / "Falcon-E-1B-Instruct-bfloat16")
     main = load_checkpoint(fixtures_root / "Falcon-E-1B-Instruct")
     name = "model.layers.0.self_attn.q_proj.weight"
@@ -186,7 +190,7 @@ def test_falcon_e_pre_name_is_read_and_labelled(packed, tmp_path):
 
 
 def test_repack_to_hf_rebuilds_the_falcon_tokenizer(fixtures_root, packed, tmp_path):
-    from bitconv.repack import repack
+    from bitconv.stages.repack import repack
     src = fixtures_root / "Falcon3-1B-Instruct-1.58bit"
     out = repack(packed["Falcon3-1B-Instruct-1.58bit", "i2s"], format="hf", out=tmp_path / "hf")
     d = out.path if hasattr(out, "path") else out
@@ -222,7 +226,7 @@ def test_where_llama_cpps_falcon3_splitter_differs_from_the_tokenizer_file(fixtu
     merge in the vocabulary ("Ċ Ċ", which TII's splitter can learn from a trailing "\\n\\n") the two
     disagree on "a\\n\\nb": llama.cpp keeps "\\n\\n" in one piece, TII's splitter cuts it in two.
     bitconv's GGUF tokenizer is llama.cpp's (it says what the runtimes compute); this pins the
-    difference so a reader knows it exists (bitconv/tokenizer.py)."""
+    difference so a reader knows it exists (bitconv/model/tokenizer/from_files.py)."""
     from tokenizers import Tokenizer
     src = fixture_copy("Falcon3-1B-Instruct-1.58bit")
     tj = json.loads((src / "tokenizer.json").read_text())

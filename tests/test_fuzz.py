@@ -36,11 +36,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from bitconv.containers.gguf_reader import read_gguf
+from bitconv.containers.safetensors import MappedFiles, read_header
 from bitconv.errors import BitconvError
-from bitconv.gguf_reader import read_gguf
-from bitconv.pack import pack
 from bitconv.runtime.weights import load_gguf
-from bitconv.safetensors_io import MappedFiles, read_header
+from bitconv.stages.pack import pack
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False,
                 phases=(Phase.explicit, Phase.generate, Phase.shrink),

@@ -9,11 +9,21 @@ import numpy as np
 import pytest
 from gguf import GGUFValueType as V
 
-from bitconv.errors import InputError, PackError
-from bitconv.gguf_io import (
-    BF16, F16, F32, I2_S, TL1, TL2, TQ1_0, TQ2_0, GGUFWriter, TensorInfo, tensor_nbytes,
+from bitconv.containers.gguf_reader import read_gguf, tensor_array, tensor_bytes
+from bitconv.containers.gguf_writer import (
+    BF16,
+    F16,
+    F32,
+    I2_S,
+    TL1,
+    TL2,
+    TQ1_0,
+    TQ2_0,
+    GGUFWriter,
+    TensorInfo,
+    tensor_nbytes,
 )
-from bitconv.gguf_reader import read_gguf, tensor_array, tensor_bytes
+from bitconv.errors import InputError, PackError
 from bitconv.types import KV
 
 RNG = np.random.default_rng(0)

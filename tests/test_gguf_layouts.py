@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
-from bitconv.gguf_io import _encode_str
-from bitconv.gguf_reader import read_gguf, tensor_bytes
-from bitconv.pack import pack
+from bitconv.containers.gguf_reader import read_gguf, tensor_bytes
+from bitconv.containers.gguf_writer import _encode_str
+from bitconv.stages.pack import pack
 
 FIXTURE = "Llama3-8B-1.58-100B-tokens"
 

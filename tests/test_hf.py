@@ -14,13 +14,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitconv import hf_export, ternary
-from bitconv.checkpoint import load_checkpoint
 from bitconv.cli import cli
 from bitconv.errors import InputError, OutputError, PackError
 from bitconv.formats import FORMATS, get_format, hf
-from bitconv.pack import pack
+from bitconv.model import ternary
+from bitconv.model.checkpoint import load_checkpoint
 from bitconv.runtime.weights import load_checkpoint_weights
+from bitconv.stages import hf_export
+from bitconv.stages.pack import pack
 from bitconv.types import TernaryTensor
 
 FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
@@ -208,7 +209,7 @@ def test_export_reads_back_as_the_same_graph(name, fixtures_root, exports):
 def test_1bitllm_export_runs_the_1bitllm_graph(fixtures_root, exports):
     # detected as the SiLU sub-norm family: the runtime computes the source's logits exactly
     from bitconv.runtime.model import Model
-    from bitconv.verify import fixed_tokens
+    from bitconv.stages.verify import fixed_tokens
 
     src = load_checkpoint_weights(fixtures_root / "bitnet_b1_58-large")
     out = load_checkpoint_weights(exports["bitnet_b1_58-large"])

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, get_format, i2s
 
-
 # --- 1. golden vectors, copied from formats/i2s.md §8 (derived by hand, not by running i2s) ---
 
 def _golden_a() -> np.ndarray:

@@ -10,11 +10,11 @@ from gguf import GGUFValueType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bitconv.containers.gguf_reader import read_gguf, tensor_bytes
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, i2s, i2s_arm, layout_kvs
-from bitconv.gguf_reader import read_gguf, tensor_bytes
-from bitconv.pack import pack
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
+from bitconv.stages.pack import pack
 from bitconv.types import KV
 
 TAIL0 = "00" * 28

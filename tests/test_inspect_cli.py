@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import FORMAT_NAMES, cli
+from bitconv.containers.gguf_reader import read_gguf
 from bitconv.formats import FORMATS
-from bitconv.gguf_reader import read_gguf
-from bitconv.pack import pack
+from bitconv.stages.pack import pack
 from bitconv.types import TernaryTensor
 
 PKG = Path(__file__).resolve().parents[1] / "bitconv"

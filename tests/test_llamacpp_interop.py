@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tie_flips import TIGHT, explain
 
-from bitconv.pack import pack
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_gguf
-from bitconv.verify import fixed_tokens
-from tie_flips import TIGHT, explain
+from bitconv.stages.pack import pack
+from bitconv.stages.verify import fixed_tokens
 
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (`pip install llama-cpp-python` "

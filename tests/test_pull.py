@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
-from bitconv.snapshot import MANIFEST, select
+from bitconv.stages.snapshot import MANIFEST, select
 from bitconv.synth.checkpoints import FIXTURES
 from bitconv.synth.fakehub import FakeHub
 
@@ -98,7 +98,7 @@ def test_pull_json(hub):
 def test_second_pull_transfers_and_hashes_nothing(hub, monkeypatch):
     first = run("pull", REPO).stdout
     hub.log.clear()
-    monkeypatch.setattr("bitconv.snapshot.digest", lambda *a: pytest.fail("re-hashed"))
+    monkeypatch.setattr("bitconv.stages.snapshot.digest", lambda *a: pytest.fail("re-hashed"))
     assert run("pull", REPO).stdout == first
     assert [h.path for h in hub.log if "agent-harnesses" not in h.path] == \
         [f"/api/models/{REPO}/revision/main"]  # one metadata call, no file request
@@ -131,7 +131,7 @@ def test_tampered_cache_file_is_fetched_again(hub, tmp_path, fixtures_root):
 
 
 def test_progress_bar_goes_to_stderr(hub, capsys):
-    from bitconv.hub import pull
+    from bitconv.stages.pull import pull
     pull(REPO, progress=True)
     out, err = capsys.readouterr()
     assert out == "" and f"pull {REPO}" in err

@@ -17,14 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitconv.cli import cli
+from bitconv.containers.safetensors import DTYPES, read_header, write_safetensors
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, q1_0
-from bitconv.pack import pack
-from bitconv.repack import repack
+from bitconv.model.ternary import binarize
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
-from bitconv.safetensors_io import DTYPES, read_header, write_safetensors
-from bitconv.ternary import binarize
+from bitconv.stages.pack import pack
+from bitconv.stages.repack import repack
 from bitconv.types import TernaryTensor
 
 LOSSLESS, LOSSY = q1_0, q1_0.fp16

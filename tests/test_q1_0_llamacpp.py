@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 from test_q1_0 import binaries, packed  # noqa: F401  (module fixtures)
 from test_q2_0 import HeaderOnly
-from test_q2_0_llamacpp import _ids, llama_logits, llama_quantize, write_f32_multiplied_out
+from test_q2_0_llamacpp import (
+    _ids,
+    llama_logits,
+    llama_quantize,
+    write_f32_multiplied_out,
+)
 from tie_flips import TIGHT, explain
 
+from bitconv.containers.gguf_reader import read_gguf, tensor_bytes
+from bitconv.containers.gguf_writer import Q1_0
 from bitconv.formats import q1_0
-from bitconv.gguf_io import Q1_0
-from bitconv.gguf_reader import read_gguf, tensor_bytes
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_gguf
 

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from bitconv.cli import cli
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, q2_0, tq2_0
-from bitconv.pack import pack
-from bitconv.repack import repack
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
+from bitconv.stages.pack import pack
+from bitconv.stages.repack import repack
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
 
@@ -518,7 +518,7 @@ def test_model_picks_q8_0_for_q2_0_files(packed):
 def test_shipped_recipes_list_q2_0_where_llama_cpp_runs_it():
     from pathlib import Path
 
-    from bitconv.recipes import load_recipe
+    from bitconv.stages.recipes import load_recipe
     root = Path(__file__).parent.parent / "recipes"
     for stem in ("bitnet_b1_58-large", "bitnet_b1_58-3B", "Llama3-8B-1.58-100B-tokens"):
         assert "q2_0" in load_recipe(root / f"{stem}.toml").formats
@@ -564,9 +564,10 @@ def _scale_tie(values, nearest: bool):
 
 
 def test_judge_explains_a_q8_0_scale_flip_and_refuses_a_far_one(packed, monkeypatch):
-    from bitconv.runtime.model import Model
-    from bitconv.verify import fixed_tokens
     from tie_flips import TIE, TIGHT, explain, run_ours
+
+    from bitconv.runtime.model import Model
+    from bitconv.stages.verify import fixed_tokens
     weights = load_gguf(packed("Llama3-8B-1.58-100B-tokens", "q2_0"))
     ids = np.asarray(fixed_tokens(16, len(weights.kvs["tokenizer.ggml.tokens"])))
     m = Model(weights, mode="llama.cpp")

@@ -21,14 +21,14 @@ import pytest
 from test_q2_0 import HeaderOnly
 from tie_flips import TIGHT, explain
 
+from bitconv.containers.gguf_reader import kv_records, read_gguf, tensor_bytes
+from bitconv.containers.gguf_writer import F32, Q2_0, GGUFWriter, TensorInfo
 from bitconv.formats import q2_0
-from bitconv.gguf_io import F32, Q2_0, GGUFWriter, TensorInfo
-from bitconv.gguf_reader import kv_records, read_gguf, tensor_bytes
-from bitconv.pack import pack
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_gguf
+from bitconv.stages.pack import pack
+from bitconv.stages.verify import fixed_tokens
 from bitconv.types import KV, TernaryTensor
-from bitconv.verify import fixed_tokens
 
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (`pip install llama-cpp-python` "

@@ -7,7 +7,7 @@ import pytest
 
 from bitconv.errors import InputError, PackError
 from bitconv.formats import get_format
-from bitconv.recipes import find_recipes, load_recipe
+from bitconv.stages.recipes import find_recipes, load_recipe
 
 ROOT = Path(__file__).parent.parent / "recipes"
 SHIPPED = find_recipes(ROOT)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
-from bitconv.recipes import load_recipe
+from bitconv.stages.recipes import load_recipe
 from bitconv.synth.fakehub import FakeHub
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "demo.toml"
@@ -95,7 +95,7 @@ def test_a_corrupted_artifact_is_rebuilt(hub, tmp_path):
 
 
 def test_a_failing_verify_publishes_nothing(hub, tmp_path, monkeypatch):
-    import bitconv.verify as verify_mod
+    import bitconv.stages.verify as verify_mod
 
     real = verify_mod.verify
 

@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
+from bitconv.containers.gguf_reader import read_gguf
 from bitconv.errors import OutputError, PackError
 from bitconv.formats import FORMATS
-from bitconv.gguf_reader import read_gguf
-from bitconv.pack import pack
-from bitconv.repack import repack
 from bitconv.runtime.weights import load_gguf
+from bitconv.stages.pack import pack
+from bitconv.stages.repack import repack
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bitconv.errors import InputError
+from bitconv.model.ternary import abs_median
 from bitconv.runtime.bitlinear import bitlinear
 from bitconv.runtime.model import Model
 from bitconv.runtime.research import (
@@ -22,7 +23,6 @@ from bitconv.runtime.research import (
     quantize,
     topk,
 )
-from bitconv.ternary import abs_median
 from bitconv.runtime.weights import load_checkpoint_weights
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "bitnet-tiny-shakespeare"
@@ -192,8 +192,8 @@ def test_pack_scale_stat_median(tmp_path):
     """BitNet b1.58 Reloaded: the multiplier is median|W| of the latent masters (the lower middle
     value, as torch's median) and the codes are clip(rint(W / median), -1, 1); packed sources and
     the hf export refuse it."""
-    from bitconv.pack import pack
     from bitconv.runtime.weights import load_gguf
+    from bitconv.stages.pack import pack
 
     bf16 = TINY.parent / "bitnet-tiny-shakespeare-bf16"
     path = pack(bf16, format="i2s", out=tmp_path / "m.gguf", scale_stat="median").path

@@ -8,10 +8,10 @@ from click.testing import CliRunner
 from bitconv.cli import MODES as CLI_MODES
 from bitconv.cli import cli
 from bitconv.errors import InputError
-from bitconv.pack import pack
 from bitconv.runtime.bitlinear import MODES, bitlinear, q8k
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
+from bitconv.stages.pack import pack
 
 F32 = np.float32
 

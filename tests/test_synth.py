@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from bitconv.checkpoint import load_checkpoint
+from bitconv.model.checkpoint import load_checkpoint
 from bitconv.synth.checkpoints import FIXTURES, Shape, _tensors
 
 FULL_2B4T = Shape(hidden=2560, inter=6912, layers=30, heads=20, kv_heads=5, vocab=128256)

@@ -6,11 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
-from bitconv.pack import pack
 from bitconv.runtime.generate import generate
 from bitconv.runtime.model import Model
 from bitconv.runtime.text import load_text_codec
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
+from bitconv.stages.pack import pack
 
 FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "Llama3-8B-1.58-100B-tokens"]
 PROMPTS = ["Hello world, how are you?", "  two  spaces\nand a newline\n\n", "42 + 2024 = 2066",

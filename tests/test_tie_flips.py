@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tie_flips import TIGHT, Flip, explain, run_ours
 
-from bitconv.pack import pack
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_gguf
-from bitconv.verify import fixed_tokens
-from tie_flips import TIGHT, Flip, explain, run_ours
+from bitconv.stages.pack import pack
+from bitconv.stages.verify import fixed_tokens
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitconv.cli import cli
+from bitconv.containers.gguf_reader import read_gguf
+from bitconv.containers.gguf_writer import TL1, tensor_nbytes
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, get_format, tiling, tl1
 from bitconv.formats.tiling import Tiling
-from bitconv.gguf_io import TL1, tensor_nbytes
-from bitconv.gguf_reader import read_gguf
-from bitconv.pack import pack
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
+from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES
 
 # --- 1. golden vectors, copied from formats/tl1.md §6 (derived by hand, not by running tl1) ---

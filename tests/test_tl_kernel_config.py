@@ -21,15 +21,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitconv.cli import cli
+from bitconv.containers.gguf_reader import kv_records, read_gguf, tensor_bytes
+from bitconv.containers.gguf_writer import GGUFWriter, TensorInfo
+from bitconv.containers.kernel_config import KernelConfigError, file_tilings
 from bitconv.errors import InputError
 from bitconv.formats import get_format, tiling, tl1, tl2
 from bitconv.formats.tiling import Tiling
 from bitconv.formats.tl_common import KV_KEY, SIDECAR_SUFFIX
-from bitconv.gguf_io import GGUFWriter, TensorInfo
-from bitconv.gguf_reader import kv_records, read_gguf, tensor_bytes
-from bitconv.kernel_config import KernelConfigError, file_tilings
-from bitconv.pack import pack
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
+from bitconv.stages.pack import pack
 from bitconv.types import KV, TernaryTensor
 
 NAME = "Llama3-8B-1.58-100B-tokens"  # TL shapes (out, in): (256,256) (128,256) (512,256) (256,512)

@@ -1,4 +1,4 @@
-"""Synthetic tokenizer files (bitconv.synth.tokenizers) and their GGUF metadata (bitconv.tokenizer).
+"""Synthetic tokenizer files (bitconv.synth.tokenizers) and their GGUF metadata (bitconv.model.tokenizer.from_files).
 
 Peers: `tokenizers`, `sentencepiece` and transformers' AutoTokenizer load the files; gguf-py's
 SpecialVocab / BpeVocab / SentencePieceVocab (what llama.cpp's converter uses) check the KVs.
@@ -17,8 +17,8 @@ from gguf import GGUFValueType, Keys, TokenType
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from bitconv.errors import InputError
+from bitconv.model.tokenizer.from_files import tokenizer_kvs
 from bitconv.synth.tokenizers import LLAMA3_SPECIALS, write_llama2_spm, write_llama3_bpe
-from bitconv.tokenizer import tokenizer_kvs
 
 K = Keys.Tokenizer
 BPE_VOCAB, SPM_VOCAB = 1024, 512

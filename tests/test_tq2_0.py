@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from bitconv.cli import cli
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, tq2_0
-from bitconv.pack import pack
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
+from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
 

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 import bitconv.runtime.model as runtime_model
-from bitconv.hf_export import export
 from bitconv.runtime.weights import load_checkpoint_weights
+from bitconv.stages.hf_export import export
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -146,8 +146,8 @@ def test_transformers_runs_our_export(name, fixtures_root, exports, monkeypatch)
 def test_transformers_runs_our_repack(name, fixtures_root, tmp_path, monkeypatch):
     """`bitconv repack m-tq2_0.gguf --format hf`: config.json and tokenizer rebuilt from the GGUF
     alone, weights decoded and HF-packed; transformers agrees with bitconv on the source."""
-    from bitconv.pack import pack
-    from bitconv.repack import repack
+    from bitconv.stages.pack import pack
+    from bitconv.stages.repack import repack
 
     gguf = pack(fixtures_root / name, format="tq2_0", out=tmp_path / "m.gguf").path
     out = repack(gguf, format="hf", out=tmp_path / name).path

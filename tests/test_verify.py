@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
-from bitconv.gguf_reader import read_gguf
-from bitconv.pack import pack
+from bitconv.containers.gguf_reader import read_gguf
+from bitconv.stages.pack import pack
 
 FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
             "Llama3-8B-1.58-100B-tokens"]

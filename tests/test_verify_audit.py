@@ -28,9 +28,9 @@ import pytest
 from click.testing import CliRunner
 
 from bitconv.cli import cli
-from bitconv.gguf_io import _encode_kv
-from bitconv.gguf_reader import kv_records, read_gguf, tensor_bytes
-from bitconv.pack import pack
+from bitconv.containers.gguf_reader import kv_records, read_gguf, tensor_bytes
+from bitconv.containers.gguf_writer import _encode_kv
+from bitconv.stages.pack import pack
 from bitconv.types import KV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -314,7 +314,7 @@ def test_a_missing_add_bos_whose_default_differs_fails(ours, tmp_path):
     # an SPM vocabulary that must not add BOS: without the key llama.cpp adds one
     path, _ = ours
     no_bos = rewrite(path, tmp_path / "src.gguf", kvs=set_kv("tokenizer.ggml.add_bos_token", False))
-    from bitconv.audit import audit_metadata
+    from bitconv.stages.audit import audit_metadata
     got = read_gguf(rewrite(path, tmp_path / "f.gguf",
                             kvs=drop("tokenizer.ggml.add_bos_token"))).kvs
     found = audit_metadata(got, read_gguf(no_bos).kvs)
@@ -324,7 +324,7 @@ def test_a_missing_add_bos_whose_default_differs_fails(ours, tmp_path):
                                                   "is True)"))]
 
 
-# --- the metadata rules one by one (bitconv/audit.py), on small hand-made headers ---
+# --- the metadata rules one by one (bitconv/stages/audit.py), on small hand-made headers ---
 
 SPM = {"general.architecture": "bitnet", "general.name": "m", "bitnet.embedding_length": 256,
        "bitnet.attention.head_count": 4, "tokenizer.ggml.model": "llama",
@@ -371,7 +371,7 @@ def tokens_with(i, text=None, score=None, kind=None):
         "reachable-text", "angle-text", "not-unused", "unk-control", "merge-score",
         "normal-text"])
 def test_each_metadata_rule(got, cls):
-    from bitconv.audit import audit_metadata
+    from bitconv.stages.audit import audit_metadata
     found = audit_metadata(got, SPM)
     assert found[0].cls == "ok"
     assert found[1:] and {f.cls for f in found[1:]} == {cls}, [f.message for f in found]

@@ -95,7 +95,7 @@ def decode(codec: ModuleType, datas: Sequence[npt.NDArray[np.uint8]], shape: tup
            tilings: Mapping[tuple[int, int], Tiling] | None = None
            ) -> tuple[npt.NDArray[np.int8], np.float32]:
     """codec.decode; a TILED codec gets the file's tiling for `shape` from `tilings` (the reader's
-    kernel configuration, bitconv/kernel_config.py) and refuses to decode without one."""
+    kernel configuration, bitconv/containers/kernel_config.py) and refuses to decode without one."""
     if getattr(codec, "TILED", False):
         t = (tilings or {}).get((int(shape[0]), int(shape[1])))
         return codec.decode(datas, shape, t)  # type: ignore[no-any-return]

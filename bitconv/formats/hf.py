@@ -3,7 +3,7 @@
 Spec: formats/hf.md. Reference: huggingface/transformers v5.23.0
 src/transformers/integrations/bitnet.py (`pack_weights`, `unpack_weights`, `BitLinear`,
 `AutoBitLinear`), reference/hf.md §1.1-1.4. Container: safetensors (a checkpoint directory
-written by bitconv/hf_export.py), so SPEC has no ggml type.
+written by bitconv/stages/hf_export.py), so SPEC has no ggml type.
 
 Streaming: one byte row r holds rows r, r+R, r+2R, r+3R of the weight (R = out/4), so no row
 chunk of codes packs on its own. Writers allocate the packed tensor (out*in/4 bytes, a quarter

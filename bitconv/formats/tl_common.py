@@ -4,7 +4,7 @@ formats/tl2.md.
 
 A TL tensor's bytes depend on its tiling (BM, BK, bm), which bitnet.cpp keeps out of the GGUF
 (in include/kernel_config.ini). So `decode` takes the file's tiling and refuses to run without
-one; the readers find it (bitconv/kernel_config.py). bitconv's own TL files carry it in the
+one; the readers find it (bitconv/containers/kernel_config.py). bitconv's own TL files carry it in the
 metadata key KV_KEY as well as in the `<file>.kernel_config.ini` sidecar.
 """
 from __future__ import annotations

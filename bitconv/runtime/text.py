@@ -24,8 +24,8 @@ from typing import Any
 from gguf import TokenType
 
 from bitconv.errors import InputError
-from bitconv.tokenizer import RUNTIME_SPLIT, spm_pb2
-from bitconv.tokenizer_files import bpe_json, spm_proto
+from bitconv.model.tokenizer.from_files import RUNTIME_SPLIT, spm_pb2
+from bitconv.model.tokenizer.to_files import bpe_json, spm_proto
 
 
 @dataclass(frozen=True)

@@ -23,17 +23,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bitconv import ternary
-from bitconv.checkpoint import Checkpoint, load_checkpoint
+from bitconv.containers.gguf_reader import (
+    GGUFFile,
+    GGUFTensor,
+    read_gguf,
+    tensor_array,
+    tensor_bytes,
+)
+from bitconv.containers.gguf_writer import F16, F32, TYPE_NAMES
+from bitconv.containers.kernel_config import FileTilings, file_tilings
+from bitconv.containers.safetensors import MappedFiles, to_float32
 from bitconv.errors import InputError
-from bitconv.families import detect
-from bitconv.families.base import PlannedTensor, plan
 from bitconv.formats import codec_for, decode, get_format
-from bitconv.gguf_io import F16, F32, TYPE_NAMES
-from bitconv.gguf_reader import GGUFFile, GGUFTensor, read_gguf, tensor_array, tensor_bytes
-from bitconv.kernel_config import FileTilings, file_tilings
-from bitconv.pack import dense_chunks, metadata, permute_heads, ternary_codes
-from bitconv.safetensors_io import MappedFiles, to_float32
+from bitconv.model import ternary
+from bitconv.model.checkpoint import Checkpoint, load_checkpoint
+from bitconv.model.families import detect
+from bitconv.model.families.base import PlannedTensor, plan
+from bitconv.stages.pack import dense_chunks, metadata, permute_heads, ternary_codes
 from bitconv.types import TernaryTensor
 
 Tensor = TernaryTensor | npt.NDArray[np.floating]
@@ -71,7 +77,7 @@ class Weights:
 def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weights:
     """Every tensor of a packed GGUF, unpacked through the format registry on access; a weight's
     companion tensors (e.g. a separate scale) are folded into its TernaryTensor. TL1/TL2 tensors
-    are decoded with the file's tiling (bitconv/kernel_config.py: `kernel_config`, the sidecar,
+    are decoded with the file's tiling (bitconv/containers/kernel_config.py: `kernel_config`, the sidecar,
     or the metadata key), found here, before any tensor is read: InputError without one."""
     gf = read_gguf(path)
     by_name = {t.name: t for t in gf.tensors}

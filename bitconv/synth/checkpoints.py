@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bitconv.safetensors_io import DTYPES, to_bf16, write_safetensors
+from bitconv.containers.safetensors import DTYPES, to_bf16, write_safetensors
 from bitconv.synth.falcon import falcon_config, write_falcon_bpe
 from bitconv.synth.tokenizers import write_llama2_spm, write_llama3_bpe
 

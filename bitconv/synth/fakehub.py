@@ -28,10 +28,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from collections.abc import Mapping
 from typing import IO, Any, Literal
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".model", ".pt", ".npy")
@@ -113,7 +113,9 @@ class FakeHub:
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> FakeHub:
-        from bitconv.synth.fakehub_http import Handler  # it imports this module's records
+        from bitconv.synth.fakehub_http import (
+            Handler,  # it imports this module's records
+        )
 
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True

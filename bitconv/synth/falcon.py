@@ -58,6 +58,7 @@ from typing import Any
 
 from tokenizers import pre_tokenizers
 
+from bitconv.model.tokenizer.from_files import PRE_TOKENIZERS
 from bitconv.synth.tokenizers import (
     _CORPUS,
     _added,
@@ -66,7 +67,6 @@ from bitconv.synth.tokenizers import (
     _learn,
     _token_map,
 )
-from bitconv.tokenizer import PRE_TOKENIZERS
 
 N_ADDED = 64  # the real vocabularies have 2024 added tokens (ids 0..2023)
 EOS = 11

@@ -19,7 +19,7 @@ from typing import Any
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Regex, pre_tokenizers
 
-from bitconv.tokenizer import LLAMA3_SPLIT
+from bitconv.model.tokenizer.from_files import LLAMA3_SPLIT
 
 spm_pb2: Any = sentencepiece_model_pb2  # generated protobuf code: no static attributes
 

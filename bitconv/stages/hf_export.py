@@ -30,16 +30,22 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from bitconv import ternary
-from bitconv.checkpoint import Checkpoint, load_checkpoint
+from bitconv.containers.atomic import default_output
+from bitconv.containers.safetensors import DTYPES, MappedFiles
 from bitconv.errors import OutputError, PackError
-from bitconv.families import detect
-from bitconv.families.base import Family, PlannedTensor, plan
 from bitconv.formats import hf
-from bitconv.outputs import default_output
-from bitconv.pack import PackResult, check_scales, check_shapes, row_chunks, ternary_codes
-from bitconv.safetensors_io import DTYPES, MappedFiles
-from bitconv.snapshot import checkpoint_name
+from bitconv.model import ternary
+from bitconv.model.checkpoint import Checkpoint, load_checkpoint
+from bitconv.model.families import detect
+from bitconv.model.families.base import Family, PlannedTensor, plan
+from bitconv.stages.pack import (
+    PackResult,
+    check_scales,
+    check_shapes,
+    row_chunks,
+    ternary_codes,
+)
+from bitconv.stages.snapshot import checkpoint_name
 
 # transformers' BitNetForCausalLM names the two sub-norms so (hf.md §1.6, §1.7)
 HF_SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bitconv.containers.safetensors import TensorRef, read_header
 from bitconv.errors import InputError
-from bitconv.safetensors_io import TensorRef, read_header
 
 INDEX = "model.safetensors.index.json"
 

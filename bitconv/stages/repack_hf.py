@@ -28,13 +28,15 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from bitconv.containers.gguf_reader import GGUFTensor, kv_records, tensor_bytes
+from bitconv.containers.gguf_writer import BF16, F16, F32
+from bitconv.containers.safetensors import to_float32
 from bitconv.errors import InputError, PackError
-from bitconv.families import FAMILIES
-from bitconv.families.base import NORMS, TERNARY
 from bitconv.formats import get_format, hf
-from bitconv.gguf_io import BF16, F16, F32
-from bitconv.gguf_reader import GGUFTensor, kv_records, tensor_bytes
-from bitconv.hf_export import (
+from bitconv.model.families import FAMILIES
+from bitconv.model.families.base import NORMS, TERNARY
+from bitconv.model.tokenizer.to_files import tokenizer_files
+from bitconv.stages.hf_export import (
     HF_SUB_NORMS,
     WEIGHTS,
     atomic_dir,
@@ -43,10 +45,8 @@ from bitconv.hf_export import (
     write_json,
     write_safetensors_streamed,
 )
-from bitconv.pack import CHUNK_ELEMS as ROW_ELEMS
-from bitconv.repack import RepackResult, Source
-from bitconv.safetensors_io import to_float32
-from bitconv.tokenizer_files import tokenizer_files
+from bitconv.stages.pack import CHUNK_ELEMS as ROW_ELEMS
+from bitconv.stages.repack import RepackResult, Source
 from bitconv.types import KV
 
 # GGUF arch -> (transformers class, model_type, hidden_act)
@@ -201,9 +201,9 @@ def _unpermute(rows: npt.NDArray[np.int8], heads: int) -> npt.NDArray[np.int8]:
 def _changed(tmp: Path, source: Source) -> tuple[str, ...]:
     """The source's metadata keys that packing `tmp` would not give back as they are (and keys
     it would add); general.name is the directory's, so it is left out."""
-    from bitconv.checkpoint import load_checkpoint
-    from bitconv.families import detect
-    from bitconv.pack import metadata
+    from bitconv.model.checkpoint import load_checkpoint
+    from bitconv.model.families import detect
+    from bitconv.stages.pack import metadata
 
     ck = load_checkpoint(tmp)
     try:

@@ -3,7 +3,7 @@
 GGUF -> GGUF: the header keeps every key in order except `general.file_type` (the target's) and
 the layout and TL tiling keys (formats/__init__.py `layout_kvs`); then each tensor in file order: a
 ternary weight is decoded by the codec that wrote it (codes + float32 multiplier; its companions,
-such as a `.scale`, go with it; a TL input with its own tiling, bitconv/kernel_config.py) and encoded by the target codec in row chunks; any other tensor is copied
+such as a `.scale`, go with it; a TL input with its own tiling, bitconv/containers/kernel_config.py) and encoded by the target codec in row chunks; any other tensor is copied
 byte for byte. One tensor is in memory at a time. GGUF -> `hf`: repack_hf.py. A checkpoint
 directory (an `hf` export) is packed, as `pack` does.
 
@@ -26,14 +26,28 @@ import numpy.typing as npt
 from gguf import GGUFValueType as T
 from tqdm import tqdm
 
+from bitconv.containers.atomic import atomic_output, check_writable, default_output
+from bitconv.containers.gguf_reader import (
+    GGUFFile,
+    GGUFTensor,
+    kv_records,
+    read_gguf,
+    tensor_bytes,
+)
+from bitconv.containers.gguf_writer import (
+    BF16,
+    F16,
+    F32,
+    I8,
+    TYPE_NAMES,
+    GGUFWriter,
+    TensorInfo,
+)
+from bitconv.containers.kernel_config import NONE, FileTilings, file_tilings
 from bitconv.errors import InputError, OutputError, PackError
 from bitconv.formats import codec_for, decode, get_format, layout_kvs
 from bitconv.formats.tl_common import KV_KEY
-from bitconv.gguf_io import BF16, F16, F32, I8, TYPE_NAMES, GGUFWriter, TensorInfo
-from bitconv.gguf_reader import GGUFFile, GGUFTensor, kv_records, read_gguf, tensor_bytes
-from bitconv.kernel_config import NONE, FileTilings, file_tilings
-from bitconv.outputs import atomic_output, check_writable, default_output
-from bitconv.pack import row_chunks, write_parts
+from bitconv.stages.pack import row_chunks, write_parts
 from bitconv.types import KV
 
 PLAIN = (F32, F16, BF16, I8)  # copied as they are
@@ -62,7 +76,7 @@ class Source:
     tensors: tuple[GGUFTensor, ...]
     codecs: Mapping[str, ModuleType]  # ternary weight name -> the codec that wrote it
     parts: Mapping[str, tuple[GGUFTensor, ...]]  # ternary weight name -> its stored parts
-    tilings: FileTilings = NONE  # a TL file's tiling per shape (bitconv/kernel_config.py)
+    tilings: FileTilings = NONE  # a TL file's tiling per shape (bitconv/containers/kernel_config.py)
 
     def weights(self) -> list[tuple[str, tuple[int, int]]]:
         """(name, shape) of every ternary weight, in file order."""
@@ -95,7 +109,7 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
         force: overwrite an existing output.
         allow_lossy: let a `-fp16` target round multipliers that fp16 cannot hold exactly.
         kernel_config: a TL input's kernel_config.ini (default: its sidecar, else its metadata
-            key; bitconv/kernel_config.py). A TL output is tiled as `pack` tiles it.
+            key; bitconv/containers/kernel_config.py). A TL output is tiled as `pack` tiles it.
     Example:
         >>> repack("m-i2s.gguf", format="tq2_0", out="m-tq2_0.gguf").path
         PosixPath('m-tq2_0.gguf')
@@ -108,7 +122,7 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
     if os.path.realpath(out) == os.path.realpath(src):  # Path.resolve raises on a loop
         raise OutputError(f"{out}: is the input; choose another output")
     if codec.SPEC.container == "safetensors":
-        from bitconv.repack_hf import export_hf
+        from bitconv.stages.repack_hf import export_hf
         return export_hf(source, out, force=force, progress=progress)
     weights = source.weights()
     for name, shape in weights:
@@ -254,11 +268,11 @@ def byte_chunks(data: npt.NDArray[np.uint8]) -> Iterator[npt.NDArray[np.uint8]]:
 def _pack_dir(src: Path, codec: ModuleType, out: str | Path | None, force: bool,
               allow_lossy: bool, progress: bool) -> RepackResult:
     """A checkpoint directory: `pack` it, after the same lossy-target check."""
-    from bitconv.checkpoint import load_checkpoint
-    from bitconv.families import detect
-    from bitconv.families.base import plan
-    from bitconv.pack import pack
+    from bitconv.model.checkpoint import load_checkpoint
+    from bitconv.model.families import detect
+    from bitconv.model.families.base import plan
     from bitconv.runtime.weights import load_checkpoint_weights
+    from bitconv.stages.pack import pack
     from bitconv.types import TernaryTensor
 
     if not codec.SPEC.lossless:

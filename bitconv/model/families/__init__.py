@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from bitconv.errors import InputError
-from bitconv.families import bitnet, bitnet_b158, llama
-from bitconv.families.base import Family
+from bitconv.model.families import bitnet, bitnet_b158, llama
+from bitconv.model.families.base import Family
 
 # first match wins: the SiLU BitNetForCausalLM (a 1bitLLM export) before 2B4T's ReLU² one
 FAMILIES: dict[str, Family] = {f.name: f for f in (bitnet.FAMILY, bitnet.HF_FAMILY,

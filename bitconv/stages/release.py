@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bitconv.containers.atomic import default_output
 from bitconv.errors import InputError, VerifyError
-from bitconv.outputs import default_output
-from bitconv.recipes import Recipe, load_recipe
+from bitconv.stages.recipes import Recipe, load_recipe
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def release(recipe: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     """Run the recipe's whole pipeline into `out` (see the module doc). Raises VerifyError (exit
     3) when an artifact fails to verify, InputError when the source contradicts the recipe."""
     from bitconv import __version__
-    from bitconv.hub import pull
+    from bitconv.stages.pull import pull
 
     r = load_recipe(recipe)
     out = Path(out) if out is not None else Path("release") / r.name
@@ -118,8 +118,8 @@ def release(recipe: str | Path, *, out: str | Path | None = None, jobs: int = 1,
 
 def _build(src: Path, staging: Path, fmt: str, rel: str) -> str | None:
     """Pack one format into staging and verify it; the first failure as text, or None."""
-    from bitconv.pack import pack
-    from bitconv.verify import verify
+    from bitconv.stages.pack import pack
+    from bitconv.stages.verify import verify
 
     path = pack(src, format=fmt, out=staging / rel).path
     report = verify(path, source=src, drift=False)
@@ -175,7 +175,7 @@ def _sha256_bytes(data: bytes) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    from bitconv.outputs import atomic_output
+    from bitconv.containers.atomic import atomic_output
 
     with atomic_output(path, force=True) as f:
         f.write(text.encode("utf-8"))

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from bitconv.containers.safetensors import to_float32
 from bitconv.errors import InputError
-from bitconv.safetensors_io import to_float32
-from bitconv.ternary import BLOCK
+from bitconv.model.ternary import BLOCK
 
 F16_MAX = 65504.0
 BF16_F16_MAX = 0x477F  # |bf16| bits of 65280, the largest bf16 that fits f16 (next is 65536)

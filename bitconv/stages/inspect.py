@@ -6,7 +6,7 @@ companion is labelled with the codec that reads it (formats/__init__.py `codec_f
 summary says whether that format keeps the float32 multipliers; for a lossy one (an fp16 `d`)
 it bounds the weight error from the file alone: the exact multiplier is not stored, but it
 rounded to d, so it lies within half an fp16 ulp of it. For TL1/TL2 it names the kernel
-configuration the file is read with and each shape's tiling (bitconv/kernel_config.py), and
+configuration the file is read with and each shape's tiling (bitconv/containers/kernel_config.py), and
 refuses a TL file that has none.
 """
 from __future__ import annotations
@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from bitconv import ternary
-from bitconv.checkpoint import load_checkpoint
-from bitconv.families import detect
-from bitconv.families.base import Dims
+from bitconv.containers.gguf_reader import GGUFFile, GGUFTensor, read_gguf, tensor_bytes
+from bitconv.containers.gguf_writer import F16, F32, TYPE_NAMES
+from bitconv.containers.kernel_config import file_tilings
 from bitconv.formats import codec_for, decode
-from bitconv.gguf_io import F16, F32, TYPE_NAMES
-from bitconv.gguf_reader import GGUFFile, GGUFTensor, read_gguf, tensor_bytes
-from bitconv.kernel_config import file_tilings
-from bitconv.tokenizer import pre_runtimes
+from bitconv.model import ternary
+from bitconv.model.checkpoint import load_checkpoint
+from bitconv.model.families import detect
+from bitconv.model.families.base import Dims
+from bitconv.model.tokenizer.from_files import pre_runtimes
 
 MAX_SHOWN_ITEMS = 8  # long metadata arrays (tokens, merges) are summarised
 
@@ -69,7 +69,7 @@ class Description:
 
 def describe(path: str | Path, kernel_config: str | Path | None = None) -> Description:
     """Describe a Hugging Face checkpoint directory or a GGUF file (a TL file's tiling from
-    `kernel_config`, its sidecar or its metadata key: bitconv/kernel_config.py)."""
+    `kernel_config`, its sidecar or its metadata key: bitconv/containers/kernel_config.py)."""
     path = Path(path)
     if path.is_dir():
         return _describe_checkpoint(path)

@@ -4,7 +4,7 @@
     repo     = "microsoft/bitnet-b1.58-2B-4T"       # Hugging Face repo id
     revision = "main"                               # branch or tag that `recipe lock` resolves
     commit   = "0123…"                              # 40-hex pinned sha; absent = not locked yet
-    family   = "bitnet-b1.58"                       # a bitconv family name (bitconv.families)
+    family   = "bitnet-b1.58"                       # a bitconv family name (bitconv.model.families)
     formats  = ["i2s", "tq2_0"]                     # what `release` packs
     note     = "…"                                  # optional free text
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bitconv.containers.atomic import atomic_output
 from bitconv.errors import InputError
-from bitconv.outputs import atomic_output
 
 FAMILIES = ("bitnet", "bitnet-b1.58", "llama")
 _TOP = {"name", "repo", "revision", "commit", "family", "formats", "note", "model", "inputs"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bitconv.families.base import Family
+from bitconv.model.families.base import Family
 
 
 def _detect(config: Mapping[str, Any]) -> bool:

@@ -20,8 +20,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from bitconv.containers.safetensors import to_float32
 from bitconv.errors import InputError
-from bitconv.safetensors_io import to_float32
 
 EPS = np.float32(1e-5)
 ScaleRule = Literal["multiply", "divide"]

@@ -16,11 +16,20 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGUFValueType
 
-from bitconv.errors import InputError
-from bitconv.gguf_io import (
-    _ARRAY_DTYPES, _NP_DTYPES, _SCALAR_FMT, _U64, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS,
-    TYPE_NAMES, _first_duplicate, _pad_to, tensor_nbytes,
+from bitconv.containers.gguf_writer import (
+    _ARRAY_DTYPES,
+    _NP_DTYPES,
+    _SCALAR_FMT,
+    _U64,
+    DEFAULT_ALIGNMENT,
+    GGUF_MAGIC,
+    MAX_DIMS,
+    TYPE_NAMES,
+    _first_duplicate,
+    _pad_to,
+    tensor_nbytes,
 )
+from bitconv.errors import InputError
 from bitconv.types import KV
 
 _V = GGUFValueType

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Iterator
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from types import ModuleType
 
@@ -19,20 +19,26 @@ import numpy.typing as npt
 from gguf import GGUFValueType as T
 from tqdm import tqdm
 
-from bitconv import ternary
-from bitconv.checkpoint import Checkpoint, load_checkpoint
-from bitconv.dense import dense_part
+from bitconv.containers.atomic import atomic_output, check_writable, default_output
+from bitconv.containers.gguf_writer import (
+    F16,
+    F32,
+    GGUFWriter,
+    TensorInfo,
+    tensor_nbytes,
+)
+from bitconv.containers.safetensors import MappedFiles, to_float32
 from bitconv.errors import InputError, PackError
-from bitconv.families import detect
-from bitconv.families.base import Family, PlannedTensor, hparam_kvs, plan
 from bitconv.formats import get_format, layout_kvs
-from bitconv.gguf_io import F16, F32, GGUFWriter, TensorInfo, tensor_nbytes
-from bitconv.outputs import atomic_output, check_writable, default_output
-from bitconv.safetensors_io import MappedFiles, to_float32
-from bitconv.snapshot import checkpoint_name
-from bitconv.tokenizer import pre_tokenizer, tokenizer_kvs
-from bitconv.workers import Workers
+from bitconv.model import ternary
+from bitconv.model.checkpoint import Checkpoint, load_checkpoint
+from bitconv.model.dense import dense_part
+from bitconv.model.families import detect
+from bitconv.model.families.base import Family, PlannedTensor, hparam_kvs, plan
+from bitconv.model.tokenizer.from_files import pre_tokenizer, tokenizer_kvs
+from bitconv.stages.snapshot import checkpoint_name
 from bitconv.types import KV
+from bitconv.workers import Workers
 
 CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per row chunk: one task for a worker thread
 SERIAL = Workers(1)
@@ -75,7 +81,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     if codec.SPEC.container == "safetensors":  # a checkpoint directory, not a GGUF
         if scale_stat != "mean":
             raise InputError("--scale-stat median writes GGUF formats only")
-        from bitconv import hf_export
+        from bitconv.stages import hf_export
         return hf_export.export(src, out=out, force=force, scale_rule=scale_rule,
                                 progress=progress)
     out = Path(out) if out is not None else default_output(checkpoint_name(src), format)

@@ -27,7 +27,7 @@ from typing import Any
 from gguf import TokenType
 
 from bitconv.errors import InputError
-from bitconv.tokenizer import (
+from bitconv.model.tokenizer.from_files import (
     PAD_SCORE,
     PRE_TOKENIZERS,
     RUNTIME_SPLIT,

@@ -2,7 +2,7 @@
 
 Every check runs and every finding is reported with its class (DESIGN.md §5):
 (1) container: the file parses and every tensor unpacks; (2) metadata: each key against what
-the source gives, classed by bitconv/audit.py; (3) tensors: each one against what the source
+the source gives, classed by bitconv/stages/audit.py; (3) tensors: each one against what the source
 ternarizes to (codes and multiplier) or converts to (dense tensors), bit for bit; (4) logits:
 the runtime's logits for a fixed token sequence from the file and from the source; (5) drift
 against the source's latent float weights, where it has them (information).
@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from bitconv import ternary
-from bitconv.audit import FAIL, INFO, LOSS, OK, Finding, audit_metadata
+from bitconv.containers.kernel_config import KernelConfigError
 from bitconv.errors import InputError
 from bitconv.formats import get_format
-from bitconv.kernel_config import KernelConfigError
+from bitconv.model import ternary
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import (
     LazyTensors,
@@ -45,6 +44,7 @@ from bitconv.runtime.weights import (
     load_checkpoint_weights,
     stored,
 )
+from bitconv.stages.audit import FAIL, INFO, LOSS, OK, Finding, audit_metadata
 from bitconv.types import TernaryTensor
 
 __all__ = ["Finding", "Report", "fixed_tokens", "verify"]
@@ -84,7 +84,7 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
            drift: bool = True, kernel_config: str | Path | None = None) -> Report:
     """Audit `packed` (a GGUF file, or an `hf` export directory) against `source`; without a
     source only the container and codecs are checked. A TL file is read with its tiling from
-    `kernel_config`, its sidecar or its metadata key (bitconv/kernel_config.py); without one
+    `kernel_config`, its sidecar or its metadata key (bitconv/containers/kernel_config.py); without one
     it cannot be judged: KernelConfigError (exit 1), not a finding.
 
     Memory stays near the largest tensor: weights are lazy and both models run with keep=False.

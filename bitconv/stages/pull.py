@@ -33,8 +33,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bitconv.errors import BitconvError, NetworkError, PullError
-from bitconv.snapshot import (SHA, FileEntry, Snapshot, check, discard,
-                              from_cache, pick, strays, unchanged, unsafe)
+from bitconv.stages.snapshot import (
+    SHA,
+    FileEntry,
+    Snapshot,
+    check,
+    discard,
+    from_cache,
+    pick,
+    strays,
+    unchanged,
+    unsafe,
+)
 
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 

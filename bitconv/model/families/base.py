@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from gguf import GGUFValueType as T
 
-from bitconv.checkpoint import _MISSING, Checkpoint, field
 from bitconv.errors import InputError
+from bitconv.model.checkpoint import _MISSING, Checkpoint, field
 from bitconv.types import KV
 
 Kind = Literal["ternary", "f16", "f32"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from bitconv.containers.atomic import atomic_output, check_writable
 from bitconv.errors import InputError
-from bitconv.outputs import atomic_output, check_writable
 from bitconv.runtime.model import Model
 from bitconv.runtime.research import parse
 from bitconv.runtime.text import load_text_codec
@@ -22,7 +22,7 @@ def save_logits(model: str | Path, out: str | Path, *, ids: npt.NDArray[np.integ
                 kernel_config: str | Path | None = None, research: str | None = None) -> Path:
     """Write the logits of every position, shape (len(ids), vocab), to the .npy file `out`;
     the ids are given, or `prompt` tokenized by the model's tokenizer (with its BOS).
-    `kernel_config`: a TL file's kernel_config.ini (bitconv/kernel_config.py); `research`: a
+    `kernel_config`: a TL file's kernel_config.ini (bitconv/containers/kernel_config.py); `research`: a
     runtime/research.py spec, on top of exact mode."""
     out = Path(out)
     if out.suffix != ".npy":

@@ -15,7 +15,7 @@ from typing import Any
 
 from gguf import GGUFValueType as T
 
-from bitconv.families.base import Family
+from bitconv.model.families.base import Family
 from bitconv.types import KV
 
 
