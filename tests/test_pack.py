@@ -170,7 +170,7 @@ def test_pack_is_deterministic(fixtures_root, tmp_path, packed):
 def test_row_chunking_does_not_change_a_byte(name, tmp_path, monkeypatch):
     """Chunks far smaller than a tensor (straddling HF quarter blocks, several heads per chunk,
     multi-chunk absmean) give the same file as one chunk per tensor."""
-    import bitconv.stages.pack as pk
+    import bitconv.model.tensors as pk
     from bitconv.synth.checkpoints import Shape, make_fixture
     src = make_fixture(name, tmp_path / name, Shape(hidden=512, inter=768, heads=8, kv_heads=2,
                                                      vocab=1024 if "large" not in name else 512))

@@ -109,7 +109,7 @@ def test_background_stage_propagates_errors_and_stops_when_abandoned():
 @pytest.mark.parametrize("name", ["bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
                                   "Llama3-8B-1.58-100B-tokens", "bitnet_b1_58-large"])
 def test_output_bytes_do_not_depend_on_the_thread_count(name, fmt, tmp_path, monkeypatch):
-    import bitconv.stages.pack as pk
+    import bitconv.model.tensors as pk
     src = make_fixture(name, tmp_path / name, Shape(hidden=512, inter=768, heads=8, kv_heads=2,
                                                      vocab=1024 if "large" not in name else 512))
     monkeypatch.setattr(pk, "CHUNK_ELEMS", 20000)  # many chunks per tensor: real interleaving

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -259,3 +260,18 @@ class GGUFWriter:
 
     def _pad(self) -> None:
         self._emit(memoryview(bytes(-self._pos % self._alignment)))
+
+
+def write_parts(w: GGUFWriter, group: list[TensorInfo], chunks: Iterator[npt.NDArray]) -> None:
+    """Write byte chunks into the group's tensors in order, closing each when it is full
+    (codecs never yield a chunk that straddles two parts)."""
+    it = iter(group)
+    part, done = next(it), 0
+    for chunk in chunks:
+        w.write(chunk)
+        done += chunk.nbytes
+        if done == part.nbytes:
+            w.end_tensor()
+            part, done = next(it, part), 0
+    if done:
+        raise PackError(f"{part.name}: codec wrote {done} of {part.nbytes} bytes")  # a codec bug

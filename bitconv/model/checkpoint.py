@@ -18,6 +18,9 @@ from bitconv.containers.safetensors import TensorRef, read_header
 from bitconv.errors import InputError
 
 INDEX = "model.safetensors.index.json"
+# `bitconv pull` records where a snapshot came from here (stages/snapshot.py writes it); a dotfile,
+# so no glob for model files sees it
+MANIFEST = ".bitconv-pull.json"
 
 
 @dataclass(frozen=True)
@@ -166,3 +169,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if tname not in tensors or tensors[tname].path.name != fname:
             raise InputError(f"{path}: {INDEX} lists {tname!r} in {fname}, which lacks it")
     return Checkpoint(path, config, tensors, tuple(files))
+
+
+def checkpoint_name(path: Path) -> str:
+    """A checkpoint's name: its repo's, if it was pulled (cache dirs are named by commit sha)."""
+    try:
+        repo = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["repo"]
+    except (OSError, ValueError, KeyError, TypeError):
+        repo = None
+    return repo.split("/")[-1] if isinstance(repo, str) else path.resolve().name

@@ -39,7 +39,8 @@ from bitconv.model import ternary
 from bitconv.model.checkpoint import Checkpoint, load_checkpoint
 from bitconv.model.families import detect
 from bitconv.model.families.base import PlannedTensor, plan
-from bitconv.stages.pack import dense_chunks, metadata, permute_heads, ternary_codes
+from bitconv.model.metadata import metadata
+from bitconv.model.tensors import dense_chunks, permute_heads, ternary_codes
 from bitconv.types import TernaryTensor
 
 Tensor = TernaryTensor | npt.NDArray[np.floating]

@@ -35,17 +35,11 @@ from bitconv.containers.safetensors import DTYPES, MappedFiles
 from bitconv.errors import OutputError, PackError
 from bitconv.formats import hf
 from bitconv.model import ternary
-from bitconv.model.checkpoint import Checkpoint, load_checkpoint
+from bitconv.model.checkpoint import Checkpoint, checkpoint_name, load_checkpoint
 from bitconv.model.families import detect
 from bitconv.model.families.base import Family, PlannedTensor, plan
-from bitconv.stages.pack import (
-    PackResult,
-    check_scales,
-    check_shapes,
-    row_chunks,
-    ternary_codes,
-)
-from bitconv.stages.snapshot import checkpoint_name
+from bitconv.model.tensors import check_scales, check_shapes, row_chunks, ternary_codes
+from bitconv.stages.pack import PackResult
 
 # transformers' BitNetForCausalLM names the two sub-norms so (hf.md §1.6, §1.7)
 HF_SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")

@@ -6,17 +6,14 @@ stays near one chunk whatever the model size.
 """
 from __future__ import annotations
 
-import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import numpy.typing as npt
-from gguf import GGUFValueType as T
 from tqdm import tqdm
 
 from bitconv.containers.atomic import atomic_output, check_writable, default_output
@@ -26,23 +23,24 @@ from bitconv.containers.gguf_writer import (
     GGUFWriter,
     TensorInfo,
     tensor_nbytes,
+    write_parts,
 )
-from bitconv.containers.safetensors import MappedFiles, to_float32
+from bitconv.containers.safetensors import MappedFiles
 from bitconv.errors import InputError, PackError
-from bitconv.formats import get_format, layout_kvs
+from bitconv.formats import get_format
 from bitconv.model import ternary
-from bitconv.model.checkpoint import Checkpoint, load_checkpoint
-from bitconv.model.dense import dense_part
+from bitconv.model.checkpoint import checkpoint_name, load_checkpoint
 from bitconv.model.families import detect
-from bitconv.model.families.base import Family, PlannedTensor, hparam_kvs, plan
-from bitconv.model.tokenizer.from_files import pre_tokenizer, tokenizer_kvs
-from bitconv.stages.snapshot import checkpoint_name
-from bitconv.types import KV
+from bitconv.model.families.base import PlannedTensor, plan
+from bitconv.model.metadata import metadata
+from bitconv.model.tensors import (
+    TernaryRows,
+    check_scales,
+    check_shapes,
+    dense_chunks,
+    ternary_rows,
+)
 from bitconv.workers import Workers
-
-CHUNK_ELEMS = 1 << 22  # ~16 MB of float32 per row chunk: one task for a worker thread
-SERIAL = Workers(1)
-KEEP_MAPPED = 128 << 20  # bytes of a latent tensor kept mapped from pass 1 to pass 2
 
 
 @dataclass(frozen=True)
@@ -127,16 +125,6 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     return PackResult(out, format, fam.name, len(items), total)
 
 
-def check_shapes(codec: ModuleType, items: list[PlannedTensor]) -> None:
-    """Every ternary weight fits the format, before anything is written (errors name the source)."""
-    for t in items:
-        if t.kind == "ternary":
-            try:
-                codec.check_shape(t.shape)
-            except PackError as e:
-                raise PackError(f"{t.source}: {e}") from None
-
-
 def tensor_parts(codec: ModuleType, t: PlannedTensor) -> list[TensorInfo]:
     """The GGUF tensors planned tensor `t` becomes: a ternary weight may bring companions."""
     if t.kind == "ternary":
@@ -144,133 +132,6 @@ def tensor_parts(codec: ModuleType, t: PlannedTensor) -> list[TensorInfo]:
                 for p in codec.parts(t.gguf_name, t.shape)]
     gtype = F16 if t.kind == "f16" else F32
     return [TensorInfo(t.gguf_name, t.shape, gtype, tensor_nbytes(gtype, t.shape))]
-
-
-def write_parts(w: GGUFWriter, group: list[TensorInfo], chunks: Iterator[npt.NDArray]) -> None:
-    """Write byte chunks into the group's tensors in order, closing each when it is full
-    (codecs never yield a chunk that straddles two parts)."""
-    it = iter(group)
-    part, done = next(it), 0
-    for chunk in chunks:
-        w.write(chunk)
-        done += chunk.nbytes
-        if done == part.nbytes:
-            w.end_tensor()
-            part, done = next(it, part), 0
-    if done:
-        raise PackError(f"{part.name}: codec wrote {done} of {part.nbytes} bytes")  # a codec bug
-
-
-def check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ternary.ScaleRule,
-                  checked: bool) -> None:
-    """Every weight_scale, before the output is started: a bad last layer fails in a second."""
-    with MappedFiles() as mf:
-        for t in items:
-            if t.scale_source:
-                _multiplier(ck, mf, t, rule, checked)
-
-
-def _multiplier(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
-                checked: bool) -> np.float32:
-    """The multiplier of an HF-packed tensor, from its one-element weight_scale."""
-    assert t.scale_source is not None
-    ref = ck.ref(t.scale_source)
-    value = float(to_float32(mf.view(ref), ref.dtype).reshape(-1)[0])
-    mf.release(ref)
-    return ternary.multiplier_from_scale(t.scale_source, value, rule, checked)
-
-
-def metadata(ck: Checkpoint, fam: Family, codec: ModuleType) -> list[KV]:
-    """general.*, then {arch}.* hyperparameters, then tokenizer.* (deterministic order)."""
-    kvs = [KV("general.architecture", T.STRING, fam.arch),
-           KV("general.name", T.STRING, checkpoint_name(ck.path)),
-           KV("general.file_type", T.UINT32, codec.SPEC.file_type),
-           KV("general.quantization_version", T.UINT32, 2)]
-    kvs += hparam_kvs(ck.config, fam.arch) + fam.extra_kvs(ck.config, fam.arch)
-    weights = [(t.gguf_name, t.shape) for t in plan(ck, fam) if t.kind == "ternary"]
-    kvs += layout_kvs(codec, fam.arch, weights)  # layout and TL tiling keys
-    return kvs + tokenizer_kvs(ck.path, ck.config["vocab_size"], pre_tokenizer(ck.path))
-
-
-def row_chunks(rows: int, cols: int, multiple: int = 1) -> Iterator[slice]:
-    """Row ranges of about CHUNK_ELEMS elements, each a multiple of `multiple` rows."""
-    step = max(multiple, CHUNK_ELEMS // max(cols, 1) // multiple * multiple)
-    for a in range(0, rows, step):
-        yield slice(a, min(a + step, rows))
-
-
-def dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor,
-                 workers: Workers = SERIAL) -> Iterator[npt.NDArray]:
-    """A dense tensor as float16/float32 row chunks, checked finite and in range."""
-    ref = ck.ref(t.source)
-    dt = np.float16 if t.kind == "f16" else np.float32
-    if len(t.shape) < 2:
-        yield dense_part(mf.view(ref), ref.dtype, dt, t.source, t.gguf_name)
-        return
-    rows, cols = t.shape[0], int(np.prod(t.shape[1:]))
-    yield from workers.map(lambda rs: dense_part(mf.view(ref, rs), ref.dtype, dt, t.source,
-                                                 t.gguf_name),
-                           row_chunks(rows, cols), done=lambda rs: mf.release(ref, rs))
-
-
-@dataclass(frozen=True)
-class TernaryRows:
-    """A ternary weight ready to stream: its multiplier, its row chunks (whole heads when q/k
-    are permuted, whole row tiles of the format) and how to make one chunk's codes in GGUF row
-    order; `codes` is pure and thread-safe, `done` releases a chunk's input pages."""
-
-    multiplier: np.float32
-    rows: list[slice]
-    codes: Callable[[slice], npt.NDArray[np.int8]]
-    done: Callable[[slice], None] | None = None
-
-
-def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
-                 checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL,
-                 binary: bool = False, scale_stat: str = "mean") -> TernaryRows:
-    """Packed sources are unpacked and checked, never re-quantized; latent ones take a first
-    pass (on `workers`) for the absmean, here, before any code is made. `binary` (a format that
-    holds no 0 code, q1_0): latent floats are binarized as BitNet (1-bit) does instead,
-    Sign(W − mean W) with multiplier mean|W| (formats/q1_0.md §7); already-binary floats ±a
-    come out as sign(W) and a either way."""
-    ref = ck.ref(t.source)
-    out_f, in_f = t.shape
-    head = out_f // t.heads if t.heads else 1
-    step = math.lcm(head, row_multiple)  # whole heads to permute, whole row tiles to pack
-    order = (lambda c: permute_heads(c, head)) if t.heads else (lambda c: c)
-    rows = list(row_chunks(out_f, in_f, step))
-    if t.scale_source:
-        m = _multiplier(ck, mf, t, rule, checked)
-        packed = mf.view(ref)
-        return TernaryRows(m, rows, lambda rs: order(
-            ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)))
-    release = lambda rs: mf.release(ref, rs)  # noqa: E731
-    if binary:
-        alpha, beta = ternary.binary_stats(list(workers.map(
-            lambda rs: ternary.binary_scan(mf.view(ref, rs), ref.dtype, t.source),
-            row_chunks(out_f, in_f))))
-        return TernaryRows(beta, rows, lambda rs: order(ternary.binarize_stored(
-            mf.view(ref, rs), ref.dtype, alpha)), release)
-    scan = ternary.AbsmeanScan(t.source)
-    # pass 2 re-reads the tensor: a small one stays mapped between the passes (no second
-    # round of page faults), a huge one is released chunk by chunk to bound the resident set
-    keep = ref.nbytes <= KEEP_MAPPED
-    for part in workers.map(lambda rs: ternary.scan_part(mf.view(ref, rs), ref.dtype, t.source),
-                            row_chunks(out_f, in_f), done=None if keep else release):
-        scan.merge(part)
-    m, already = scan.result()
-    if scale_stat == "median" and not already:  # BitNet b1.58 Reloaded: median |W| (whole tensor)
-        m = ternary.abs_median(mf.view(ref), ref.dtype, t.source)
-    return TernaryRows(m, rows, lambda rs: order(ternary.ternarize_stored(
-        mf.view(ref, rs), ref.dtype, m, already, t.source)), release)
-
-
-def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
-                  checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL,
-                  binary: bool = False) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
-    """The multiplier of planned tensor `t` and its codes in row chunks, in GGUF row order."""
-    src = ternary_rows(ck, mf, t, rule, checked, row_multiple, workers, binary)
-    return src.multiplier, workers.map(src.codes, src.rows, done=src.done)
 
 
 def encoded(codec: ModuleType, src: TernaryRows, workers: Workers) -> Iterator[npt.NDArray]:
@@ -288,8 +149,3 @@ def encoded(codec: ModuleType, src: TernaryRows, workers: Workers) -> Iterator[n
     return chain(chain.from_iterable(workers.map(blocks, src.rows, src.done)), trailer)
 
 
-def permute_heads(rows: npt.NDArray, head_dim: int) -> npt.NDArray:
-    """HF rotate_half order -> GGUF llama interleaved order, per head (llama.cpp LlamaModel.permute):
-    rows (h, 2, d/2) of each head become (h, d/2, 2)."""
-    n = rows.shape[0] // head_dim
-    return (rows.reshape(n, 2, head_dim // 2, -1).swapaxes(1, 2).reshape(rows.shape))

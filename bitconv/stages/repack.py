@@ -42,12 +42,13 @@ from bitconv.containers.gguf_writer import (
     TYPE_NAMES,
     GGUFWriter,
     TensorInfo,
+    write_parts,
 )
 from bitconv.containers.kernel_config import NONE, FileTilings, file_tilings
 from bitconv.errors import InputError, OutputError, PackError
 from bitconv.formats import codec_for, decode, get_format, layout_kvs
 from bitconv.formats.tl_common import KV_KEY
-from bitconv.stages.pack import row_chunks, write_parts
+from bitconv.model.tensors import row_chunks
 from bitconv.types import KV
 
 PLAIN = (F32, F16, BF16, I8)  # copied as they are

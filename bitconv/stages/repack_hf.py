@@ -35,6 +35,7 @@ from bitconv.errors import InputError, PackError
 from bitconv.formats import get_format, hf
 from bitconv.model.families import FAMILIES
 from bitconv.model.families.base import NORMS, TERNARY
+from bitconv.model.tensors import CHUNK_ELEMS as ROW_ELEMS
 from bitconv.model.tokenizer.to_files import tokenizer_files
 from bitconv.stages.hf_export import (
     HF_SUB_NORMS,
@@ -45,7 +46,6 @@ from bitconv.stages.hf_export import (
     write_json,
     write_safetensors_streamed,
 )
-from bitconv.stages.pack import CHUNK_ELEMS as ROW_ELEMS
 from bitconv.stages.repack import RepackResult, Source
 from bitconv.types import KV
 
@@ -203,7 +203,7 @@ def _changed(tmp: Path, source: Source) -> tuple[str, ...]:
     it would add); general.name is the directory's, so it is left out."""
     from bitconv.model.checkpoint import load_checkpoint
     from bitconv.model.families import detect
-    from bitconv.stages.pack import metadata
+    from bitconv.model.metadata import metadata
 
     ck = load_checkpoint(tmp)
     try:

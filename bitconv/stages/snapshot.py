@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bitconv.errors import PullError
+from bitconv.model.checkpoint import MANIFEST
 
-MANIFEST = ".bitconv-pull.json"
 # What conversion reads: config, tokenizer, weights (top level only: subfolders hold other formats)
 DEFAULT_INCLUDE = ("config.json", "generation_config.json", "tokenizer.json",
                    "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -101,12 +101,6 @@ class Snapshot:
             return cls(path, d["repo"], d["revision"], d["sha"], d["endpoint"], inc, files)
         except (OSError, ValueError, KeyError, TypeError):
             return None
-
-
-def checkpoint_name(path: Path) -> str:
-    """A checkpoint's name: its repo's, if it was pulled (cache dirs are named by commit sha)."""
-    snap = Snapshot.read(path)
-    return snap.repo.split("/")[-1] if snap is not None else path.resolve().name
 
 
 def unsafe(path: str) -> bool:
