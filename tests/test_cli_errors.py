@@ -228,11 +228,11 @@ def test_unexpected_tensor(fixture_copy, tmp_path):
     """A tensor bitconv would otherwise drop silently (here: a per-projection rms_norm)."""
     import numpy as np
 
-    from bitconv.containers.safetensors import write_safetensors
+    from bitconv.containers.safetensors import Tensor, write_safetensors
     ck = fixture_copy("bitnet-b1.58-2B-4T")
     write_safetensors(ck / "extra.safetensors",
-                      [("model.layers.0.mlp.down_proj.rms_norm.weight", "F32", (512,))],
-                      lambda n: np.ones(512, np.float32))
+                      [Tensor("model.layers.0.mlp.down_proj.rms_norm.weight", "F32", (512,))],
+                      lambda e: [np.ones(512, np.float32)])
     out = tmp_path / "o.gguf"
     assert_fails(run_pack(ck, out), out, "bitnet-b1.58-2B-4T: unexpected tensor "
                  "'model.layers.0.mlp.down_proj.rms_norm.weight' for family bitnet-b1.58 "

@@ -207,8 +207,8 @@ def rewrite_shards(src, dst, transform):
         raw = shard.read_bytes()
         arrays = {r.name: np.frombuffer(raw[r.start:r.end], DTYPES[r.dtype]).reshape(r.shape)
                   for r in order}
-        write_safetensors(shard, [(r.name, r.dtype, r.shape) for r in order],
-                          lambda n, a=arrays: transform(n, a[n]) if PROJ.fullmatch(n) else a[n])
+        write_safetensors(shard, order, lambda r, a=arrays: [
+            transform(r.name, a[r.name]) if PROJ.fullmatch(r.name) else a[r.name]])
     return dst
 
 

@@ -1,7 +1,19 @@
-"""Atomic outputs: write `<out>.incomplete`, fsync, then rename; never a partial file under `out`."""
+"""Atomic outputs, the only place that writes one: `<out>.incomplete` first, then a rename, so a
+reader (or a killed run) never sees a partial file or directory under the final name.
+
+- `atomic_output`: a packed file (GGUF, sidecar, logits, MANIFEST.json, a locked recipe). The
+  temporary is created with O_EXCL, fsynced, renamed; an existing `out` only with `force`.
+- `atomic_dir`: a checkpoint directory (`--format hf`, `repack` to hf). `<out>.incomplete/` is
+  made with mkdir (exclusive too), every file in it and the directory fsynced, an existing `out`
+  (with `force`) moved aside to `<out>.old.incomplete` and removed after the rename.
+- `replace_text`: a small state file rewritten in place (the pull manifest, a cache ref), always
+  replaced, with a per-process temporary (two pulls may write it at once); no fsync, as such a
+  file is rebuilt by the next pull if a crash loses it.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,3 +65,74 @@ def atomic_output(out: Path, force: bool = False) -> Iterator[BinaryIO]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Write `path` so that a reader sees the old text or the new one (see the module doc)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.incomplete")
+    tmp.unlink(missing_ok=True)  # a stale one of a dead process with our pid; then O_EXCL
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def check_dir_writable(out: Path, force: bool, src: Path | None = None) -> None:
+    """Refuse early: an existing output without `force`, or anything but a checkpoint
+    directory (config.json, no subdirectories) as the thing `force` would replace."""
+    if src is not None and os.path.realpath(out) == os.path.realpath(src):  # no loop error
+        raise OutputError(f"{out}: is the source checkpoint; choose another output directory")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise OutputError(f"{out}: already exists; pass --force to overwrite")
+        if out.is_symlink() or not out.is_dir():
+            raise OutputError(f"{out}: not a directory; refusing to replace it")
+        if not (out / "config.json").is_file() or any(p.is_dir() for p in out.iterdir()):
+            raise OutputError(f"{out}: not a checkpoint directory; refusing to replace it")
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent}: no such directory")
+
+
+@contextmanager
+def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
+    """Yield `<out>.incomplete/`; it becomes `out` only if the block completes. An existing
+    `out` (with force) is moved aside to `<out>.old.incomplete` first and removed after the rename."""
+    check_dir_writable(out, force)
+    tmp, old = (out.with_name(out.name + s) for s in (".incomplete", ".old.incomplete"))
+    for stale in (tmp, old):
+        _remove(stale)
+    try:
+        tmp.mkdir()
+        yield tmp
+        for f in sorted(tmp.iterdir()):
+            _fsync(f)
+        _fsync(tmp)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        _fsync(out.parent)
+        _remove(old)
+    except OSError as e:  # disk full, permission denied, ...
+        _remove(tmp)
+        raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+def _fsync(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

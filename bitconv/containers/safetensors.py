@@ -1,4 +1,4 @@
-"""Lazy, memory-mapped safetensors access (single files), and a streaming writer for fixtures.
+"""safetensors: lazy, memory-mapped reading (single files) and the one streamed writer.
 
 File layout (https://github.com/huggingface/safetensors, README "Format"):
   u64 LE header length N | N bytes of JSON {name: {dtype, shape, data_offsets: [b, e]}, ...}
@@ -14,15 +14,15 @@ import math
 import mmap
 import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from bitconv.errors import InputError
+from bitconv.errors import InputError, PackError
 
 # safetensors dtype -> numpy storage dtype: every dtype of the specification with a whole number
 # of bytes (safetensors/src/tensor.rs `Dtype::size`). BF16 is stored as raw uint16 and the FP8
@@ -228,26 +228,56 @@ def to_bf16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
     return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
 
 
-def write_safetensors(
-    path: Path,
-    entries: Iterable[tuple[str, str, tuple[int, ...]]],
-    fill: Callable[[str], npt.NDArray],
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """Write (name, dtype, shape) entries in the given order; `fill(name)` yields each
-    tensor's storage array only when it is written, so one tensor is in memory at a time."""
-    entries = list(entries)
-    header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+class Entry(Protocol):
+    """What the writer needs to know of a tensor before its bytes (hf_export's and repack_hf's
+    records, or a plain `Tensor`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...  # safetensors dtype
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+class Tensor(NamedTuple):
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+E = TypeVar("E", bound=Entry)
+
+
+def nbytes(dtype: str, shape: Sequence[int]) -> int:
+    """Bytes of a `dtype` tensor of `shape` in the data section."""
+    return math.prod(int(d) for d in shape) * DTYPES[dtype].itemsize
+
+
+def write_safetensors(path: Path, entries: Sequence[E],
+                      chunks: Callable[[E], Iterable[npt.NDArray[Any]]]) -> None:
+    """The one safetensors writer: the header first (every entry's offsets, from its dtype and
+    shape), then the bytes of each entry's `chunks(entry)` in order, as they are (already the
+    storage dtype: BF16 as uint16, a scale as its raw bytes); their total must be the entry's
+    size. A caller yields a tensor in row chunks (or whole), so memory holds one chunk at a time.
+    Writes `path` as it is: outputs go through containers/atomic.py (hf is written inside an
+    `atomic_dir`)."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, dtype, shape in entries:
-        n = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+    for e in entries:
+        n = nbytes(e.dtype, e.shape)
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
+                          "data_offsets": [offset, offset + n]}
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
-        for name, dtype, shape in entries:
-            arr = np.ascontiguousarray(fill(name), dtype=DTYPES[dtype])
-            assert arr.shape == tuple(shape), (name, arr.shape, shape)
-            f.write(memoryview(arr).cast("B"))
+        for e in entries:
+            done, want = 0, nbytes(e.dtype, e.shape)
+            for a in chunks(e):
+                a = np.ascontiguousarray(a)
+                f.write(memoryview(a).cast("B"))
+                done += a.nbytes
+            if done != want:  # a bug, not a user error
+                raise PackError(f"{e.name}: wrote {done} of {want} bytes")

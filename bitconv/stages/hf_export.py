@@ -16,23 +16,20 @@ tensors are copied in row chunks through the source mmap. The directory is writt
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from bitconv.containers.atomic import default_output
-from bitconv.containers.safetensors import DTYPES, MappedFiles
-from bitconv.errors import OutputError, PackError
+from bitconv.containers.atomic import atomic_dir, check_dir_writable, default_output
+from bitconv.containers.safetensors import MappedFiles, nbytes, write_safetensors
+from bitconv.errors import PackError
 from bitconv.formats import hf
 from bitconv.model import ternary
 from bitconv.model.checkpoint import Checkpoint, checkpoint_name, load_checkpoint
@@ -63,7 +60,7 @@ class _Entry:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.dtype].itemsize
+        return nbytes(self.dtype, self.shape)
 
 
 def export(src: str | Path, *, out: str | Path | None = None, force: bool = False,
@@ -112,7 +109,7 @@ def export(src: str | Path, *, out: str | Path | None = None, force: bool = Fals
             yield from _tensor_chunks(ck, mf, e, rule, scale_rule is None, target, multipliers)
             bar.update(e.nbytes)
 
-        write_safetensors_streamed(tmp / WEIGHTS, entries, chunks)
+        write_safetensors(tmp / WEIGHTS, entries, chunks)
     return PackResult(out, "hf", fam.name, len(entries), total)
 
 
@@ -194,45 +191,6 @@ def export_config(config: Mapping[str, Any], fam: Family, linear_class: hf.Linea
     return c
 
 
-class Entry(Protocol):
-    """What the safetensors writer needs to know of a tensor before its bytes."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def dtype(self) -> str: ...  # safetensors dtype
-    @property
-    def shape(self) -> tuple[int, ...]: ...
-    @property
-    def nbytes(self) -> int: ...
-
-
-E = TypeVar("E", bound=Entry)
-
-
-def write_safetensors_streamed(path: Path, entries: Sequence[E],
-                               chunks: Callable[[E], Iterable[npt.NDArray[Any]]]) -> None:
-    """safetensors with the header first, then each entry's `chunks(entry)` in order."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for e in entries:
-        header[e.name] = {"dtype": e.dtype, "shape": list(e.shape),
-                          "data_offsets": [offset, offset + e.nbytes]}
-        offset += e.nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for e in entries:
-            done = 0
-            for a in chunks(e):
-                a = np.ascontiguousarray(a)
-                f.write(memoryview(a).cast("B"))
-                done += a.nbytes
-            if done != e.nbytes:  # a bug, not a user error
-                raise PackError(f"{e.name}: wrote {done} of {e.nbytes} bytes")
-
-
 def write_json(path: Path, obj: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -248,63 +206,3 @@ def _copy_aux(src: Path, dst: Path) -> None:
             write_json(dst, tc)
             return
     shutil.copyfile(src, dst)
-
-
-# --- atomic output directories ---
-
-def check_dir_writable(out: Path, force: bool, src: Path | None = None) -> None:
-    """Refuse early: an existing output without `force`, or anything but a checkpoint
-    directory (config.json, no subdirectories) as the thing `force` would replace."""
-    if src is not None and os.path.realpath(out) == os.path.realpath(src):  # no loop error
-        raise OutputError(f"{out}: is the source checkpoint; choose another output directory")
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise OutputError(f"{out}: already exists; pass --force to overwrite")
-        if out.is_symlink() or not out.is_dir():
-            raise OutputError(f"{out}: not a directory; refusing to replace it")
-        if not (out / "config.json").is_file() or any(p.is_dir() for p in out.iterdir()):
-            raise OutputError(f"{out}: not a checkpoint directory; refusing to replace it")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: no such directory")
-
-
-@contextmanager
-def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield `<out>.incomplete/`; it becomes `out` only if the block completes. An existing
-    `out` (with force) is moved aside to `<out>.old.incomplete` first and removed after the rename."""
-    check_dir_writable(out, force)
-    tmp, old = (out.with_name(out.name + s) for s in (".incomplete", ".old.incomplete"))
-    for stale in (tmp, old):
-        _remove(stale)
-    try:
-        tmp.mkdir()
-        yield tmp
-        for f in sorted(tmp.iterdir()):
-            _fsync(f)
-        _fsync(tmp)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        _fsync(out.parent)
-        _remove(old)
-    except OSError as e:  # disk full, permission denied, ...
-        _remove(tmp)
-        raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
-
-
-def _fsync(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bitconv.containers.atomic import replace_text
 from bitconv.errors import BitconvError, NetworkError, PullError
 from bitconv.stages.snapshot import (
     SHA,
@@ -270,9 +271,7 @@ class _Pull:
         try:
             if not ref.is_file() or ref.read_text() != self.sha:
                 ref.parent.mkdir(parents=True, exist_ok=True)
-                tmp = ref.with_name(f"{ref.name}.{os.getpid()}.incomplete")
-                tmp.write_text(self.sha)
-                os.replace(tmp, ref)
+                replace_text(ref, self.sha)
         except OSError:
             pass
 

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from bitconv.containers.gguf_reader import GGUFTensor, kv_records, tensor_bytes
 from bitconv.containers.gguf_writer import BF16, F16, F32
-from bitconv.containers.safetensors import to_float32
+from bitconv.containers.atomic import atomic_dir, check_dir_writable
+from bitconv.containers.safetensors import to_float32, write_safetensors
 from bitconv.errors import InputError, PackError
 from bitconv.formats import get_format, hf
 from bitconv.model.families import FAMILIES
@@ -40,11 +41,8 @@ from bitconv.model.tokenizer.to_files import tokenizer_files
 from bitconv.stages.hf_export import (
     HF_SUB_NORMS,
     WEIGHTS,
-    atomic_dir,
-    check_dir_writable,
     export_config,
     write_json,
-    write_safetensors_streamed,
 )
 from bitconv.stages.repack import RepackResult, Source
 from bitconv.types import KV
@@ -149,7 +147,7 @@ def export_hf(source: Source, out: Path, *, force: bool = False,
                 yield from _widened(source, e.src)
             bar.update(e.nbytes)
 
-        write_safetensors_streamed(tmp / WEIGHTS, entries, chunks)
+        write_safetensors(tmp / WEIGHTS, entries, chunks)
         changed = _changed(tmp, source)
     return RepackResult(out, source.format, "hf", len(entries), total, changed=changed)
 

@@ -25,6 +25,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from bitconv.containers.atomic import replace_text
 from bitconv.errors import PullError
 from bitconv.model.checkpoint import MANIFEST
 
@@ -87,9 +88,7 @@ class Snapshot:
 
     def write(self) -> None:
         """Write the manifest atomically (a reader sees the old one or the new one)."""
-        tmp = self.manifest.with_name(f"{MANIFEST}.{os.getpid()}.incomplete")  # per process
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.manifest)
+        replace_text(self.manifest, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> Snapshot | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from bitconv.containers.safetensors import DTYPES, to_bf16, write_safetensors
+from bitconv.containers.safetensors import DTYPES, Tensor, to_bf16, write_safetensors
 from bitconv.synth.falcon import falcon_config, write_falcon_bpe
 from bitconv.synth.tokenizers import write_llama2_spm, write_llama3_bpe
 
@@ -245,15 +245,21 @@ def write_repo(fx: Fixture, dst: Path, tok: dict,
     ents, synthetic = _tensors(fx)
     fill = synthetic if fill is None else fill
     ents.sort(key=lambda e: e[0])
+
+    def chunks(e: Tensor) -> tuple[npt.NDArray]:  # the whole tensor, in its storage dtype
+        arr = np.asarray(fill(e.name), dtype=DTYPES[e.dtype])
+        assert arr.shape == tuple(e.shape), (e.name, arr.shape, e.shape)
+        return (arr,)
+
     if fx.shards == 1:
-        write_safetensors(dst / "model.safetensors", ents, fill)
+        write_safetensors(dst / "model.safetensors", [Tensor(*e) for e in ents], chunks)
         return dst
     size = [int(np.prod(sh)) * DTYPES[dt].itemsize for _, dt, sh in ents]
     bounds = np.searchsorted(np.cumsum(size), np.arange(1, fx.shards) * sum(size) / fx.shards)
     weight_map: dict[str, str] = {}
     for k, part in enumerate(np.split(np.arange(len(ents)), bounds)):
         fname = f"model-{k + 1:05d}-of-{fx.shards:05d}.safetensors"
-        write_safetensors(dst / fname, [ents[j] for j in part], fill)
+        write_safetensors(dst / fname, [Tensor(*ents[j]) for j in part], chunks)
         weight_map.update({ents[j][0]: fname for j in part})
     _dump(dst / "model.safetensors.index.json",
           {"metadata": {"total_size": sum(size)}, "weight_map": dict(sorted(weight_map.items()))})
