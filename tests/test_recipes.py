@@ -70,7 +70,8 @@ formats = ["i2s"]
     ("name = ", "not valid TOML"),
     (GOOD + 'colour = "red"\n', "unknown key 'colour'"),
     (GOOD.replace('repo = "o/x"', 'repo = "x"'), "repo 'x' is not of the form owner/name"),
-    (GOOD.replace('"llama"', '"gpt2"'), "family 'gpt2' is not one of: bitnet, bitnet-b1.58, llama"),
+    (GOOD.replace('"llama"', '"gpt2"'),
+     "family 'gpt2' is not one of: bitnet, bitnet-b1.58, bitnet-hf, llama"),
     (GOOD.replace('["i2s"]', '["q4_0"]'), "format 'q4_0' is not one of: "),
     (GOOD.replace('["i2s"]', '[]'), "formats must be a non-empty list of format names"),
     (GOOD + 'commit = "abc"\n', "commit must be a 40-character lowercase hex sha"),
@@ -83,3 +84,13 @@ def test_bad_recipes_are_refused(tmp_path, text, message):
     with pytest.raises(InputError) as e:
         load_recipe(p)
     assert str(e.value).startswith(f"{p}: ") and message in str(e.value)
+
+
+def test_the_recipe_families_are_the_registry(tmp_path):
+    """One family list: every registered family (bitnet-hf too) is a valid recipe family."""
+    from bitconv.model.families import FAMILIES
+
+    for name in FAMILIES:
+        p = tmp_path / "x.toml"
+        p.write_text(GOOD.replace('"llama"', f'"{name}"'))
+        assert load_recipe(p).family == name

@@ -124,6 +124,40 @@ def test_recipe_facts_are_checked_against_the_pulled_config(hub, tmp_path):
                         "has num_hidden_layers = 2\n")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (('family = "bitnet-b1.58"', 'family = "llama"'),
+     'family = "llama", but the checkpoint\'s config.json is of family bitnet-b1.58'),
+    (("tied = true", "tied = false"),
+     "[model] tied = false, but the checkpoint's config.json has tie_word_embeddings = true"),
+    (("params = 1444608", "params = 1444609"),
+     "[model] params = 1444609, but the checkpoint's tensors hold 1444608 parameters"),
+])
+def test_every_declared_fact_is_checked_before_packing(hub, tmp_path, edit, message):
+    recipe = tmp_path / "demo.toml"
+    text = RECIPE.read_text()
+    assert edit[0] in text
+    recipe.write_text(text.replace(*edit))
+    r = CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel")])
+    assert r.exit_code == 1
+    assert r.stderr == f"Error: {recipe}: {message}\n"
+    assert not (tmp_path / "rel").exists()  # refused before anything was packed
+
+
+def test_tied_defaults_to_the_family_when_config_json_omits_it(hub, tmp_path):
+    """No tie_word_embeddings in config.json: the family's default (bitnet-b1.58 ties)."""
+    repo = load_recipe(RECIPE).repo
+    config = json.loads((Path(hub.repos[repo]) / "config.json").read_text())
+    del config["tie_word_embeddings"]
+    hub.add_file(repo, "config.json", json.dumps(config).encode())
+    recipe = tmp_path / "demo.toml"
+    recipe.write_text(RECIPE.read_text().replace("tied = true", "tied = false"))
+    r = CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel")])
+    assert r.exit_code == 1
+    assert r.stderr == (f"Error: {recipe}: [model] tied = false, but the checkpoint's config.json "
+                        "has no tie_word_embeddings and family bitnet-b1.58 defaults to true\n")
+    assert release(tmp_path / "ok").exit_code == 0  # the shipped recipe (tied = true) agrees
+
+
 def test_recipe_lock_records_the_commit_and_inputs(hub, tmp_path):
     recipe = tmp_path / "demo.toml"
     shutil.copy(RECIPE, recipe)

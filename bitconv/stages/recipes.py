@@ -8,7 +8,7 @@
     formats  = ["i2s", "tq2_0"]                     # what `release` packs
     note     = "…"                                  # optional free text
 
-    [model]                                         # facts the checkpoint's config must show
+    [model]                                         # facts the pulled checkpoint must show
     hidden = 2560, intermediate = 6912, layers = 30, heads = 20, kv_heads = 5, vocab = 128256
     tied = true                                     # lm_head shares the embedding
     params = 2412820480                             # parameter count the shapes give
@@ -16,10 +16,24 @@
     [inputs]                                        # sha256 of input files, once known
     "model.safetensors" = "…"
 
-Unknown keys are refused (a typo must not silently drop a setting).
+Unknown keys are refused (a typo must not silently drop a setting). `release` checks every
+declared fact against the pulled checkpoint before it packs anything (`check_facts`):
+    family          the family detected from config.json (model/families `detect`)
+    hidden .. vocab config.json's hidden_size, intermediate_size, num_hidden_layers,
+                    num_attention_heads, num_key_value_heads (default: heads), vocab_size
+    tied            config.json's tie_word_embeddings; absent or null: the family's default
+                    (`Family.tied_output`, what bitconv packs: bitnet archs tie, llama does not)
+    params          the parameter count of the checkpoint's tensors: every tensor pack reads
+                    (families/base `plan`, which checks each stored shape against config.json),
+                    packed uint8 weights at their logical out x in; weight_scale scalars and
+                    rotary buffers are not parameters. Counted from the tensors, not from the
+                    config dims (tests/test_recipes.py does that for the recipe itself), so a
+                    present or missing lm_head counts as it is.
 """
 from __future__ import annotations
 
+import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -28,8 +42,10 @@ from typing import Any
 
 from bitconv.containers.atomic import atomic_output
 from bitconv.errors import InputError
+from bitconv.model.checkpoint import load_checkpoint
+from bitconv.model.families import FAMILIES, detect
+from bitconv.model.families.base import plan
 
-FAMILIES = ("bitnet", "bitnet-b1.58", "llama")
 _TOP = {"name", "repo", "revision", "commit", "family", "formats", "note", "model", "inputs"}
 _MODEL = {"hidden": int, "intermediate": int, "layers": int, "heads": int, "kv_heads": int,
           "vocab": int, "tied": bool, "params": int}
@@ -89,7 +105,7 @@ def load_recipe(path: str | Path) -> Recipe:
     if commit is not None and not (isinstance(commit, str) and _SHA1.fullmatch(commit)):
         raise bad("commit must be a 40-character lowercase hex sha")
     if raw["family"] not in FAMILIES:
-        raise bad(f"family {raw['family']!r} is not one of: {', '.join(FAMILIES)}")
+        raise bad(f"family {raw['family']!r} is not one of: {', '.join(sorted(FAMILIES))}")
     from bitconv.formats import FORMATS
 
     formats = raw.get("formats")
@@ -121,6 +137,48 @@ def _facts(model: Any, bad: Any) -> ModelFacts | None:
     if model["hidden"] % model["heads"] or model["heads"] % model["kv_heads"]:
         raise bad("[model] heads must divide hidden, and kv_heads must divide heads")
     return ModelFacts(**{k: model[k] for k in _MODEL})
+
+
+# [model] fact -> the config.json key it is read from
+CONFIG_KEYS = {"hidden": "hidden_size", "intermediate": "intermediate_size",
+               "layers": "num_hidden_layers", "heads": "num_attention_heads",
+               "kv_heads": "num_key_value_heads", "vocab": "vocab_size"}
+
+
+def check_facts(r: Recipe, path: Path) -> None:
+    """Every fact `r` declares, against the checkpoint directory `path` (see the module doc);
+    InputError naming the recipe, the fact, what it declares and what the checkpoint has."""
+    ck = load_checkpoint(path)
+    fam = detect(ck.config)
+    if fam.name != r.family:
+        raise InputError(f"{r.path}: family = {_toml(r.family)}, but the checkpoint's "
+                         f"config.json is of family {fam.name}")
+    m = r.model
+    if m is None:
+        return
+    cfg = ck.config
+    for fact, key in CONFIG_KEYS.items():
+        have = cfg.get(key, cfg.get("num_attention_heads") if fact == "kv_heads" else None)
+        if have != getattr(m, fact):
+            raise InputError(f"{r.path}: [model] {fact} = {getattr(m, fact)}, but the "
+                             f"checkpoint's config.json has {key} = {have}")
+    tied = cfg.get("tie_word_embeddings")
+    if tied is None and fam.tied_output is not m.tied:
+        raise InputError(f"{r.path}: [model] tied = {_toml(m.tied)}, but the checkpoint's "
+                         f"config.json has no tie_word_embeddings and family {fam.name} "
+                         f"defaults to {_toml(fam.tied_output)}")
+    if tied is not None and tied is not m.tied:
+        raise InputError(f"{r.path}: [model] tied = {_toml(m.tied)}, but the checkpoint's "
+                         f"config.json has tie_word_embeddings = {_toml(tied)}")
+    params = sum(math.prod(t.shape) for t in plan(ck, fam))
+    if params != m.params:
+        raise InputError(f"{r.path}: [model] params = {m.params}, but the checkpoint's tensors "
+                         f"hold {params} parameters")
+
+
+def _toml(v: Any) -> str:
+    """A value as the recipe (TOML) and config.json (JSON) spell it: true, false, 3, "x"."""
+    return json.dumps(v)
 
 
 def _inputs(inputs: Any, bad: Any) -> dict[str, str]:

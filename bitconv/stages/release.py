@@ -26,7 +26,7 @@ from typing import Any
 
 from bitconv.containers.atomic import default_output
 from bitconv.errors import InputError, VerifyError
-from bitconv.stages.recipes import Recipe, load_recipe
+from bitconv.stages.recipes import check_facts, load_recipe
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def release(recipe: str | Path, *, out: str | Path | None = None, jobs: int = 1,
         if inputs.get(name) != want:
             raise InputError(f"{r.path}: input {name} has sha256 {inputs.get(name)}, "
                              f"the recipe expects {want}")
-    _check_facts(r, snap.path)
+    check_facts(r, snap.path)  # every fact the recipe declares, before anything is packed
     source = {"repo": r.repo, "revision": r.revision, "sha": snap.sha, "inputs": inputs}
     old = _read_manifest(out)
     plan: list[tuple[str, str, str]] = []  # (format, relative path, key)
@@ -124,20 +124,6 @@ def _build(src: Path, staging: Path, fmt: str, rel: str) -> str | None:
     path = pack(src, format=fmt, out=staging / rel).path
     report = verify(path, source=src, drift=False)
     return None if report.ok else report.first_failure
-
-
-def _check_facts(r: Recipe, path: Path) -> None:
-    if r.model is None:
-        return
-    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    keys = {"hidden": "hidden_size", "intermediate": "intermediate_size",
-            "layers": "num_hidden_layers", "heads": "num_attention_heads",
-            "kv_heads": "num_key_value_heads", "vocab": "vocab_size"}
-    for fact, key in keys.items():
-        have = cfg.get(key, cfg.get("num_attention_heads") if fact == "kv_heads" else None)
-        if have != getattr(r.model, fact):
-            raise InputError(f"{r.path}: [model] {fact} = {getattr(r.model, fact)}, but the "
-                             f"checkpoint's config.json has {key} = {have}")
 
 
 def _read_manifest(out: Path) -> dict[str, Any]:

@@ -28,9 +28,9 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
+from bitconv.containers.atomic import atomic_dir, check_dir_writable
 from bitconv.containers.gguf_reader import GGUFTensor, kv_records, tensor_bytes
 from bitconv.containers.gguf_writer import BF16, F16, F32
-from bitconv.containers.atomic import atomic_dir, check_dir_writable
 from bitconv.containers.safetensors import to_float32, write_safetensors
 from bitconv.errors import InputError, PackError
 from bitconv.formats import get_format, hf
