@@ -53,12 +53,12 @@ def test_golden_pack_unpack(name):
 
 def test_golden_weight_scales():
     # hf.md §7e: autobitlinear stores the multiplier; bitlinear its exact float32 inverse
-    assert hf.weight_scale(0.5, "autobitlinear").tobytes() == bytes.fromhex("0000003f")
-    s = hf.weight_scale(np.float32(0.025), "bitlinear")
+    assert hf.weight_scale(0.5, "multiply").tobytes() == bytes.fromhex("0000003f")
+    s = hf.weight_scale(np.float32(0.025), "divide")
     assert s.tobytes() == bytes.fromhex("00002042")  # 40.0
-    assert hf.multiplier(s, "bitlinear") == np.float32(0.025)
+    assert hf.multiplier(s, "divide") == np.float32(0.025)
     with pytest.raises(PackError) as e:
-        hf.weight_scale(np.float32(0.003), "bitlinear")
+        hf.weight_scale(np.float32(0.003), "divide")
     assert str(e.value) == ("hf multiplier 0.003000000026077032 has no float32 inverse whose "
                             "reciprocal is exactly it; write it as autobitlinear (weight_scale "
                             "multiplies)")
@@ -116,9 +116,9 @@ def test_chunks_in_any_order_pack_to_the_whole(shape, data):
 @given(st.floats(min_value=2.0**-30, max_value=2.0**30, width=32))
 def test_weight_scale_is_exact_or_refused(m):
     m = np.float32(m)
-    assert hf.multiplier(hf.weight_scale(m, "autobitlinear"), "autobitlinear") == m
+    assert hf.multiplier(hf.weight_scale(m, "multiply"), "multiply") == m
     try:
-        s = hf.weight_scale(m, "bitlinear")
+        s = hf.weight_scale(m, "divide")
     except PackError:
         return
     assert np.float32(1) / s == m
@@ -129,7 +129,7 @@ def test_weight_scale_is_exact_or_refused(m):
 def test_a_bitlinear_checkpoint_multiplier_always_has_an_inverse(bits):
     ws = np.array([bits << 16], np.uint32).view(np.float32)[0]
     m = np.float32(1) / ws  # what ternary.multiplier_from_scale reads
-    assert np.float32(1) / hf.weight_scale(m, "bitlinear") == m
+    assert np.float32(1) / hf.weight_scale(m, "divide") == m
 
 
 def test_contract_round_trip():
@@ -280,7 +280,7 @@ def test_export_is_deterministic(fixtures_root, exports, tmp_path):
 def test_other_convention_on_request(fixtures_root, tmp_path):
     # bitlinear Llama written as autobitlinear: float32 multipliers, same model
     name = "Llama3-8B-1.58-100B-tokens"
-    out = hf_export.export(fixtures_root / name, out=tmp_path / "a", linear_class="autobitlinear")
+    out = hf_export.export(fixtures_root / name, out=tmp_path / "a", target_rule="multiply")
     a, b = load_checkpoint_weights(fixtures_root / name), load_checkpoint_weights(out.path)
     for k, t in a.tensors.items():
         if isinstance(t, TernaryTensor):
@@ -288,7 +288,7 @@ def test_other_convention_on_request(fixtures_root, tmp_path):
     # 2B4T's beta 1.75 has no float32 x with 1/x == 1.75 exactly: refused, nothing written
     with pytest.raises(PackError) as e:
         hf_export.export(fixtures_root / "bitnet-b1.58-2B-4T", out=tmp_path / "b",
-                         linear_class="bitlinear")
+                         target_rule="divide")
     assert str(e.value) == ("model.layers.0.mlp.down_proj.weight: hf multiplier 1.75 has no "
                             "float32 inverse whose reciprocal is exactly it; write it as "
                             "autobitlinear (weight_scale multiplies)")

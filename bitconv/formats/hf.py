@@ -25,7 +25,11 @@ from bitconv.formats.base import FormatSpec, Part
 SPEC = FormatSpec(name="hf", ggml_type=-1, file_type=-1, block_elems=4, block_bytes=1,
                   tail_bytes=0, container="safetensors")
 
-LinearClass = Literal["autobitlinear", "bitlinear"]
+# How a stored weight_scale gives the multiplier w = m * t (hf.md §1.4): one rule, two names.
+# bitconv's options, API and messages name the operation; config.json's
+# quantization_config.linear_class names the transformers class that applies it.
+ScaleRule = Literal["multiply", "divide"]
+LINEAR_CLASS: dict[ScaleRule, str] = {"multiply": "autobitlinear", "divide": "bitlinear"}
 
 # W (out, in) with R = out/4 rows per quarter; quarter i = rows i*R .. (i+1)*R-1 sits at bits 2i:
 #   packed[r, c]  bit  7 6         | 5 4         | 3 2       | 1 0
@@ -118,18 +122,18 @@ def unpack(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.int8]:
 
 # --- weight_scale: the two transformers conventions (hf.md §1.4) ---
 
-def weight_scale(multiplier: float | np.float32, linear_class: LinearClass) -> np.float32:
+def weight_scale(multiplier: float | np.float32, rule: ScaleRule) -> np.float32:
     """The float32 weight_scale that gives back `multiplier` exactly.
 
-    autobitlinear multiplies (w = t * weight_scale): the multiplier itself. bitlinear divides
-    (w = t / weight_scale; readers compute float32(1) / weight_scale): a float32 s with
+    "multiply" (autobitlinear, w = t * weight_scale): the multiplier itself. "divide" (bitlinear,
+    w = t / weight_scale; readers compute float32(1) / weight_scale): a float32 s with
     1/s == multiplier after rounding, searched around fl(1/m). About one float32 in six has no
     such s; PackError then, since a nearby s would change the weights by one ulp.
     """
     m = np.float32(multiplier)
     if not (np.isfinite(m) and m > 0):
         raise PackError(f"hf multiplier {float(m)} is not a positive finite number")
-    if linear_class == "autobitlinear":
+    if rule == "multiply":
         return m
     s0 = np.float32(1) / m
     for s in (s0, *_neighbours(s0, 2)):
@@ -147,10 +151,10 @@ def _neighbours(x: np.float32, k: int) -> list[np.float32]:
     return out
 
 
-def multiplier(ws: float | np.float32, linear_class: LinearClass) -> np.float32:
+def multiplier(ws: float | np.float32, rule: ScaleRule) -> np.float32:
     """The inverse of weight_scale(): w = multiplier * t."""
     s = np.float32(ws)
-    return s if linear_class == "autobitlinear" else np.float32(1) / s
+    return s if rule == "multiply" else np.float32(1) / s
 
 
 # --- the registry contract (bitconv/formats/__init__.py), defaults: autobitlinear, F32 scale ---
@@ -167,7 +171,7 @@ def encode(multiplier: float | np.float32,
     codes = [np.asarray(c) for c in chunks]
     whole = np.concatenate(codes) if len(codes) != 1 else codes[0]
     yield pack(whole).reshape(-1)
-    yield np.array([weight_scale(multiplier, "autobitlinear")], "<f4").view(np.uint8)
+    yield np.array([weight_scale(multiplier, "multiply")], "<f4").view(np.uint8)
 
 
 def decode(datas: Sequence[npt.NDArray[np.uint8]],
@@ -178,7 +182,7 @@ def decode(datas: Sequence[npt.NDArray[np.uint8]],
         raise InputError(f"hf data is {data.size} + {scale.size} bytes, expected "
                          f"{rows * cols} + 4 for shape {tuple(shape)}")
     m = np.frombuffer(scale.tobytes(), "<f4")[0]
-    return unpack(data.reshape(rows, cols)), multiplier(m, "autobitlinear")
+    return unpack(data.reshape(rows, cols)), multiplier(m, "multiply")
 
 
 def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:

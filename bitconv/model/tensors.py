@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from bitconv.containers.safetensors import MappedFiles, to_float32
 from bitconv.errors import PackError
+from bitconv.formats.hf import ScaleRule
 from bitconv.model import ternary
 from bitconv.model.checkpoint import Checkpoint
 from bitconv.model.dense import dense_part
@@ -38,7 +39,7 @@ def check_shapes(codec: ModuleType, items: list[PlannedTensor]) -> None:
                 raise PackError(f"{t.source}: {e}") from None
 
 
-def check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ternary.ScaleRule,
+def check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ScaleRule,
                   checked: bool) -> None:
     """Every weight_scale, before the output is started: a bad last layer fails in a second."""
     with MappedFiles() as mf:
@@ -47,7 +48,7 @@ def check_scales(ck: Checkpoint, items: list[PlannedTensor], rule: ternary.Scale
                 multiplier(ck, mf, t, rule, checked)
 
 
-def multiplier(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
+def multiplier(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ScaleRule,
                 checked: bool) -> np.float32:
     """The multiplier of an HF-packed tensor, from its one-element weight_scale."""
     assert t.scale_source is not None
@@ -90,7 +91,7 @@ class TernaryRows:
     done: Callable[[slice], None] | None = None
 
 
-def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
+def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ScaleRule,
                  checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL,
                  binary: bool = False, scale_stat: str = "mean") -> TernaryRows:
     """Packed sources are unpacked and checked, never re-quantized; latent ones take a first
@@ -130,7 +131,7 @@ def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternar
         mf.view(ref, rs), ref.dtype, m, already, t.source)), release)
 
 
-def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ternary.ScaleRule,
+def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ScaleRule,
                   checked: bool = True, row_multiple: int = 1, workers: Workers = SERIAL,
                   binary: bool = False) -> tuple[np.float32, Iterator[npt.NDArray[np.int8]]]:
     """The multiplier of planned tensor `t` and its codes in row chunks, in GGUF row order."""

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.containers.safetensors import to_float32
 from bitconv.errors import InputError
+from bitconv.formats.hf import LINEAR_CLASS, ScaleRule
 
 EPS = np.float32(1e-5)
-ScaleRule = Literal["multiply", "divide"]
 # Typical magnitudes (hf.md §1.4): autobitlinear beta ~ 0.5-5, inverse scales ~ 20-200.
 MAX_MULTIPLY_SCALE = 20.0
 MIN_DIVIDE_SCALE = 5.0
@@ -215,7 +214,7 @@ def unpack_hf(packed: npt.NDArray[np.uint8], name: str = "") -> npt.NDArray[np.i
 def scale_rule(config: dict) -> ScaleRule:
     """Multiply by weight_scale iff linear_class is autobitlinear, else divide (hf.md §1.4)."""
     qc = config.get("quantization_config") or {}
-    return "multiply" if qc.get("linear_class") == "autobitlinear" else "divide"
+    return "multiply" if qc.get("linear_class") == LINEAR_CLASS["multiply"] else "divide"
 
 
 def multiplier_from_scale(name: str, weight_scale: float, rule: ScaleRule,

@@ -35,6 +35,7 @@ from bitconv.containers.kernel_config import FileTilings, file_tilings
 from bitconv.containers.safetensors import MappedFiles, to_float32
 from bitconv.errors import InputError
 from bitconv.formats import codec_for, decode, get_format
+from bitconv.formats.hf import ScaleRule
 from bitconv.model import ternary
 from bitconv.model.checkpoint import Checkpoint, load_checkpoint
 from bitconv.model.families import detect
@@ -124,7 +125,7 @@ def load_any(path: str | Path, kernel_config: str | Path | None = None) -> Weigh
             else load_gguf(path, kernel_config))
 
 
-def load_checkpoint_weights(src: str | Path, scale_rule: ternary.ScaleRule | None = None,
+def load_checkpoint_weights(src: str | Path, scale_rule: ScaleRule | None = None,
                             format: str = "i2s", latent: bool = False) -> Weights:
     """What `pack` would write for `src`, unpacked: the reference a packed file must equal.
 

@@ -31,6 +31,7 @@ from bitconv.containers.atomic import atomic_dir, check_dir_writable, default_ou
 from bitconv.containers.safetensors import MappedFiles, nbytes, write_safetensors
 from bitconv.errors import PackError
 from bitconv.formats import hf
+from bitconv.formats.hf import ScaleRule
 from bitconv.model import ternary
 from bitconv.model.checkpoint import Checkpoint, checkpoint_name, load_checkpoint
 from bitconv.model.families import detect
@@ -64,7 +65,7 @@ class _Entry:
 
 
 def export(src: str | Path, *, out: str | Path | None = None, force: bool = False,
-           scale_rule: ternary.ScaleRule | None = None, linear_class: hf.LinearClass | None = None,
+           scale_rule: ScaleRule | None = None, target_rule: ScaleRule | None = None,
            progress: bool = False) -> PackResult:
     """Write checkpoint `src` as a transformers-loadable HF-packed checkpoint directory.
 
@@ -73,9 +74,10 @@ def export(src: str | Path, *, out: str | Path | None = None, force: bool = Fals
         out: output directory; default `<dir name>-hf` in the current directory.
         force: replace an existing output directory (one holding a config.json).
         scale_rule: how the source's weight_scale is read (default: its linear_class).
-        linear_class: convention to write; default the source's own for HF-packed sources
-            (the one `scale_rule` reads by; weight_scale then copied byte for byte),
-            autobitlinear (float32 multiplier) for latent ones. bitlinear needs each multiplier to have an exact float32 inverse.
+        target_rule: convention to write (its linear_class in config.json); default the
+            source's own for HF-packed sources (the one `scale_rule` reads by; weight_scale then
+            copied byte for byte), "multiply" (autobitlinear, the float32 multiplier) for latent
+            ones. "divide" (bitlinear) needs each multiplier to have an exact float32 inverse.
     Example:
         >>> export("tests/data/Llama3-8B-1.58-100B-tokens").path
         PosixPath('Llama3-8B-1.58-100B-tokens-hf')
@@ -91,7 +93,7 @@ def export(src: str | Path, *, out: str | Path | None = None, force: bool = Fals
     check_scales(ck, items, rule, scale_rule is None)
     # default: the convention the source's weight_scale is read by, so it is copied as it is
     packed_src = any(t.scale_source for t in items)
-    target = linear_class or ("bitlinear" if packed_src and rule == "divide" else "autobitlinear")
+    target = target_rule or ("divide" if packed_src and rule == "divide" else "multiply")
     entries = _entries(ck, fam, items, rule, target)
     config = export_config(ck.config, fam, target, "lm_head.weight" in ck.tensors)
     total = sum(e.nbytes for e in entries)
@@ -120,8 +122,8 @@ def _export_name(source: str, fam: Family) -> str:
     return source
 
 
-def _entries(ck: Checkpoint, fam: Family, items: list[PlannedTensor], rule: ternary.ScaleRule,
-             target: hf.LinearClass) -> list[_Entry]:
+def _entries(ck: Checkpoint, fam: Family, items: list[PlannedTensor], rule: ScaleRule,
+             target: ScaleRule) -> list[_Entry]:
     """Every exported tensor, sorted by name (a weight comes right before its weight_scale)."""
     out = []
     for t in items:
@@ -134,7 +136,7 @@ def _entries(ck: Checkpoint, fam: Family, items: list[PlannedTensor], rule: tern
         out.append(_Entry(name, "U8", hf.packed_shape((t.shape[0], t.shape[1])), "packed", t))
         scale = name + "_scale"
         # the stored weight_scale already means what the target convention says: keep its bytes
-        if t.scale_source and target == ("autobitlinear" if rule == "multiply" else "bitlinear"):
+        if t.scale_source and target == rule:
             ref = ck.ref(t.scale_source)
             out.append(_Entry(scale, ref.dtype, ref.shape, "scale-copy", t))
         else:
@@ -142,8 +144,8 @@ def _entries(ck: Checkpoint, fam: Family, items: list[PlannedTensor], rule: tern
     return sorted(out, key=lambda e: e.name)
 
 
-def _tensor_chunks(ck: Checkpoint, mf: MappedFiles, e: _Entry, rule: ternary.ScaleRule,
-                   checked: bool, target: hf.LinearClass,
+def _tensor_chunks(ck: Checkpoint, mf: MappedFiles, e: _Entry, rule: ScaleRule,
+                   checked: bool, target: ScaleRule,
                    multipliers: dict[str, np.float32]) -> Iterator[npt.NDArray[Any]]:
     t = e.src
     if e.kind == "packed":
@@ -172,10 +174,11 @@ def _tensor_chunks(ck: Checkpoint, mf: MappedFiles, e: _Entry, rule: ternary.Sca
             mf.release(ref, rs)
 
 
-def export_config(config: Mapping[str, Any], fam: Family, linear_class: hf.LinearClass,
+def export_config(config: Mapping[str, Any], fam: Family, rule: ScaleRule,
                   lm_head: bool) -> dict[str, Any]:
     """config.json of the export: the source's, made explicit where transformers' defaults
-    differ from what bitconv computes, with a quantization_config for `linear_class`."""
+    differ from what bitconv computes, with a quantization_config whose linear_class says
+    `rule`."""
     c = dict(config)
     if fam.sub_norms:  # a BitNet graph: transformers' BitNetForCausalLM, ReLU² or SiLU
         for k in REMOTE_CODE_KEYS:
@@ -186,7 +189,8 @@ def export_config(config: Mapping[str, Any], fam: Family, linear_class: hf.Linea
     # BitNetConfig defaults kv heads to 5 and untied embeddings: say what the weights mean
     c.update(num_key_value_heads=c.get("num_key_value_heads") or heads, tie_word_embeddings=not lm_head)
     qc = dict(config.get("quantization_config") or {})
-    qc.update(quant_method="bitnet", linear_class=linear_class, quantization_mode="offline")
+    qc.update(quant_method="bitnet", linear_class=hf.LINEAR_CLASS[rule],
+              quantization_mode="offline")
     c["quantization_config"] = qc
     return c
 

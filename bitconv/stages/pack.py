@@ -28,6 +28,7 @@ from bitconv.containers.gguf_writer import (
 from bitconv.containers.safetensors import MappedFiles
 from bitconv.errors import InputError, PackError
 from bitconv.formats import get_format
+from bitconv.formats.hf import ScaleRule
 from bitconv.model import ternary
 from bitconv.model.checkpoint import checkpoint_name, load_checkpoint
 from bitconv.model.families import detect
@@ -53,7 +54,7 @@ class PackResult:
 
 
 def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
-         force: bool = False, scale_rule: ternary.ScaleRule | None = None,
+         force: bool = False, scale_rule: ScaleRule | None = None,
          progress: bool = False, threads: int | None = None,
          scale_stat: str = "mean") -> PackResult:
     """Pack a BitNet checkpoint directory into a GGUF file of the given format.

@@ -106,7 +106,7 @@ def hf_config(kvs: Mapping[str, Any], lm_head: bool) -> dict[str, Any]:
     if f"{arch}.attention.key_length" in kvs:
         c["head_dim"] = int(kvs[f"{arch}.attention.key_length"])
     fam = next(f for f in FAMILIES.values() if f.arch == arch)
-    return export_config(c, fam, "autobitlinear", lm_head)
+    return export_config(c, fam, "multiply", lm_head)
 
 
 def _f32(v: float) -> float:

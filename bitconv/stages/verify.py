@@ -33,7 +33,7 @@ import numpy as np
 from bitconv.containers.kernel_config import KernelConfigError
 from bitconv.errors import InputError
 from bitconv.formats import get_format
-from bitconv.model import ternary
+from bitconv.formats.hf import ScaleRule
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import (
     LazyTensors,
@@ -80,7 +80,7 @@ def fixed_tokens(n: int, vocab: int) -> np.ndarray:
 
 
 def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int = 16,
-           scale_rule: ternary.ScaleRule | None = None, mode: str = "exact",
+           scale_rule: ScaleRule | None = None, mode: str = "exact",
            drift: bool = True, kernel_config: str | Path | None = None) -> Report:
     """Audit `packed` (a GGUF file, or an `hf` export directory) against `source`; without a
     source only the container and codecs are checked. A TL file is read with its tiling from
