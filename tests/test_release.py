@@ -94,6 +94,22 @@ def test_a_corrupted_artifact_is_rebuilt(hub, tmp_path):
     assert rebuilt == {"i2s"} and sha256(out / "demo-i2s.gguf") == good
 
 
+def test_a_corrupted_hf_directory_is_replaced(hub, tmp_path):
+    """A directory artifact is replaced whole (moved aside, renamed over, removed)."""
+    out = tmp_path / "rel"
+    assert release(out).exit_code == 0
+    good = sha256(out / "demo-hf" / "model.safetensors")
+    (out / "demo-hf" / "stray.txt").write_text("left by someone")
+    with open(out / "demo-hf" / "model.safetensors", "r+b") as f:
+        f.seek(-100, 2)
+        f.write(b"\xff")
+    r = release(out, "--json")
+    rebuilt = {a["format"] for a in json.loads(r.stdout)["artifacts"] if a["rebuilt"]}
+    assert rebuilt == {"hf"} and sha256(out / "demo-hf" / "model.safetensors") == good
+    assert not (out / "demo-hf" / "stray.txt").exists()
+    assert not list(out.glob("*.incomplete")) and not (out / ".staging").exists()
+
+
 def test_a_failing_verify_publishes_nothing(hub, tmp_path, monkeypatch):
     import bitconv.stages.verify as verify_mod
 

@@ -6,6 +6,8 @@ reader (or a killed run) never sees a partial file or directory under the final 
 - `atomic_dir`: a checkpoint directory (`--format hf`, `repack` to hf). `<out>.incomplete/` is
   made with mkdir (exclusive too), every file in it and the directory fsynced, an existing `out`
   (with `force`) moved aside to `<out>.old.incomplete` and removed after the rename.
+- `publish`: a finished output built elsewhere (release's staging directory) moved under its
+  final name, an existing one (file or directory) replaced the way `atomic_dir` replaces it.
 - `replace_text`: a small state file rewritten in place (the pull manifest, a cache ref), always
   replaced, with a per-process temporary (two pulls may write it at once); no fsync, as such a
   file is rebuilt by the next pull if a crash loses it.
@@ -101,26 +103,35 @@ def atomic_dir(out: Path, force: bool = False) -> Iterator[Path]:
     """Yield `<out>.incomplete/`; it becomes `out` only if the block completes. An existing
     `out` (with force) is moved aside to `<out>.old.incomplete` first and removed after the rename."""
     check_dir_writable(out, force)
-    tmp, old = (out.with_name(out.name + s) for s in (".incomplete", ".old.incomplete"))
-    for stale in (tmp, old):
-        _remove(stale)
+    tmp = out.with_name(out.name + ".incomplete")
+    _remove(tmp)
     try:
         tmp.mkdir()
         yield tmp
         for f in sorted(tmp.iterdir()):
             _fsync(f)
         _fsync(tmp)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        _fsync(out.parent)
-        _remove(old)
+        publish(tmp, out, sync=True)
     except OSError as e:  # disk full, permission denied, ...
         _remove(tmp)
         raise OutputError(f"{out}: cannot write ({e.strerror or e})") from None
     except BaseException:
         _remove(tmp)
         raise
+
+
+def publish(src: Path, dst: Path, sync: bool = False) -> None:
+    """Rename the finished `src` to `dst` (same filesystem). An existing `dst` directory, which
+    cannot be renamed over, is moved aside to `<dst>.old.incomplete` first and removed after;
+    `sync`: fsync the parent directory before that removal (atomic_dir does, release does not)."""
+    old = dst.with_name(dst.name + ".old.incomplete")
+    _remove(old)  # a stale one (a killed run)
+    if dst.is_dir() and not dst.is_symlink():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if sync:
+        _fsync(dst.parent)
+    _remove(old)
 
 
 def _remove(p: Path) -> None:

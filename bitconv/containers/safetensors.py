@@ -277,7 +277,7 @@ def write_safetensors(path: Path, entries: Sequence[E],
             done, want = 0, nbytes(e.dtype, e.shape)
             for a in chunks(e):
                 a = np.ascontiguousarray(a)
-                f.write(memoryview(a).cast("B"))
+                f.write(a.data.cast("B"))
                 done += a.nbytes
             if done != want:  # a bug, not a user error
                 raise PackError(f"{e.name}: wrote {done} of {want} bytes")

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bitconv.containers.atomic import default_output
+from bitconv.containers.atomic import default_output, publish
 from bitconv.errors import InputError, VerifyError
 from bitconv.stages.recipes import check_facts, load_recipe
 
@@ -93,10 +92,7 @@ def release(recipe: str | Path, *, out: str | Path | None = None, jobs: int = 1,
                 raise VerifyError(f"{rel}: {built[fmt]}")
         for _, rel, _ in todo:  # the artifact and any sidecar (e.g. a TL kernel config)
             for entry in sorted(staging.glob(rel + "*")):
-                target = out / entry.name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                os.replace(entry, target)
+                publish(entry, out / entry.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     artifacts = []
