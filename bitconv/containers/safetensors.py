@@ -241,6 +241,8 @@ class Entry(Protocol):
 
 
 class Tensor(NamedTuple):
+    """A plain entry: (name, dtype, shape)."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]

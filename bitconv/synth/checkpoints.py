@@ -246,7 +246,7 @@ def write_repo(fx: Fixture, dst: Path, tok: dict,
     fill = synthetic if fill is None else fill
     ents.sort(key=lambda e: e[0])
 
-    def chunks(e: Tensor) -> tuple[npt.NDArray]:  # the whole tensor, in its storage dtype
+    def chunks(e: Tensor) -> tuple[npt.NDArray[np.generic]]:  # the whole tensor, in its storage dtype
         arr = np.asarray(fill(e.name), dtype=DTYPES[e.dtype])
         assert arr.shape == tuple(e.shape), (e.name, arr.shape, e.shape)
         return (arr,)
