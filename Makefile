@@ -37,7 +37,7 @@ fixtures: setup  ## regenerate the tiny checkpoints under tests/data (determinis
 	  $(PYTHON) -m bitconv make-fixture $$n tests/data/$$n >/dev/null || exit 1; done
 
 demo: setup  ## pull the trained tiny 2B4T model from a local fake hub, pack it to I2_S, inspect, verify, run
-	PYTHON=$(PYTHON) DEMO=$(DEMO) sh scripts/demo.sh
+	PYTHON="$(PYTHON)" DEMO="$(DEMO)" sh scripts/demo.sh
 
 train-tiny: test-deps  ## retrain models/bitnet-tiny-shakespeare[-bf16] (scripts/train_tiny.py; ~20 min, 1 thread)
 	$(PYTHON) scripts/train_tiny.py --out models
@@ -53,7 +53,7 @@ release/%/SHA256SUMS: recipes/%.toml | setup
 	$(PYTHON) -m bitconv release $< --out release/$*
 
 release-demo: setup  ## release recipes/demo.toml from the local fake hub (no network)
-	PYTHON=$(PYTHON) sh scripts/release-demo.sh
+	PYTHON="$(PYTHON)" sh scripts/release-demo.sh
 
 clean:
 	rm -rf build

@@ -1,6 +1,6 @@
 #!/bin/sh
 # `make demo`: the whole pipeline, pull -> pack -> inspect -> verify -> run -> repack, with no
-# network. A local fake Hugging Face Hub (bitconv/synth/fakehub.py) serves the trained tiny BitNet
+# network. A local fake Hugging Face Hub (tests/support/fakehub.py) serves the trained tiny BitNet
 # b1.58 in the packed 2B4T layout (models/bitnet-tiny-shakespeare, scripts/train_tiny.py) under a
 # repo id of its own; bitconv talks to it through HF_ENDPOINT exactly as it would to
 # huggingface.co, with its own HF cache under $DEMO.

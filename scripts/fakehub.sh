@@ -1,5 +1,5 @@
 # Sourced by demo.sh and release-demo.sh: serve a checkpoint under repo id $REPO from a local fake
-# Hugging Face Hub (bitconv/synth/fakehub.py) on a free port, and point bitconv (through
+# Hugging Face Hub (tests/support/fakehub.py) on a free port, and point bitconv (through
 # huggingface_hub's HF_ENDPOINT) at it with a private cache under $WORK. The checkpoint is the
 # directory $SRC if set (demo.sh: the trained models/bitnet-tiny-shakespeare), else the embedded
 # tiny 2B4T (-bf16) fixture. Needs PYTHON, WORK, REPO; stops the hub when the calling script exits.
@@ -8,7 +8,7 @@ if [ -n "${SRC:-}" ]; then
 else
   $PYTHON -m bitconv make-fixture bitnet-b1.58-2B-4T-bf16 "$WORK/hub/$REPO" >/dev/null
 fi
-$PYTHON -m bitconv.synth.fakehub "$WORK/hub" --port-file "$WORK/hub.port" &
+PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" $PYTHON -m tests.support.fakehub "$WORK/hub" --port-file "$WORK/hub.port" &
 HUB=$!
 trap 'kill $HUB 2>/dev/null; wait $HUB 2>/dev/null || true' EXIT INT TERM
 n=0

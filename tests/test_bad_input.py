@@ -238,7 +238,7 @@ def hub(fixtures_root, tmp_path, monkeypatch):
 
     from bitconv.stages.recipes import load_recipe
     from bitconv.synth.checkpoints import FIXTURES
-    from bitconv.synth.fakehub import FakeHub
+    from tests.support.fakehub import FakeHub
 
     repos = {fx.repo: fixtures_root / n for n, fx in FIXTURES.items()}
     repos[load_recipe(RECIPE).repo] = fixtures_root / "bitnet-b1.58-2B-4T-bf16"

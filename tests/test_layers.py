@@ -45,7 +45,6 @@ KNOWN_INNER = {
     "bitconv/stages/repack_hf.py: bitconv.model.checkpoint",
     "bitconv/stages/repack_hf.py: bitconv.model.families",
     "bitconv/stages/repack_hf.py: bitconv.model.metadata",
-    "bitconv/synth/fakehub.py: bitconv.synth.fakehub_http",
 }
 LAZY = ("huggingface_hub", "httpx", "httpx2", "tqdm", "tokenizers", "sentencepiece", "jinja2")
 
@@ -127,6 +126,14 @@ def test_imports_inside_functions_only_where_they_save_a_real_cost():
             if inner and name.split(".")[0] not in LAZY:
                 bad.append(f"{path.relative_to(PKG.parent)}: {name}")
     assert set(bad) == KNOWN_INNER, "\n".join(sorted(set(bad) ^ KNOWN_INNER))
+
+
+def test_the_package_ships_no_test_code():
+    """Test doubles (the fake hub) live in tests/support/: nothing installed may import them."""
+    bad = [f"{path.relative_to(PKG.parent)}: {name}" for path in sorted(PKG.rglob("*.py"))
+           for _, name, _ in imports(path) if name.split(".")[0] in ("tests", "conftest")]
+    assert not bad, "\n".join(bad)
+    assert not list(PKG.rglob("fakehub*")), "the fake hub belongs in tests/support/"
 
 
 def test_the_rule_itself():

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from bitconv.cli import cli
 from bitconv.stages.snapshot import MANIFEST, select
 from bitconv.synth.checkpoints import FIXTURES
-from bitconv.synth.fakehub import FakeHub
+from tests.support.fakehub import FakeHub
 
 REPO = FIXTURES["bitnet-b1.58-2B-4T-bf16"].repo      # microsoft/bitnet-b1.58-2B-4T-bf16
 PACKED = FIXTURES["bitnet-b1.58-2B-4T"].repo         # microsoft/bitnet-b1.58-2B-4T

@@ -527,7 +527,7 @@ def test_shipped_recipes_list_q2_0_where_llama_cpp_runs_it():
 def test_release_packs_and_verifies_q2_0(fixtures_root, tmp_path, monkeypatch):
     import huggingface_hub.constants as hfc
 
-    from bitconv.synth.fakehub import FakeHub
+    from tests.support.fakehub import FakeHub
     repo = "bitconv/tiny-bitnet_b1_58-large"
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(f'name = "tiny"\nrepo = "{repo}"\nrevision = "main"\nfamily = "bitnet"\n'

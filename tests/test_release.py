@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from bitconv.cli import cli
 from bitconv.stages.recipes import load_recipe
-from bitconv.synth.fakehub import FakeHub
+from tests.support.fakehub import FakeHub
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "demo.toml"
 

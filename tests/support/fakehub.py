@@ -32,33 +32,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal, Self
+
+from tests.support.fakehub_http import Blob, Handler, Hit, lfs_pointer
 
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".model", ".pt", ".npy")
-CHUNK = 1 << 16
-
-
-@dataclass(frozen=True)
-class Blob:
-    """One file of a repo: on disk (`file`) or in memory (`data`, e.g. for hostile listings)."""
-
-    path: str
-    size: int
-    oid: str            # git blob sha1 as the Hub lists it (of the LFS pointer, for LFS files)
-    sha256: str | None  # content sha256, for LFS files
-    file: Path | None = None
-    data: bytes | None = None
-
-    def open(self) -> IO[bytes]:
-        return open(self.file, "rb") if self.file is not None else io.BytesIO(self.data or b"")
-
-    def lfs(self) -> dict[str, Any] | None:
-        return {"oid": self.sha256, "size": self.size,
-                "pointerSize": len(_pointer(self.sha256, self.size))} if self.sha256 else None
-
-    def entry(self) -> dict[str, Any]:
-        e = {"type": "file", "path": self.path, "size": self.size, "oid": self.oid}
-        return e | ({"lfs": self.lfs()} if self.sha256 else {})
 
 
 @dataclass
@@ -82,17 +60,6 @@ class Fault:
 
 
 @dataclass
-class Hit:
-    """One request, logged when its answer starts; `file` is set when it was about a repo file."""
-
-    method: str
-    path: str
-    status: int
-    file: str | None = None
-    sent: int = 0  # file bytes sent
-
-
-@dataclass
 class FakeHub:
     """`with FakeHub(root) as hub:` serves root/<org>/<name>/ (or {repo_id: dir}) at `hub.url`."""
 
@@ -112,11 +79,7 @@ class FakeHub:
         self.closing = threading.Event()  # set on stop: releases stalled requests
         self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> FakeHub:
-        from bitconv.synth.fakehub_http import (
-            Handler,  # it imports this module's records
-        )
-
+    def start(self) -> Self:
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self._server.hub = self  # type: ignore[attr-defined]
@@ -130,7 +93,7 @@ class FakeHub:
             self._server.shutdown()
             self._server.server_close()
 
-    def __enter__(self) -> FakeHub:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -210,18 +173,13 @@ def _blob(path: str, *, file: Path | None = None, data: bytes | None = None) -> 
             g.update(chunk)
     if not path.endswith(LFS_SUFFIXES):
         return Blob(path, size, g.hexdigest(), None, file, data)
-    pointer = _pointer(h.hexdigest(), size)  # git holds the LFS pointer: its id is what /tree lists
+    pointer = lfs_pointer(h.hexdigest(), size)  # git holds the LFS pointer: its id is what /tree lists
     oid = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
     return Blob(path, size, oid, h.hexdigest(), file, data)
 
 
-def _pointer(sha256: str | None, size: int) -> bytes:
-    return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\n"
-            f"size {size}\n").encode()
-
-
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bitconv.synth.fakehub",
+    ap = argparse.ArgumentParser(prog="python -m tests.support.fakehub",
                                  description="Serve ROOT/<org>/<name>/ as a local Hugging Face Hub "
                                              "until SIGTERM or Ctrl-C.")
     ap.add_argument("root", type=Path)

@@ -1,18 +1,63 @@
 """The fake hub's HTTP side: routes each request (fakehub.py's docstring lists them) to the
 repo listings and blobs of the FakeHub that owns the server, applying its faults and logging
-every answer."""
+every answer. The records it serves (Blob) and logs (Hit) live here too, so that fakehub.py imports
+this module and not the other way round (the FakeHub it serves is only a type here)."""
 from __future__ import annotations
 
+import io
 import json
 import sys
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from bitconv.synth.fakehub import CHUNK, Blob, Hit
-
 if TYPE_CHECKING:
-    from bitconv.synth.fakehub import FakeHub
+    from tests.support.fakehub import FakeHub
+
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One file of a repo: on disk (`file`) or in memory (`data`, e.g. for hostile listings)."""
+
+    path: str
+    size: int
+    oid: str            # git blob sha1 as the Hub lists it (of the LFS pointer, for LFS files)
+    sha256: str | None  # content sha256, for LFS files
+    file: Path | None = None
+    data: bytes | None = None
+
+    def open(self) -> IO[bytes]:
+        return open(self.file, "rb") if self.file is not None else io.BytesIO(self.data or b"")
+
+    def lfs(self) -> dict[str, Any] | None:
+        return {"oid": self.sha256, "size": self.size,
+                "pointerSize": len(lfs_pointer(self.sha256, self.size))} if self.sha256 else None
+
+    def entry(self) -> dict[str, Any]:
+        e = {"type": "file", "path": self.path, "size": self.size, "oid": self.oid}
+        return e | ({"lfs": self.lfs()} if self.sha256 else {})
+
+
+
+@dataclass
+class Hit:
+    """One request, logged when its answer starts; `file` is set when it was about a repo file."""
+
+    method: str
+    path: str
+    status: int
+    file: str | None = None
+    sent: int = 0  # file bytes sent
+
+
+
+def lfs_pointer(sha256: str | None, size: int) -> bytes:
+    return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\n"
+            f"size {size}\n").encode()
 
 
 class Handler(BaseHTTPRequestHandler):
