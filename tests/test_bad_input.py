@@ -29,10 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.stages.pack import pack
+from tests.support.cli import cli
 
 FIXTURE = "bitnet-b1.58-2B-4T"
 NOBODY = 65534
@@ -40,9 +39,10 @@ RECIPE = Path(__file__).parent.parent / "recipes" / "demo.toml"
 
 
 @contextlib.contextmanager
-def unprivileged() -> Iterator[None]:
-    """Without root's bypass of permission bits for the block (see the module doc)."""
-    if os.geteuid() != 0:
+def unprivileged(drop: bool = True) -> Iterator[None]:
+    """Without root's bypass of permission bits for the block (see the module doc); with
+    `drop` false, as we are."""
+    if not drop or os.geteuid() != 0:
         yield
         return
     os.setegid(NOBODY)
@@ -52,11 +52,6 @@ def unprivileged() -> Iterator[None]:
     finally:
         os.seteuid(0)
         os.setegid(0)
-
-
-def run(*args: object, user: bool = False):
-    with unprivileged() if user else contextlib.nullcontext():
-        return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def digest(root: Path) -> dict[str, str]:
@@ -147,7 +142,8 @@ def test_os_errors_on_the_input(world, command, case, rel, line):
     before = digest(world)
     with writable_dir(world) as w:
         extra = [a.format(o=w / "out") for a in COMMANDS[command]]
-        r = run(command, p, *extra, user=case.endswith("permission"))
+        with unprivileged(case.endswith("permission")):
+            r = cli(command, p, *extra)
         assert (r.exit_code, r.stderr) == (1, f"Error: {line.format(p=p)}\n"), r.output
         assert r.stdout == ""
         assert not list(w.iterdir())  # no output, no .incomplete
@@ -166,10 +162,11 @@ def writable_dir(world: Path) -> Iterator[Path]:
 
 
 def test_verify_source_that_cannot_be_read(world, tmp_path):
-    r = run("verify", world / "m.gguf", "--source", world / "ck_noread", user=True)
+    with unprivileged():
+        r = cli("verify", world / "m.gguf", "--source", world / "ck_noread")
     assert (r.exit_code, r.stderr) == (
         1, f"Error: {world}/ck_noread/model.safetensors: permission denied\n"), r.output
-    r = run("verify", world / "m.gguf", "--source", world / "loop")
+    r = cli("verify", world / "m.gguf", "--source", world / "loop")
     line = f"Error: {world}/loop: too many levels of symbolic links\n"
     assert (r.exit_code, r.stderr) == (1, line), r.output
 
@@ -197,7 +194,8 @@ def test_os_errors_on_the_output(world, writer, case, rel, line):
     if writer.endswith("_hf") and case == "is_a_directory":
         line = "{o}: already exists; pass --force to overwrite"  # a directory is its output
     before = digest(world)
-    r = run(*WRITERS[writer](world), "-o", o, user=case == "dir_not_writable")
+    with unprivileged(case == "dir_not_writable"):
+        r = cli(*WRITERS[writer](world), "-o", o)
     assert (r.exit_code, r.stderr) == (1, f"Error: {line.format(o=o, parent=o.parent)}\n"), \
         r.output
     assert r.stdout == ""
@@ -232,25 +230,6 @@ def test_file_size_limit_while_writing(world, tmp_path, writer):
 
 # --- pull --local-dir and release --out, against the local fake hub ---
 
-@pytest.fixture
-def hub(fixtures_root, tmp_path, monkeypatch):
-    import huggingface_hub.constants as hfc
-
-    from bitconv.stages.recipes import load_recipe
-    from bitconv.synth.checkpoints import FIXTURES
-    from tests.support.fakehub import FakeHub
-
-    repos = {fx.repo: fixtures_root / n for n, fx in FIXTURES.items()}
-    repos[load_recipe(RECIPE).repo] = fixtures_root / "bitnet-b1.58-2B-4T-bf16"
-    with FakeHub(repos) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        yield h
-
-
 PULL_OUT = {  # case: (pull's line, release's line) after "Error: ", D the directory
     # pull's lines come from hub.py's mapping of local-disk errors (repo@sha: strerror: path)
     "parent_is_a_file": ("{repo}@{sha}: Not a directory: D", "D/.staging: not a directory"),
@@ -269,7 +248,7 @@ def test_pull_local_dir_and_release_out(hub, world, case):
     before = digest(world)
     for args, line in zip((["pull", repo, "--local-dir", d], ["release", RECIPE, "--out", d]),
                           PULL_OUT[case]):
-        r = run(*args)
+        r = cli(*args)
         line = line.format(repo=repo, sha=hub.commit(repo)[:7]).replace("D", str(d))
         assert (r.exit_code, r.stdout, r.stderr) == (1, "", f"Error: {line}\n"), args
     assert digest(world) == before
@@ -321,7 +300,7 @@ def test_config_field_of_the_wrong_type(fixture_copy, tmp_path, key, value, what
     out = tmp_path / "o.gguf"
     for args in (["pack", ck, "-o", out], ["inspect", ck], ["logits", ck, "--tokens", "1",
                                                              "-o", tmp_path / "o.npy"]):
-        r = run(*args)
+        r = cli(*args)
         assert (r.exit_code, r.stderr) == (
             1, f"Error: {ck}/config.json: {key} must be {what}, got {json.dumps(value)}\n"), \
             (args, r.output)
@@ -369,7 +348,7 @@ def test_tokenizer_files_of_the_wrong_type(fixture_copy, tmp_path, fixture, name
     ck = fixture_copy(fixture)
     _edit_json(ck / name, edit)
     out = tmp_path / "o.gguf"
-    r = run("pack", ck, "-o", out)
+    r = cli("pack", ck, "-o", out)
     assert (r.exit_code, r.stdout, r.stderr) == (1, "", f"Error: {ck / name}: {line}\n")
     assert not out.exists()
 
@@ -429,7 +408,7 @@ def test_gguf_metadata_of_the_wrong_type(world, tmp_path, suffix, vtype, value, 
     for cmd in (["inspect"], ["run", "-p", "hi", "-n", "1"],
                 ["logits", "--tokens", "1", "-o", tmp_path / "o.npy"],
                 ["repack", "--format", "tq2_0", "-o", tmp_path / "o.gguf"]):
-        r = run(cmd[0], bad, *cmd[1:])
+        r = cli(cmd[0], bad, *cmd[1:])
         assert (r.exit_code, r.stdout, r.stderr) == (
             1, "", f"Error: {bad}: metadata {key} must be {what}\n"), cmd
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
@@ -556,7 +535,7 @@ def test_safetensors_header_against_the_specification(fixture_copy, tmp_path, ca
     out = tmp_path / "o.gguf"
     for args in (["pack", ck, "-o", out], ["inspect", ck], ["pack", ck, "--format", "hf", "-o",
                                                              tmp_path / "hf"]):
-        r = run(*args)
+        r = cli(*args)
         assert (r.exit_code, r.stderr) == (1, f"Error: model.safetensors: {message}\n"), \
             (args, r.output)
     assert not out.exists() and not (tmp_path / "hf").exists()
@@ -572,7 +551,7 @@ def test_a_symlink_left_as_the_temporary_name_is_not_written_through(world, tmp_
     victim.write_bytes(b"keep")
     out = tmp_path / ("o.npy" if writer == "logits" else "o.gguf")
     out.with_name(out.name + ".incomplete").symlink_to(victim)
-    r = run(*WRITERS[writer](world), "-o", out)
+    r = cli(*WRITERS[writer](world), "-o", out)
     assert (r.exit_code, r.stderr) == (0, ""), r.output
     assert victim.read_bytes() == b"keep" and out.is_file() and not out.is_symlink()
     assert not out.with_name(out.name + ".incomplete").exists()
@@ -587,5 +566,5 @@ def test_a_symlink_left_as_the_temporary_name_is_not_written_through(world, tmp_
 def test_recipe_paths(world, case, rel, line):
     p = world / rel
     for args in (["release", p], ["recipe", "check", p], ["recipe", "lock", p]):
-        r = run(*args)
+        r = cli(*args)
         assert (r.exit_code, r.stdout, r.stderr) == (1, "", f"Error: {line.format(p=p)}\n"), args

@@ -17,8 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from click.testing import CliRunner
-
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
 TINY = Path(__file__).parents[1] / "models" / "bitnet-tiny-shakespeare"
 
@@ -73,14 +71,15 @@ def outputs(fixtures: Path, work: Path) -> dict[str, dict[str, dict[str, str]]]:
 
 
 def help_texts() -> dict[str, dict[str, str]]:
-    from bitconv.cli import cli
+    from bitconv.cli import cli as bitconv
+    from tests.support.cli import cli
 
-    texts = {"bitconv": CliRunner().invoke(cli, ["--help"], terminal_width=100).output}
-    for name in sorted(cli.commands):
-        cmd = cli.commands[name]
+    texts = {"bitconv": cli("--help", terminal_width=100).output}
+    for name in sorted(bitconv.commands):
+        cmd = bitconv.commands[name]
         subs = sorted(getattr(cmd, "commands", {}))
         for args in [[name]] + [[name, s] for s in subs]:
-            r = CliRunner().invoke(cli, [*args, "--help"], terminal_width=100)
+            r = cli(*args, "--help", terminal_width=100)
             texts[" ".join(args)] = r.output
     return {"": texts}
 
@@ -95,6 +94,8 @@ def test_pack_repack_and_help_are_byte_identical(fixtures_root, tmp_path):
 
 if __name__ == "__main__":  # record: python tests/test_byte_identity.py
     import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))  # tests.support, as pytest's pythonpath does
 
     from bitconv.synth.checkpoints import FIXTURES, make_fixture
 

@@ -5,20 +5,18 @@ import json
 import struct
 
 import pytest
-from click.testing import CliRunner
 from conftest import patch_bytes, tensor_range
 
-from bitconv.cli import cli
 from bitconv.synth.checkpoints import Shape, make_fixture
+from tests.support.cli import cli
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 
 
-def run_pack(src, out):
-    return CliRunner().invoke(cli, ["pack", str(src), "--format", "i2s", "-o", str(out)])
-
-
-def assert_fails(result, out, message):
+def assert_fails(src, out, message):
+    """`bitconv pack SRC --format i2s -o OUT` refuses with the one line `Error: MESSAGE` on
+    stderr, prints nothing on stdout, and leaves no output, finished or not."""
+    result = cli("pack", src, "--format", "i2s", "-o", out)
     assert result.exit_code == 1, (result.exit_code, result.stderr, result.exception)
     assert result.stderr == f"Error: {message}\n"
     assert result.stdout == ""
@@ -28,7 +26,7 @@ def assert_fails(result, out, message):
 
 def test_success_prints_only_the_path(fixtures_root, tmp_path):
     out = tmp_path / "m.gguf"
-    r = run_pack(fixtures_root / "bitnet-b1.58-2B-4T", out)
+    r = cli("pack", fixtures_root / "bitnet-b1.58-2B-4T", "--format", "i2s", "-o", out)
     assert r.exit_code == 0, r.stderr
     assert r.stdout == f"{out}\n"
     assert out.stat().st_size > 0
@@ -36,7 +34,7 @@ def test_success_prints_only_the_path(fixtures_root, tmp_path):
 
 def test_default_output_name(fixtures_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T")])
+    r = cli("pack", fixtures_root / "bitnet-b1.58-2B-4T")
     assert r.exit_code == 0, r.stderr
     assert r.stdout == "bitnet-b1.58-2B-4T-i2s.gguf\n"
     assert (tmp_path / "bitnet-b1.58-2B-4T-i2s.gguf").is_file()
@@ -46,7 +44,7 @@ def test_missing_config(fixture_copy, tmp_path):
     ck = fixture_copy("bitnet-b1.58-2B-4T")
     (ck / "config.json").unlink()
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out,
+    assert_fails(ck, out,
                  f"{ck}: no config.json (is this a Hugging Face checkpoint directory?)")
 
 
@@ -54,7 +52,7 @@ def test_malformed_config(fixture_copy, tmp_path):
     ck = fixture_copy("bitnet-b1.58-2B-4T")
     (ck / "config.json").write_text('{"architectures": ["BitNetForCausalLM"],\n "hidden_size": }')
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out,
+    assert_fails(ck, out,
                  f"{ck}/config.json: malformed JSON (Expecting value at line 2)")
 
 
@@ -64,7 +62,7 @@ def test_unknown_architecture(fixture_copy, tmp_path):
     cfg["architectures"], cfg["model_type"] = ["MistralForCausalLM"], "mistral"
     (ck / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out,
+    assert_fails(ck, out,
                  "config.json: unknown architecture MistralForCausalLM; bitconv knows "
                  "BitnetForCausalLM (1bitLLM), BitNetForCausalLM (BitNet b1.58 2B4T, or 1bitLLM "
                  "with hidden_act silu), LlamaForCausalLM with quant_method 'bitnet'")
@@ -89,13 +87,13 @@ def test_missing_tensor(fixture_copy, tmp_path):
     data = raw[8 + n:]
     shard.write_bytes(struct.pack("<Q", len(blob)) + blob + data[:b] + data[e:])
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, f"{ck.name}: missing tensor {victim!r}")
+    assert_fails(ck, out, f"{ck.name}: missing tensor {victim!r}")
 
 
 def test_shape_i2s_cannot_pack(tmp_path):
     ck = make_fixture("bitnet-b1.58-2B-4T", tmp_path / "odd", Shape(inter=320))
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out,
+    assert_fails(ck, out,
                  "model.layers.0.mlp.down_proj.weight: i2s needs in_features % 128 == 0, got 320")
 
 
@@ -106,7 +104,7 @@ def test_packed_byte_with_code_3(fixture_copy, tmp_path):
     # packed row 2, column 5; bits 4-5 = 0b11 -> quarter 2 holds code 3
     patch_bytes(ck / "model.safetensors", start + 2 * 256 + 5, bytes([0b00110101]))
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out,
+    assert_fails(ck, out,
                  f"{Q0}: packed byte holds code 3 (not a ternary value) at row 2 (bits 4-5), column 5")
 
 
@@ -117,7 +115,7 @@ def test_nan_or_inf_weight(fixture_copy, tmp_path, bits, what):
     assert dtype == "BF16"
     patch_bytes(ck / "model.safetensors", start + 2 * 1000, struct.pack("<H", bits))
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, f"{Q0}: holds NaN or Inf values; refusing to ternarize")
+    assert_fails(ck, out, f"{Q0}: holds NaN or Inf values; refusing to ternarize")
 
 
 def test_scale_contradicting_the_rule(fixture_copy, tmp_path):
@@ -126,10 +124,10 @@ def test_scale_contradicting_the_rule(fixture_copy, tmp_path):
     assert dtype == "BF16"
     patch_bytes(ck / "model.safetensors", start, struct.pack("<H", 0x4248))  # bf16 50.0: an inverse
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out,
+    assert_fails(ck, out,
                  f"{Q0}_scale: weight_scale 50 contradicts the declared rule (autobitlinear "
                  "multiplies, so it should be below 20); pass --scale-rule to force one")
-    r = CliRunner().invoke(cli, ["pack", str(ck), "-o", str(out), "--scale-rule", "multiply"])
+    r = cli("pack", ck, "-o", out, "--scale-rule", "multiply")
     assert r.exit_code == 0, r.stderr
 
 
@@ -140,7 +138,7 @@ def test_inverse_scale_declared_as_divide_but_small(fixture_copy, tmp_path):
     start, _, _ = tensor_range(shard, Q0 + "_scale")
     patch_bytes(shard, start, struct.pack("<H", 0x3FC0))  # bf16 1.5: looks like a beta
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out,
+    assert_fails(ck, out,
                  f"{Q0}_scale: weight_scale 1.5 contradicts the declared rule (bitlinear divides, "
                  "so it should be at least 5); pass --scale-rule to force one")
 
@@ -148,12 +146,12 @@ def test_inverse_scale_declared_as_divide_but_small(fixture_copy, tmp_path):
 def test_output_exists_without_force(fixtures_root, tmp_path):
     out = tmp_path / "o.gguf"
     out.write_bytes(b"precious")
-    r = run_pack(fixtures_root / "bitnet-b1.58-2B-4T", out)
+    r = cli("pack", fixtures_root / "bitnet-b1.58-2B-4T", "--format", "i2s", "-o", out)
     assert r.exit_code == 1
     assert r.stderr == f"Error: {out}: already exists; pass --force to overwrite\n"
     assert r.stdout == "" and not (tmp_path / "o.gguf.incomplete").exists()
     assert out.read_bytes() == b"precious"
-    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T"), "-o", str(out), "--force"])
+    r = cli("pack", fixtures_root / "bitnet-b1.58-2B-4T", "-o", out, "--force")
     assert r.exit_code == 0 and out.read_bytes()[:4] == b"GGUF"
 
 
@@ -164,7 +162,7 @@ def test_truncated_safetensors(fixture_copy, tmp_path):
     with open(st, "r+b") as f:
         f.truncate(size - 1000)
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, f"model.safetensors: truncated safetensors file "
+    assert_fails(ck, out, f"model.safetensors: truncated safetensors file "
                  f"(data ends at byte {size}, file has {size - 1000})")
 
 
@@ -176,7 +174,7 @@ def test_failure_midway_leaves_nothing_and_keeps_existing_output(fixture_copy, t
     patch_bytes(ck / "model.safetensors", start, b"\xff")
     out = tmp_path / "o.gguf"
     out.write_bytes(b"old")
-    r = CliRunner().invoke(cli, ["pack", str(ck), "-o", str(out), "--force"])
+    r = cli("pack", ck, "-o", out, "--force")
     assert r.exit_code == 1
     assert r.stderr == (f"Error: {name}: packed byte holds code 3 (not a ternary value) at row 0 "
                         "(bits 0-1), column 0\n")
@@ -214,14 +212,14 @@ def test_bad_config_values(fixture_copy, tmp_path, changes, message):
     ck = fixture_copy("Llama3-8B-1.58-100B-tokens")
     edit_config(ck, **changes)
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, message.format(cfg=ck / "config.json"))
+    assert_fails(ck, out, message.format(cfg=ck / "config.json"))
 
 
 def test_config_that_is_not_an_object(fixture_copy, tmp_path):
     ck = fixture_copy("bitnet-b1.58-2B-4T")
     (ck / "config.json").write_text("[1, 2]")
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, f"{ck}/config.json: expected a JSON object")
+    assert_fails(ck, out, f"{ck}/config.json: expected a JSON object")
 
 
 def test_unexpected_tensor(fixture_copy, tmp_path):
@@ -234,7 +232,7 @@ def test_unexpected_tensor(fixture_copy, tmp_path):
                       [Tensor("model.layers.0.mlp.down_proj.rms_norm.weight", "F32", (512,))],
                       lambda e: [np.ones(512, np.float32)])
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, "bitnet-b1.58-2B-4T: unexpected tensor "
+    assert_fails(ck, out, "bitnet-b1.58-2B-4T: unexpected tensor "
                  "'model.layers.0.mlp.down_proj.rms_norm.weight' for family bitnet-b1.58 "
                  "(1 unexpected in all)")
 
@@ -244,7 +242,7 @@ def test_non_finite_weight_scale(fixture_copy, tmp_path):
     start, _, _ = tensor_range(ck / "model.safetensors", Q0 + "_scale")
     patch_bytes(ck / "model.safetensors", start, struct.pack("<H", 0x7FC0))
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, f"{Q0}_scale: weight_scale nan is not a positive finite number")
+    assert_fails(ck, out, f"{Q0}_scale: weight_scale nan is not a positive finite number")
 
 
 def test_nan_in_a_dense_tensor(fixture_copy, tmp_path):
@@ -252,7 +250,7 @@ def test_nan_in_a_dense_tensor(fixture_copy, tmp_path):
     start, _, _ = tensor_range(ck / "model.safetensors", "model.norm.weight")
     patch_bytes(ck / "model.safetensors", start + 6, struct.pack("<H", 0x7FC0))
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, "model.norm.weight: holds NaN or Inf values")
+    assert_fails(ck, out, "model.norm.weight: holds NaN or Inf values")
 
 
 def test_index_pointing_outside(fixture_copy, tmp_path):
@@ -261,7 +259,7 @@ def test_index_pointing_outside(fixture_copy, tmp_path):
     index["weight_map"]["model.norm.weight"] = "../model-00001-of-00002.safetensors"
     (ck / "model.safetensors.index.json").write_text(json.dumps(index))
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, f"{ck}/model.safetensors.index.json: shard name "
+    assert_fails(ck, out, f"{ck}/model.safetensors.index.json: shard name "
                  "'../model-00001-of-00002.safetensors' points outside the checkpoint")
 
 
@@ -270,7 +268,7 @@ def test_malformed_safetensors_header(fixture_copy, tmp_path):
     blob = b'[1, 2]'
     (ck / "model.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob)
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out,
+    assert_fails(ck, out,
                  "model.safetensors: malformed safetensors header (not a JSON object)")
 
 
@@ -279,8 +277,7 @@ def test_refuses_to_replace_a_symlink(fixtures_root, tmp_path):
     target.write_bytes(b"keep")
     out = tmp_path / "o.gguf"
     out.symlink_to(target)
-    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T"), "-o", str(out),
-                                 "--force"])
+    r = cli("pack", fixtures_root / "bitnet-b1.58-2B-4T", "-o", out, "--force")
     assert r.exit_code == 1
     assert r.stderr == f"Error: {out}: not a regular file; refusing to replace it\n"
     assert target.read_bytes() == b"keep" and out.is_symlink()
@@ -295,15 +292,14 @@ def test_unknown_bpe_pre_tokenizer_is_refused(fixture_copy, tmp_path):
                            "use_regex": True}  # GPT-2's: llama.cpp would need pre 'gpt-2'
     (ck / "tokenizer.json").write_text(json.dumps(tj))
     out = tmp_path / "o.gguf"
-    assert_fails(run_pack(ck, out), out, f"{ck}/tokenizer.json: pre_tokenizer ByteLevel is none "
+    assert_fails(ck, out, f"{ck}/tokenizer.json: pre_tokenizer ByteLevel is none "
                  "bitconv can name for llama.cpp (it knows llama-bpe, falcon3)")
 
 
 def test_pack_json(fixtures_root, tmp_path):
     import json
     out = tmp_path / "m.gguf"
-    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "bitnet-b1.58-2B-4T"), "-o", str(out),
-                                 "--json"])
+    r = cli("pack", fixtures_root / "bitnet-b1.58-2B-4T", "-o", out, "--json")
     assert r.exit_code == 0, r.output
     from bitconv.containers.gguf_reader import read_gguf
     data = sum(t.nbytes for t in read_gguf(out).tensors)  # tensor bytes, without header/padding

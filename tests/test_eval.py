@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.stages.eval import evaluate, token_nll
+from tests.support.cli import cli
 
 TEXT = Path(__file__).resolve().parents[1] / "models" / "bitnet-tiny-shakespeare" / "heldout_sample.txt"
 TINY = TEXT.parent
@@ -45,14 +44,13 @@ def test_chunks_and_scored_counts_follow_llama_cpp(tmp_path):
 
 
 def test_cli_json_and_short_text(tmp_path):
-    r = CliRunner().invoke(cli, ["eval", str(TINY), "--text", str(TEXT), "--ctx", "128",
-                                 "--json"])
+    r = cli("eval", TINY, "--text", TEXT, "--ctx", "128", "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.output[r.output.index("{"):])
     assert out["ctx"] == 128 and len(out["chunks"]) == out["tokens"] // 128
     short = tmp_path / "short.txt"
     short.write_text("To be, or not to be.")
-    r = CliRunner().invoke(cli, ["eval", str(TINY), "--text", str(short)])
+    r = cli("eval", TINY, "--text", short)
     assert r.exit_code == 1
     assert "needs at least 1024" in r.output
 

@@ -11,9 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.containers.gguf_reader import read_gguf, tensor_bytes
 from bitconv.containers.safetensors import to_float32
 from bitconv.model.ternary import AbsmeanScan
@@ -27,6 +25,7 @@ from bitconv.runtime.weights import load_gguf
 from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES
 from bitconv.synth.falcon import FALCON_SPECIALS
+from tests.support.cli import cli
 
 MAIN = ["Falcon3-1B-Instruct-1.58bit", "Falcon-E-1B-Instruct"]
 REVISIONS = ["Falcon-E-1B-Instruct-prequantized", "Falcon-E-1B-Instruct-bfloat16"]
@@ -59,8 +58,7 @@ def packed(fixtures_root, tmp_path_factory):
 @pytest.mark.parametrize("name", MAIN)
 def test_packs_and_verifies_against_the_source(name, fmt, fixtures_root, packed):
     path = packed[name, fmt]
-    r = CliRunner().invoke(cli, ["verify", str(path), "--source", str(fixtures_root / name),
-                                 "--no-drift"])
+    r = cli("verify", path, "--source", fixtures_root / name, "--no-drift")
     assert r.exit_code == 0, r.output
     kvs = read_gguf(path).kvs
     assert kvs["general.architecture"] == "llama"
@@ -166,10 +164,10 @@ def test_bfloat16_revision_is_kept_not_requantized(fixtures_root):
 
 def test_inspect_names_the_runtimes_that_load_the_tokenizer(packed):
     path = packed["Falcon3-1B-Instruct-1.58bit", "i2s"]
-    r = CliRunner().invoke(cli, ["inspect", str(path), "--json"])
+    r = cli("inspect", path, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["summary"]["tokenizer loads in"] == "llama.cpp, bitnet.cpp"
-    text = CliRunner().invoke(cli, ["inspect", str(path)]).output
+    text = cli("inspect", path).output
     assert re.search(r"^tokenizer loads in +llama\.cpp, bitnet\.cpp$", text, re.MULTILINE)
 
 

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.containers.gguf_reader import read_gguf, tensor_bytes
 from bitconv.containers.gguf_writer import _encode_str
 from bitconv.stages.pack import pack
+from tests.support.cli import cli
 
 FIXTURE = "Llama3-8B-1.58-100B-tokens"
 
@@ -47,10 +46,6 @@ def relayout(src: Path, dst: Path, order: list[int] | None = None, gap: int = 0)
         data += b"\xab" * (-len(data) % gf.alignment + gap)
     dst.write_bytes(bytes(head) + bytes(data))
     return offsets
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -87,24 +82,24 @@ def test_gguf_py_reads_the_moved_file_the_same(files):
 
 def test_every_command_reads_the_moved_file_as_the_original(files, fixtures_root, tmp_path):
     plain, moved, _ = files
-    a, b = run("inspect", plain), run("inspect", moved)
+    a, b = cli("inspect", plain), cli("inspect", moved)
     assert a.exit_code == b.exit_code == 0
     assert a.stdout.replace(str(plain), "X") == b.stdout.replace(str(moved), "X")
 
-    r = run("verify", moved, "--source", fixtures_root / FIXTURE, "--no-drift")
+    r = cli("verify", moved, "--source", fixtures_root / FIXTURE, "--no-drift")
     assert r.exit_code == 0, r.output
 
     for f, o in ((plain, "a.npy"), (moved, "b.npy")):
-        r = run("logits", f, "--tokens", "1,5,9,200", "-o", tmp_path / o)
+        r = cli("logits", f, "--tokens", "1,5,9,200", "-o", tmp_path / o)
         assert r.exit_code == 0, r.output
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
     for f, o in ((plain, "a-i2s.gguf"), (moved, "b-i2s.gguf")):
-        r = run("repack", f, "--format", "i2s", "-o", tmp_path / o)
+        r = cli("repack", f, "--format", "i2s", "-o", tmp_path / o)
         assert r.exit_code == 0, r.output
     assert (tmp_path / "a-i2s.gguf").read_bytes() == (tmp_path / "b-i2s.gguf").read_bytes()
 
-    a, b = run("run", plain, "-p", "hello", "-n", "4"), run("run", moved, "-p", "hello", "-n", "4")
+    a, b = cli("run", plain, "-p", "hello", "-n", "4"), cli("run", moved, "-p", "hello", "-n", "4")
     assert a.exit_code == b.exit_code == 0 and a.stdout == b.stdout
 
 
@@ -143,7 +138,7 @@ def test_impossible_offsets_are_one_line_naming_the_tensor(files, tmp_path, case
     _set_offset(bad, victim.name, rel)
     for cmd in (["inspect"], ["verify"], ["logits", "--tokens", "1", "-o", tmp_path / "x.npy"],
                 ["run", "-p", "a", "-n", "1"], ["repack", "--format", "i2s", "-o", tmp_path / "x.gguf"]):
-        r = run(cmd[0], bad, *cmd[1:])
+        r = cli(cmd[0], bad, *cmd[1:])
         assert r.stderr.count("\n") == 1, (cmd, r.output)
         if cmd[0] == "verify":  # a broken container is what verify reports: FAIL, exit 3
             assert r.exit_code == 3 and "FAIL" in r.stdout, r.output

@@ -10,11 +10,9 @@ import struct
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitconv.cli import cli
 from bitconv.errors import InputError, OutputError, PackError
 from bitconv.formats import FORMATS, get_format, hf
 from bitconv.model import ternary
@@ -23,6 +21,7 @@ from bitconv.runtime.weights import load_checkpoint_weights
 from bitconv.stages import hf_export
 from bitconv.stages.pack import pack
 from bitconv.types import TernaryTensor
+from tests.support.cli import cli
 
 FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
             "Llama3-8B-1.58-100B-tokens"]
@@ -346,8 +345,7 @@ def test_pack_routes_hf_to_a_directory(fixtures_root, tmp_path, monkeypatch):
 
 def test_cli_pack_hf_prints_only_the_directory(fixtures_root, tmp_path):
     out = tmp_path / "llama-hf"
-    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "Llama3-8B-1.58-100B-tokens"),
-                                 "--format", "hf", "-o", str(out)])
+    r = cli("pack", fixtures_root / "Llama3-8B-1.58-100B-tokens", "--format", "hf", "-o", out)
     assert r.exit_code == 0, r.stderr
     assert r.stdout == f"{out}\n"
     assert (out / "config.json").is_file()

@@ -8,20 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import FORMAT_NAMES, cli
+from bitconv.cli import FORMAT_NAMES
+from bitconv.cli import cli as bitconv
 from bitconv.containers.gguf_reader import read_gguf
 from bitconv.formats import FORMATS
 from bitconv.stages.pack import pack
 from bitconv.types import TernaryTensor
+from tests.support.cli import cli
 
 PKG = Path(__file__).resolve().parents[1] / "bitconv"
 
 
 def test_inspect_gguf_lists_every_tensor_with_type_shape_bytes(fixtures_root, tmp_path):
     out = pack(fixtures_root / "Llama3-8B-1.58-100B-tokens", out=tmp_path / "l.gguf").path
-    r = CliRunner().invoke(cli, ["inspect", str(out)])
+    r = cli("inspect", out)
     assert r.exit_code == 0, r.stderr
     gf = read_gguf(out)
     lines = r.stdout.splitlines()
@@ -38,7 +39,7 @@ def test_inspect_gguf_lists_every_tensor_with_type_shape_bytes(fixtures_root, tm
 
 
 def test_inspect_checkpoint_json(fixtures_root):
-    r = CliRunner().invoke(cli, ["inspect", str(fixtures_root / "bitnet-b1.58-2B-4T"), "--json"])
+    r = cli("inspect", fixtures_root / "bitnet-b1.58-2B-4T", "--json")
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["kind"] == "checkpoint"
@@ -51,13 +52,13 @@ def test_inspect_checkpoint_json(fixtures_root):
 
 
 def test_inspect_llama_is_divide(fixtures_root):
-    r = CliRunner().invoke(cli, ["inspect", str(fixtures_root / "Llama3-8B-1.58-100B-tokens")])
+    r = cli("inspect", fixtures_root / "Llama3-8B-1.58-100B-tokens")
     assert "scale rule  divide by weight_scale (linear_class bitlinear)" in r.stdout
     assert "model-00001-of-00002.safetensors, model-00002-of-00002.safetensors" in r.stdout
 
 
 def test_inspect_missing_path(tmp_path):
-    r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "nope.gguf")])
+    r = cli("inspect", tmp_path / "nope.gguf")
     assert r.exit_code == 1
     assert r.stderr == f"Error: {tmp_path / 'nope.gguf'}: no such file or directory\n"
 
@@ -65,19 +66,19 @@ def test_inspect_missing_path(tmp_path):
 def test_inspect_not_gguf(tmp_path):
     p = tmp_path / "x.gguf"
     p.write_bytes(b"NOPE" + bytes(100))
-    r = CliRunner().invoke(cli, ["inspect", str(p)])
+    r = cli("inspect", p)
     assert r.exit_code == 1
     assert r.stderr == f"Error: {p}: not a GGUF file (bad magic)\n"
 
 
 def test_usage_error_is_exit_2(tmp_path):
-    r = CliRunner().invoke(cli, ["pack", str(tmp_path), "--format", "q4_0"])
+    r = cli("pack", tmp_path, "--format", "q4_0")
     assert r.exit_code == 2
 
 
 def test_help_on_every_command():
-    for name in cli.commands:
-        r = CliRunner().invoke(cli, [name, "--help"])
+    for name in bitconv.commands:
+        r = cli(name, "--help")
         assert r.exit_code == 0 and "Usage:" in r.stdout, name
 
 
@@ -110,7 +111,7 @@ def test_inspect_labels_lossless_and_lossy_variants(fixtures_root, tmp_path):
     name = "bitnet_b1_58-large"  # absmean multipliers: none is exact in fp16
     exact = pack(fixtures_root / name, format="tq2_0", out=tmp_path / "a.gguf").path
     lossy = pack(fixtures_root / name, format="tq2_0-fp16", out=tmp_path / "b.gguf").path
-    r = CliRunner().invoke(cli, ["inspect", str(exact)])
+    r = cli("inspect", exact)
     cols = {c[0]: c[1:] for c in (re.split(r" {2,}", line) for line in r.stdout.splitlines())}
     label = "tq2_0 (lossless: float32 multipliers in F32 companion tensors)"
     assert cols["ternary format"] == [label]
@@ -119,7 +120,7 @@ def test_inspect_labels_lossless_and_lossy_variants(fixtures_root, tmp_path):
     assert cols["token_embd.weight"][:2] == ["F16", "-"]
     assert "max weight error" not in cols
 
-    info = json.loads(CliRunner().invoke(cli, ["inspect", str(lossy), "--json"]).stdout)
+    info = json.loads(cli("inspect", lossy, "--json").stdout)
     assert info["summary"]["ternary format"] == ("tq2_0-fp16 (lossy: each multiplier rounded "
                                                  "to an fp16 d)")
     codecs = {t["name"]: t["codec"] for t in info["tensors"]}

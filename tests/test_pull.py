@@ -1,8 +1,8 @@
 """`bitconv pull` against a local fake hub: happy path, no re-transfer, pack, faults, offline.
 
 Every failure is one pinned line on stderr, and leaves no unverified file behind.
-huggingface_hub reads HF_HUB_OFFLINE at import (conftest sets it to 1), so the `hub` fixture also
-switches its module constant; bitconv reads HF_ENDPOINT, HF_HOME and the rest at each call.
+The `hub` fixture (tests/conftest.py) serves every fixture under its real repo id and points
+bitconv at it.
 """
 from __future__ import annotations
 
@@ -18,35 +18,15 @@ from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.stages.snapshot import MANIFEST, select
 from bitconv.synth.checkpoints import FIXTURES
-from tests.support.fakehub import FakeHub
+from tests.support.cli import cli
 
 REPO = FIXTURES["bitnet-b1.58-2B-4T-bf16"].repo      # microsoft/bitnet-b1.58-2B-4T-bf16
 PACKED = FIXTURES["bitnet-b1.58-2B-4T"].repo         # microsoft/bitnet-b1.58-2B-4T
 FILES = ["config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
          "tokenizer.json", "tokenizer_config.json"]   # the bf16 fixture: all of it is needed
-
-
-@pytest.fixture
-def hub(fixtures_root, tmp_path, monkeypatch):
-    import huggingface_hub.constants as hfc
-
-    with FakeHub({fx.repo: fixtures_root / n for n, fx in FIXTURES.items()}) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no stored token
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
-        yield h
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def cache(tmp_path) -> Path:
@@ -71,7 +51,7 @@ def leftovers(root: Path) -> list[str]:
 
 # -- happy path -----------------------------------------------------------------------------------
 def test_pull_prints_the_snapshot_and_writes_a_manifest(hub, tmp_path, fixtures_root):
-    r = run("pull", REPO)
+    r = cli("pull", REPO)
     sha = hub.commit(REPO)
     snap = cache(tmp_path) / "snapshots" / sha
     assert (r.exit_code, r.stdout, r.stderr) == (0, f"{snap}\n", "")
@@ -89,43 +69,43 @@ def test_pull_prints_the_snapshot_and_writes_a_manifest(hub, tmp_path, fixtures_
 
 
 def test_pull_json(hub):
-    r = run("pull", REPO, "--json")
+    r = cli("pull", REPO, "--json")
     d = json.loads(r.stdout)
     assert (d["sha"], d["complete"]) == (hub.commit(REPO), True)
     assert Path(d["path"]).name == hub.commit(REPO) and len(d["files"]) == len(FILES)
 
 
 def test_second_pull_transfers_and_hashes_nothing(hub, monkeypatch):
-    first = run("pull", REPO).stdout
+    first = cli("pull", REPO).stdout
     hub.log.clear()
     monkeypatch.setattr("bitconv.stages.snapshot.digest", lambda *a: pytest.fail("re-hashed"))
-    assert run("pull", REPO).stdout == first
+    assert cli("pull", REPO).stdout == first
     assert [h.path for h in hub.log if "agent-harnesses" not in h.path] == \
         [f"/api/models/{REPO}/revision/main"]  # one metadata call, no file request
     hub.log.clear()
-    assert run("pull", REPO, "--revision", hub.commit(REPO)).stdout == first
+    assert cli("pull", REPO, "--revision", hub.commit(REPO)).stdout == first
     assert hub.log == []  # a pinned commit verified before: no network at all
 
 
 def test_touched_file_is_rehashed_not_refetched(hub, tmp_path):
-    run("pull", REPO)
+    cli("pull", REPO)
     f = snapshot_dir(tmp_path, hub) / "model.safetensors"
     os.utime(f, ns=(0, 0))
     hub.log.clear()
-    assert run("pull", REPO).exit_code == 0
+    assert cli("pull", REPO).exit_code == 0
     assert hub.files_served("GET") == []
     m = json.loads((f.parent / MANIFEST).read_text())
     assert [e["mtime_ns"] for e in m["files"] if e["path"] == "model.safetensors"] == [0]
 
 
 def test_tampered_cache_file_is_fetched_again(hub, tmp_path, fixtures_root):
-    run("pull", REPO)
+    cli("pull", REPO)
     f = snapshot_dir(tmp_path, hub) / "model.safetensors"  # a link to the blob: edit the blob
     with open(f, "r+b") as fh:
         fh.seek(100)
         fh.write(b"\xff")
     hub.log.clear()
-    assert run("pull", REPO).exit_code == 0
+    assert cli("pull", REPO).exit_code == 0
     assert hub.files_served("GET") == ["model.safetensors"]
     assert f.read_bytes() == (fixtures_root / "bitnet-b1.58-2B-4T-bf16/model.safetensors").read_bytes()
 
@@ -139,22 +119,22 @@ def test_progress_bar_goes_to_stderr(hub, capsys):
 
 def test_local_dir_and_include(hub, tmp_path):
     d = tmp_path / "bf16"
-    r = run("pull", REPO, "--local-dir", d, "--include", "*.json")
+    r = cli("pull", REPO, "--local-dir", d, "--include", "*.json")
     assert (r.exit_code, r.stdout) == (0, f"{d}\n")
     assert sorted(p.name for p in d.iterdir() if p.is_file()) == sorted(
         [f for f in FILES if f.endswith(".json")] + [MANIFEST])
     assert not any(p.is_symlink() for p in d.iterdir())
     assert not (cache(tmp_path) / "refs").exists()
     sha7 = hub.commit(REPO)[:7]
-    fails(run("pull", REPO, "--include", "nope*"), 1,
+    fails(cli("pull", REPO, "--include", "nope*"), 1,
           f"{REPO}@{sha7}: no file matches --include nope*")
 
 
 def test_stray_weights_in_local_dir_are_refused(hub, tmp_path):
     d = tmp_path / "bf16"
-    run("pull", REPO, "--local-dir", d)
+    cli("pull", REPO, "--local-dir", d)
     (d / "model-00001-of-00002.safetensors").write_bytes(b"old")
-    fails(run("pull", REPO, "--local-dir", d), 1,
+    fails(cli("pull", REPO, "--local-dir", d), 1,
           f"{d}/model-00001-of-00002.safetensors is not part of {REPO}@{hub.commit(REPO)[:7]}: "
           "remove it, or pull into an empty --local-dir")
 
@@ -163,28 +143,28 @@ def test_new_commit_on_main_fetches_only_what_changed(fixture_copy, tmp_path, mo
     repo_dir = fixture_copy("bitnet-b1.58-2B-4T-bf16")
     hub.repos = {REPO: repo_dir}
     hub.reload()
-    first = run("pull", REPO).stdout
+    first = cli("pull", REPO).stdout
     (repo_dir / "config.json").write_text((repo_dir / "config.json").read_text() + " ")
     hub.reload()
     hub.log.clear()
-    second = run("pull", REPO).stdout
+    second = cli("pull", REPO).stdout
     assert second != first and second.strip().endswith(hub.commit(REPO))
     assert hub.files_served("GET") == ["config.json"]  # the other blobs are shared
     assert (cache(tmp_path) / "refs" / "main").read_text() == hub.commit(REPO)
 
 
 def test_pull_then_pack_and_verify(hub, tmp_path):
-    snap = run("pull", REPO).stdout.strip()
+    snap = cli("pull", REPO).stdout.strip()
     out = tmp_path / "m.gguf"
-    r = run("pack", snap, "-o", out)
+    r = cli("pack", snap, "-o", out)
     assert (r.exit_code, r.stdout) == (0, f"{out}\n"), r.stderr
-    r = run("verify", out, "--source", snap)
+    r = cli("verify", out, "--source", snap)
     assert r.exit_code == 0, r.stdout + r.stderr
 
 
 def test_pack_owner_name_pulls_first(hub, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = run("pack", PACKED)
+    r = cli("pack", PACKED)
     assert (r.exit_code, r.stdout) == (0, "bitnet-b1.58-2B-4T-i2s.gguf\n"), r.stderr
     assert (tmp_path / "bitnet-b1.58-2B-4T-i2s.gguf").stat().st_size > 0
     sha = hub.commit(PACKED)
@@ -197,7 +177,7 @@ def test_pack_owner_name_pulls_first(hub, tmp_path, monkeypatch):
 def test_pack_owner_name_names_the_output_by_container(hub, tmp_path, monkeypatch, fmt, name):
     # a directory output (hf) is never named *.gguf (it once was: `<name>-hf.gguf/`)
     monkeypatch.chdir(tmp_path)
-    r = run("pack", PACKED, "--format", fmt)
+    r = cli("pack", PACKED, "--format", fmt)
     assert (r.exit_code, r.stdout) == (0, f"{name}\n"), r.stderr
     assert (tmp_path / name).is_dir() == (fmt == "hf")
     assert (tmp_path / name).exists()
@@ -207,7 +187,7 @@ def test_pack_owner_name_names_the_output_by_container(hub, tmp_path, monkeypatc
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
 def test_corrupt_bytes_are_fetched_again_then_refused(hub, tmp_path, fixtures_root, name):
     hub.inject("corrupt", match=name)
-    r = run("pull", REPO)
+    r = cli("pull", REPO)
     good = (fixtures_root / "bitnet-b1.58-2B-4T-bf16" / name).read_bytes()
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
@@ -228,7 +208,7 @@ def test_corrupt_bytes_are_fetched_again_then_refused(hub, tmp_path, fixtures_ro
 
 def test_corrupt_once_recovers(hub):
     hub.inject("corrupt", match="model.safetensors", times=1)
-    assert run("pull", REPO).exit_code == 0
+    assert cli("pull", REPO).exit_code == 0
     assert hub.files_served("GET").count("model.safetensors") == 2
 
 
@@ -242,7 +222,7 @@ def test_dropped_connection_recovers(hub, monkeypatch, chunk, statuses):
     if chunk:
         monkeypatch.setattr(hfc, "DOWNLOAD_CHUNK_SIZE", chunk)
     hub.inject("drop", match="model.safetensors", offset=1_000_000, times=1)
-    assert run("pull", REPO).exit_code == 0
+    assert cli("pull", REPO).exit_code == 0
     gets = [h for h in hub.log if h.file == "model.safetensors" and h.method == "GET"]
     assert [h.status for h in gets] == statuses and gets[0].sent == 1_000_000
 
@@ -251,7 +231,7 @@ def test_connection_dropping_for_good(hub, tmp_path, monkeypatch):
     import huggingface_hub.file_download as fd
     monkeypatch.setattr(fd, "time", SimpleNamespace(sleep=lambda s: None))
     hub.inject("drop", match="model.safetensors", offset=1_000_000)
-    fails(run("pull", REPO), 4,
+    fails(cli("pull", REPO), 4,
           f"{REPO}@{hub.commit(REPO)[:7]}: model.safetensors: the connection kept dropping and "
           "the transfer could not resume; pull again: verified files are kept")
     assert not (snapshot_dir(tmp_path, hub) / "model.safetensors").exists()
@@ -260,17 +240,17 @@ def test_connection_dropping_for_good(hub, tmp_path, monkeypatch):
 
 def test_interrupted_pull_continues_where_it_stopped(hub, tmp_path, monkeypatch):
     hub.inject("status", match="model.safetensors", method="GET", status=500, times=1)
-    fails(run("pull", REPO), 4,
+    fails(cli("pull", REPO), 4,
           f"{REPO}@{hub.commit(REPO)[:7]}: model.safetensors: localhost:{hub.port} answered "
           "HTTP 500; try again later")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the listing was saved: offline names what is left
-    fails(run("pull", REPO), 1,
+    fails(cli("pull", REPO), 1,
           f"{REPO}@{hub.commit(REPO)[:7]}: offline, and 4 file(s) are missing from "
           f"{snapshot_dir(tmp_path, hub)}: model.safetensors, special_tokens_map.json, "
           "tokenizer.json, tokenizer_config.json; pull again with network")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     hub.log.clear()
-    assert run("pull", REPO).exit_code == 0
+    assert cli("pull", REPO).exit_code == 0
     assert hub.files_served("GET") == FILES[2:]  # config and generation config were kept
 
 
@@ -291,7 +271,7 @@ def test_hub_refusals(hub, tmp_path, case):
     if case == "500":
         hub.inject("status", match="/api/models", status=500)
         message, code = f"{REPO}: {host} answered HTTP 500; try again later", 4
-    fails(run(*args), code, message)
+    fails(cli(*args), code, message)
     assert not (tmp_path / "hf_home" / "hub").exists() or not any(
         (tmp_path / "hf_home" / "hub").glob("models--*"))
 
@@ -301,7 +281,7 @@ def test_gated_repo(hub, tmp_path, monkeypatch, token, status):
     hub.gated, hub.token = {REPO}, "hf_right"
     if token:
         monkeypatch.setenv("HF_TOKEN", token)
-    r = run("pull", REPO)
+    r = cli("pull", REPO)
     if status == 0:
         assert r.exit_code == 0, r.stderr
         return
@@ -314,7 +294,7 @@ def test_stalled_hub_times_out(hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "0.5")
     hub.inject("stall", match="/api/models")
     t = time.monotonic()
-    fails(run("pull", REPO), 4, f"{REPO}: no answer from {urlsplit(hub.url).netloc} within 0.5 s "
+    fails(cli("pull", REPO), 4, f"{REPO}: no answer from {urlsplit(hub.url).netloc} within 0.5 s "
                                 "(HF_HUB_ETAG_TIMEOUT); try again later, or raise the timeout")
     assert time.monotonic() - t < 5
 
@@ -325,7 +305,7 @@ def test_stalled_transfer_gives_up(hub, tmp_path, monkeypatch):
     monkeypatch.setattr(hfc, "HF_HUB_DOWNLOAD_TIMEOUT", 0.2)  # what the env var sets at import
     monkeypatch.setattr(fd, "time", SimpleNamespace(sleep=lambda s: None))
     hub.inject("stall", match="model.safetensors", method="GET")
-    fails(run("pull", REPO), 4,
+    fails(cli("pull", REPO), 4,
           f"{REPO}@{hub.commit(REPO)[:7]}: model.safetensors: the transfer stalled "
           "(HF_HUB_DOWNLOAD_TIMEOUT) and did not resume; pull again: verified files are kept")
     assert not (snapshot_dir(tmp_path, hub) / "model.safetensors").exists()
@@ -349,7 +329,7 @@ def test_unreachable_hub(hub, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again at once: nothing listens there
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    fails(run("pull", REPO), 4, f"{REPO}: cannot connect to 127.0.0.1:{port} ([Errno 111] "
+    fails(cli("pull", REPO), 4, f"{REPO}: cannot connect to 127.0.0.1:{port} ([Errno 111] "
                                 "Connection refused); check the network and HF_ENDPOINT, or pull "
                                 "with --offline")
 
@@ -357,7 +337,7 @@ def test_unreachable_hub(hub, monkeypatch):
 @pytest.mark.parametrize("path", ["../evil.safetensors", "/tmp/evil.json", "a/../../evil.json"])
 def test_hostile_paths_are_refused_before_any_transfer(hub, tmp_path, path):
     hub.add_file(REPO, path, b"pwned")
-    r = run("pull", REPO, "--local-dir", tmp_path / "target", "--include", "*")
+    r = cli("pull", REPO, "--local-dir", tmp_path / "target", "--include", "*")
     fails(r, 1, f"{REPO}@{hub.commit(REPO)[:7]}: the hub lists an unsafe path {path!r}; "
                 "refusing to pull from it")
     assert [h for h in hub.log if h.file] == []
@@ -365,24 +345,24 @@ def test_hostile_paths_are_refused_before_any_transfer(hub, tmp_path, path):
 
 
 def test_bad_repo_id(hub):
-    fails(run("pull", "not a repo"), 1, "'not a repo' is not a Hugging Face repo id (owner/name)")
+    fails(cli("pull", "not a repo"), 1, "'not a repo' is not a Hugging Face repo id (owner/name)")
 
 
 # -- offline --------------------------------------------------------------------------------------
 def test_offline_uses_the_cache_and_names_what_is_missing(hub, tmp_path, monkeypatch):
-    first = run("pull", REPO).stdout
+    first = cli("pull", REPO).stdout
     hub.log.clear()
-    assert run("pull", REPO, "--offline").stdout == first
+    assert cli("pull", REPO, "--offline").stdout == first
     assert hub.log == []
     snap = snapshot_dir(tmp_path, hub)
     (snap / "tokenizer.json").unlink()
-    fails(run("pull", REPO, "--offline"), 1,
+    fails(cli("pull", REPO, "--offline"), 1,
           f"{REPO}@{hub.commit(REPO)[:7]}: offline, and 1 file(s) are missing from {snap}: "
           "tokenizer.json; pull again with network")
 
 
 def test_pack_owner_name_offline_and_not_cached(tmp_path):
-    fails(run("pack", PACKED), 1, f"{PACKED}@main: offline, and not in the cache "
+    fails(cli("pack", PACKED), 1, f"{PACKED}@main: offline, and not in the cache "
                                   f"({tmp_path / 'hf_home' / 'hub'}); pull it once with network")
 
 

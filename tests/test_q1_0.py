@@ -12,11 +12,9 @@ import zlib
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitconv.cli import cli
 from bitconv.containers.safetensors import DTYPES, read_header, write_safetensors
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, q1_0
@@ -26,6 +24,7 @@ from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.stages.pack import pack
 from bitconv.stages.repack import repack
 from bitconv.types import TernaryTensor
+from tests.support.cli import cli
 
 LOSSLESS, LOSSY = q1_0, q1_0.fp16
 PROJ = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight")
@@ -261,8 +260,7 @@ def test_binary_fixture_packs_and_verifies(family, fmt, binaries, packed):
         assert set(np.unique(r.codes)) == {-1, 1}                 # binary, not re-quantized
         np.testing.assert_array_equal(o.codes, r.codes)
         assert o.multiplier == r.multiplier
-    r = CliRunner().invoke(cli, ["verify", str(path), "--source", str(binaries[family]),
-                                 "--no-drift", "--tokens", "4"])
+    r = cli("verify", path, "--source", binaries[family], "--no-drift", "--tokens", "4")
     assert r.exit_code == 0, r.stdout + r.stderr
     assert r.stdout.splitlines()[0].startswith("ok    container")
 
@@ -293,16 +291,14 @@ def test_latent_floats_are_binarized_as_bitnet_does(fixtures_root, binaries, tmp
     codes, beta = binarize(w)
     np.testing.assert_array_equal(got.tensors["blk.1.ffn_down.weight"].codes, codes)
     assert got.tensors["blk.1.ffn_down.weight"].multiplier == beta
-    r = CliRunner().invoke(cli, ["verify", str(out), "--source", str(src), "--no-drift",
-                                 "--tokens", "4"])
+    r = cli("verify", out, "--source", src, "--no-drift", "--tokens", "4")
     assert r.exit_code == 0, r.stdout + r.stderr
 
 
 def test_ternary_model_is_refused_by_q1_0(fixtures_root, tmp_path):
     # HF-packed ternary codes are never re-quantized: their 0s have no Q1_0 bit
     out = tmp_path / "m.gguf"
-    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / "Llama3-8B-1.58-100B-tokens"),
-                                 "--format", "q1_0", "-o", str(out)])
+    r = cli("pack", fixtures_root / "Llama3-8B-1.58-100B-tokens", "--format", "q1_0", "-o", out)
     assert r.exit_code == 1 and r.stdout == ""
     assert re.fullmatch(r"Error: model\.layers\.0\.\S+\.weight: q1_0 holds binary weights "
                         r"\(-1 or \+1\); got 0 at element \d+ \(a ternary weight: use --format "
@@ -311,10 +307,8 @@ def test_ternary_model_is_refused_by_q1_0(fixtures_root, tmp_path):
 
 
 def test_inspect_labels(packed):
-    runner = CliRunner()
-    a = json.loads(runner.invoke(cli, ["inspect", str(packed("bitnet", "q1_0")), "--json"]).stdout)
-    b = json.loads(runner.invoke(cli, ["inspect", str(packed("bitnet", "q1_0-fp16")),
-                                       "--json"]).stdout)
+    a = json.loads(cli("inspect", packed("bitnet", "q1_0"), "--json").stdout)
+    b = json.loads(cli("inspect", packed("bitnet", "q1_0-fp16"), "--json").stdout)
     assert a["summary"]["ternary format"] == ("q1_0 (lossless: float32 multipliers in F32 "
                                               "companion tensors)")
     assert b["summary"]["ternary format"].startswith("q1_0-fp16 (lossy")
@@ -334,8 +328,7 @@ def test_repack_binary_both_ways(other, binaries, packed, tmp_path):
 
 def test_repack_ternary_to_q1_0_refused(fixtures_root, tmp_path):
     src = pack(fixtures_root / "bitnet_b1_58-large", format="q2_0", out=tmp_path / "t.gguf").path
-    r = CliRunner().invoke(cli, ["repack", str(src), "--format", "q1_0", "-o",
-                                 str(tmp_path / "o.gguf")])
+    r = cli("repack", src, "--format", "q1_0", "-o", tmp_path / "o.gguf")
     assert r.exit_code == 1 and "q1_0 holds binary weights" in r.stderr
     assert not (tmp_path / "o.gguf").exists()
 

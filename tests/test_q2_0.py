@@ -8,12 +8,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from gguf import GGMLQuantizationType, GGUFReader
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitconv.cli import cli
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, q2_0, tq2_0
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
@@ -21,6 +19,7 @@ from bitconv.stages.pack import pack
 from bitconv.stages.repack import repack
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
+from tests.support.cli import cli
 
 LOSSLESS, LOSSY = q2_0, q2_0.fp16
 FAMILIES = sorted(FIXTURES)
@@ -388,8 +387,8 @@ def test_fixture_header_by_gguf_py_values_by_reference(name, fmt, fixtures_root,
 @pytest.mark.parametrize("name", ["bitnet_b1_58-large", "Llama3-8B-1.58-100B-tokens",
                                   "bitnet-b1.58-2B-4T"])
 def test_cli_verify(name, fmt, fixtures_root, packed):
-    r = CliRunner().invoke(cli, ["verify", str(packed(name, fmt)), "--source",
-                                 str(fixtures_root / name), "--no-drift", "--tokens", "4"])
+    r = cli("verify", packed(name, fmt), "--source", fixtures_root / name, "--no-drift", "--tokens",
+            "4")
     assert r.exit_code == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     # the 2B4T packed repo's bf16 weight_scale values are exact in fp16 (formats/tq2_0.md §6.2)
@@ -401,11 +400,8 @@ def test_cli_verify(name, fmt, fixtures_root, packed):
 
 
 def test_inspect_labels(packed):
-    runner = CliRunner()
-    a = json.loads(runner.invoke(cli, ["inspect", str(packed("bitnet_b1_58-large", "q2_0")),
-                                       "--json"]).stdout)
-    b = json.loads(runner.invoke(cli, ["inspect", str(packed("bitnet_b1_58-large", "q2_0-fp16")),
-                                       "--json"]).stdout)
+    a = json.loads(cli("inspect", packed("bitnet_b1_58-large", "q2_0"), "--json").stdout)
+    b = json.loads(cli("inspect", packed("bitnet_b1_58-large", "q2_0-fp16"), "--json").stdout)
     assert a["summary"]["ternary format"] == ("q2_0 (lossless: float32 multipliers in F32 "
                                               "companion tensors)")
     assert b["summary"]["ternary format"] == ("q2_0-fp16 (lossy: each multiplier rounded to an "
@@ -444,14 +440,13 @@ def test_repack_to_fp16_refused_without_allow_lossy(packed, tmp_path):
     src = packed("bitnet_b1_58-large", "q2_0")
     m = load_gguf(src).tensors["blk.0.attn_q.weight"].multiplier
     out = tmp_path / "m.gguf"
-    r = CliRunner().invoke(cli, ["repack", str(src), "--format", "q2_0-fp16", "-o", str(out)])
+    r = cli("repack", src, "--format", "q2_0-fp16", "-o", out)
     assert r.exit_code == 1 and r.stdout == ""
     assert r.stderr == (f"Error: blk.0.attn_q.weight: multiplier {float(m)!r} is not exact in "
                         f"q2_0-fp16, whose fp16 d would be {float(np.float16(m))!r}; pass "
                         "--allow-lossy to round it, or use --format q2_0\n")
     assert not out.exists()
-    r = CliRunner().invoke(cli, ["repack", str(src), "--format", "q2_0-fp16", "-o", str(out),
-                                 "--allow-lossy"])
+    r = cli("repack", src, "--format", "q2_0-fp16", "-o", out, "--allow-lossy")
     assert r.exit_code == 0, r.stderr
     assert out.read_bytes() == packed("bitnet_b1_58-large", "q2_0-fp16").read_bytes()
     # and a lossy file repacks losslessly to anything: float32(d) is its multiplier
@@ -462,7 +457,7 @@ def test_repack_to_fp16_refused_without_allow_lossy(packed, tmp_path):
 def test_cli_pack_refuses_unpackable_shape(tmp_path):
     src = make_fixture("bitnet_b1_58-large", tmp_path / "src", Shape(inter=672, kv_heads=4, vocab=512))
     out = tmp_path / "m.gguf"
-    r = CliRunner().invoke(cli, ["pack", str(src), "--format", "q2_0", "-o", str(out)])
+    r = cli("pack", src, "--format", "q2_0", "-o", out)
     assert r.exit_code == 1, (r.stderr, r.exception)
     assert r.stderr == ("Error: model.layers.0.mlp.down_proj.weight: q2_0 needs in_features % 64 "
                         "== 0, got 672\n") and r.stdout == ""
@@ -524,22 +519,12 @@ def test_shipped_recipes_list_q2_0_where_llama_cpp_runs_it():
         assert "q2_0" in load_recipe(root / f"{stem}.toml").formats
 
 
-def test_release_packs_and_verifies_q2_0(fixtures_root, tmp_path, monkeypatch):
-    import huggingface_hub.constants as hfc
-
-    from tests.support.fakehub import FakeHub
-    repo = "bitconv/tiny-bitnet_b1_58-large"
+def test_release_packs_and_verifies_q2_0(hub, tmp_path):
+    repo = FIXTURES["bitnet_b1_58-large"].repo  # served by the fake hub
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(f'name = "tiny"\nrepo = "{repo}"\nrevision = "main"\nfamily = "bitnet"\n'
                       'formats = ["q2_0", "q2_0-fp16"]\n')
-    with FakeHub({repo: fixtures_root / "bitnet_b1_58-large"}) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        r = CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel"),
-                                     "--json"])
+    r = cli("release", recipe, "--out", tmp_path / "rel", "--json")
     assert r.exit_code == 0, r.output
     arts = json.loads(r.stdout)["artifacts"]
     assert [(a["format"], a["verify"]) for a in arts] == [("q2_0", "ok"), ("q2_0-fp16", "ok")]

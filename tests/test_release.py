@@ -7,32 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner
-
-from bitconv.cli import cli
 from bitconv.stages.recipes import load_recipe
-from tests.support.fakehub import FakeHub
+from tests.support.cli import cli
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "demo.toml"
-
-
-@pytest.fixture
-def hub(fixtures_root, tmp_path, monkeypatch):
-    import huggingface_hub.constants as hfc
-
-    repo = load_recipe(RECIPE).repo
-    with FakeHub({repo: fixtures_root / "bitnet-b1.58-2B-4T-bf16"}) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(hfc, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        yield h
-
-
-def release(out, *extra):
-    return CliRunner().invoke(cli, ["release", str(RECIPE), "--out", str(out), *extra])
 
 
 def sha256(p: Path) -> str:
@@ -41,7 +19,7 @@ def sha256(p: Path) -> str:
 
 def test_release_end_to_end(hub, tmp_path):
     out = tmp_path / "rel"
-    r = release(out, "--json")
+    r = cli("release", RECIPE, "--out", out, "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert [a["format"] for a in res["artifacts"]] == ["i2s", "tl1", "tl2", "tq2_0", "hf"]
@@ -66,17 +44,17 @@ def test_release_end_to_end(hub, tmp_path):
 
 def test_second_release_rebuilds_nothing_and_is_identical(hub, tmp_path):
     out = tmp_path / "rel"
-    assert release(out).exit_code == 0
+    assert cli("release", RECIPE, "--out", out).exit_code == 0
     before = (out / "MANIFEST.json").read_bytes(), (out / "SHA256SUMS").read_bytes()
-    r = release(out, "--json")
+    r = cli("release", RECIPE, "--out", out, "--json")
     assert r.exit_code == 0, r.output
     assert not any(a["rebuilt"] for a in json.loads(r.stdout)["artifacts"])
     assert ((out / "MANIFEST.json").read_bytes(), (out / "SHA256SUMS").read_bytes()) == before
 
 
 def test_release_is_deterministic_across_jobs(hub, tmp_path):
-    assert release(tmp_path / "a", "-j", "1").exit_code == 0
-    assert release(tmp_path / "b", "-j", "2").exit_code == 0
+    assert cli("release", RECIPE, "--out", tmp_path / "a", "-j", "1").exit_code == 0
+    assert cli("release", RECIPE, "--out", tmp_path / "b", "-j", "2").exit_code == 0
     assert (tmp_path / "a" / "SHA256SUMS").read_bytes() == (tmp_path / "b" / "SHA256SUMS").read_bytes()
     assert (tmp_path / "a" / "MANIFEST.json").read_bytes() == \
         (tmp_path / "b" / "MANIFEST.json").read_bytes()
@@ -84,12 +62,12 @@ def test_release_is_deterministic_across_jobs(hub, tmp_path):
 
 def test_a_corrupted_artifact_is_rebuilt(hub, tmp_path):
     out = tmp_path / "rel"
-    assert release(out).exit_code == 0
+    assert cli("release", RECIPE, "--out", out).exit_code == 0
     good = sha256(out / "demo-i2s.gguf")
     with open(out / "demo-i2s.gguf", "r+b") as f:
         f.seek(-100, 2)
         f.write(b"\xff")
-    r = release(out, "--json")
+    r = cli("release", RECIPE, "--out", out, "--json")
     rebuilt = {a["format"] for a in json.loads(r.stdout)["artifacts"] if a["rebuilt"]}
     assert rebuilt == {"i2s"} and sha256(out / "demo-i2s.gguf") == good
 
@@ -124,7 +102,7 @@ def test_a_failing_verify_publishes_nothing(hub, tmp_path, monkeypatch):
 
     monkeypatch.setattr(verify_mod, "verify", broken)
     out = tmp_path / "rel"
-    r = release(out)
+    r = cli("release", RECIPE, "--out", out)
     assert r.exit_code == 3
     assert r.stderr.startswith("Error: demo-tq2_0.gguf: ")
     assert "tensors: blk.0.attn_q.weight: 1 values differ" in r.stderr
@@ -134,7 +112,7 @@ def test_a_failing_verify_publishes_nothing(hub, tmp_path, monkeypatch):
 def test_recipe_facts_are_checked_against_the_pulled_config(hub, tmp_path):
     recipe = tmp_path / "demo.toml"
     recipe.write_text(RECIPE.read_text().replace("layers = 2", "layers = 3"))
-    r = CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel")])
+    r = cli("release", recipe, "--out", tmp_path / "rel")
     assert r.exit_code == 1
     assert r.stderr == (f"Error: {recipe}: [model] layers = 3, but the checkpoint's config.json "
                         "has num_hidden_layers = 2\n")
@@ -177,19 +155,15 @@ def test_tied_defaults_to_the_family_when_config_json_omits_it(hub, tmp_path):
 def test_recipe_lock_records_the_commit_and_inputs(hub, tmp_path):
     recipe = tmp_path / "demo.toml"
     shutil.copy(RECIPE, recipe)
-    r = CliRunner().invoke(cli, ["recipe", "lock", str(recipe)])
+    r = cli("recipe", "lock", recipe)
     assert r.exit_code == 0, r.output
     locked = load_recipe(recipe)
     assert locked.commit == r.stdout.strip() and len(locked.commit) == 40
     assert set(locked.inputs) >= {"model.safetensors", "config.json"}
     # a locked recipe releases, and a changed input is refused
-    assert release_locked(recipe, tmp_path).exit_code == 0
+    assert cli("release", recipe, "--out", tmp_path / "rel").exit_code == 0
     text = recipe.read_text()
     h = locked.inputs["model.safetensors"]
     recipe.write_text(text.replace(h, "0" * 64))
-    r = release_locked(recipe, tmp_path)
+    r = cli("release", recipe, "--out", tmp_path / "rel")
     assert r.exit_code == 1 and "input model.safetensors has sha256 " in r.stderr
-
-
-def release_locked(recipe, tmp_path):
-    return CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel")])

@@ -11,9 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.containers.gguf_reader import read_gguf
 from bitconv.errors import OutputError, PackError
 from bitconv.formats import FORMATS
@@ -22,16 +20,13 @@ from bitconv.stages.pack import pack
 from bitconv.stages.repack import repack
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
+from tests.support.cli import cli
 
 FAMILIES = sorted(FIXTURES)
 # ternary fixtures: formats that hold a 0 code (q1_0 is binary only: tests/test_q1_0.py)
 LOSSLESS = sorted(n for n, c in FORMATS.items()
                   if c.SPEC.lossless and c.SPEC.container == "gguf" and 0 in c.SPEC.codes)
 SIDECAR = ".kernel_config.ini"
-
-
-def run(*args):
-    return CliRunner().invoke(cli, ["repack", *map(str, args)])
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +107,8 @@ def test_verify_passes_on_repacked_files(name, fixtures_root, packed, tmp_path):
     for i, fmt in enumerate(LOSSLESS):
         src = packed[name, LOSSLESS[(i + 1) % len(LOSSLESS)]][0]
         out = tmp_path / f"{fmt}.gguf"
-        assert run(src, "--format", fmt, "-o", out, "-q").exit_code == 0
-        r = CliRunner().invoke(cli, ["verify", str(out), "--source", str(fixtures_root / name),
-                                     "--no-drift", "--tokens", "2"])
+        assert cli("repack", src, "--format", fmt, "-o", out, "-q").exit_code == 0
+        r = cli("verify", out, "--source", fixtures_root / name, "--no-drift", "--tokens", "2")
         assert r.exit_code == 0, (fmt, r.stdout, r.stderr)
         assert [line.split()[1] for line in r.stdout.splitlines()] == [
             "container", "metadata", "tensors", "logits"]
@@ -148,7 +142,7 @@ def test_lossy_target_refused_without_allow_lossy(packed, tmp_path):
     d = float(np.float32(np.float16(m)))
     assert d != m  # the premise: this multiplier has no exact fp16
     out = tmp_path / "m.gguf"
-    r = run(src, "--format", "tq2_0-fp16", "-o", out)
+    r = cli("repack", src, "--format", "tq2_0-fp16", "-o", out)
     assert r.exit_code == 1 and r.stdout == ""
     assert r.stderr == (f"Error: {name}: multiplier {float(m)!r} is not exact in tq2_0-fp16, "
                         f"whose fp16 d would be {d!r}; pass --allow-lossy to round it, or use "
@@ -163,7 +157,7 @@ def test_lossy_target_with_allow_lossy_reports_the_loss(fixtures_root, packed, t
     rel = {n: abs(float(np.float32(np.float16(m))) - float(m)) / float(m) for n, m in ms}
     worst = max(rel, key=rel.get)
     out = tmp_path / "m.gguf"
-    r = run(src, "--format", "tq2_0-fp16", "-o", out, "--allow-lossy", "--json")
+    r = cli("repack", src, "--format", "tq2_0-fp16", "-o", out, "--allow-lossy", "--json")
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
     assert (d["lossless"], d["worst"], d["max_error"]) == (False, worst, rel[worst])
@@ -171,8 +165,7 @@ def test_lossy_target_with_allow_lossy_reports_the_loss(fixtures_root, packed, t
                         f"{rel[worst]:.3g} in {worst}\n")
     for n, m in multipliers(out):  # every block scale is fp16(m)
         assert m == np.float32(np.float16(dict(ms)[n]))
-    v = CliRunner().invoke(cli, ["verify", str(out), "--source", str(fixtures_root / name),
-                                 "--no-drift", "--json"])
+    v = cli("verify", out, "--source", fixtures_root / name, "--no-drift", "--json")
     assert v.exit_code == 0, v.stdout
     loss = next(f for f in json.loads(v.stdout)["findings"] if f["check"] == "loss")
     assert loss["class"] == "info loss" and loss["subject"] == worst
@@ -205,11 +198,11 @@ def test_existing_output_is_kept_without_force(fmt, out_name, packed, tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     marker = (out / "config.json") if out.is_dir() else out
     marker.write_bytes(b"keep")
-    r = run(src, "--format", fmt, "-o", out)
+    r = cli("repack", src, "--format", fmt, "-o", out)
     assert r.exit_code == 1
     assert r.stderr == f"Error: {out}: already exists; pass --force to overwrite\n"
     assert marker.read_bytes() == b"keep"
-    assert run(src, "--format", fmt, "-o", out, "--force").exit_code == 0
+    assert cli("repack", src, "--format", fmt, "-o", out, "--force").exit_code == 0
     assert marker.read_bytes() != b"keep" and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
@@ -227,7 +220,7 @@ def test_shape_the_target_cannot_hold_is_refused_before_writing(tmp_path):
     src = pack(ck, format="i2s", out=tmp_path / "small-i2s.gguf").path
     out = tmp_path / "o" / "m.gguf"
     out.parent.mkdir()
-    r = run(src, "--format", "tq2_0", "-o", out)
+    r = cli("repack", src, "--format", "tq2_0", "-o", out)
     assert r.exit_code == 1
     assert r.stderr == ("Error: blk.0.attn_q.weight: tq2_0 needs in_features % 256 == 0, "
                         "got 128\n")
@@ -239,7 +232,7 @@ def test_truncated_input_is_one_line(packed, tmp_path):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     out = tmp_path / "o.gguf"
-    r = run(cut, "--format", "tq2_0", "-o", out)
+    r = cli("repack", cut, "--format", "tq2_0", "-o", out)
     assert r.exit_code == 1 and r.stdout == ""
     assert r.stderr.startswith(f"Error: {cut}: truncated: tensor ") and r.stderr.count("\n") == 1
     assert not out.exists() and not (tmp_path / "o.gguf.incomplete").exists()
@@ -253,7 +246,7 @@ def test_corrupt_tensor_data_is_one_line(fmt, out_name, packed, tmp_path):
     with open(src, "r+b") as f:  # byte 5 of the first block's qs: all four codes become 3
         f.seek(t.offset + 5)
         f.write(b"\xff")
-    r = run(src, "--format", fmt, "-o", tmp_path / out_name)
+    r = cli("repack", src, "--format", fmt, "-o", tmp_path / out_name)
     assert r.exit_code == 1
     assert r.stderr == (f"Error: {src}: blk.1.attn_v.weight: tq2_0 data holds code 3 (not a "
                         "ternary value) at element 5\n")
@@ -263,7 +256,7 @@ def test_corrupt_tensor_data_is_one_line(fmt, out_name, packed, tmp_path):
 def test_not_a_gguf(tmp_path):
     p = tmp_path / "x.gguf"
     p.write_bytes(b"NOPE" + bytes(64))
-    r = run(p, "--format", "i2s", "-o", tmp_path / "o.gguf")
+    r = cli("repack", p, "--format", "i2s", "-o", tmp_path / "o.gguf")
     assert (r.exit_code, r.stderr) == (1, f"Error: {p}: not a GGUF file (bad magic)\n")
 
 
@@ -272,21 +265,21 @@ def test_not_a_gguf(tmp_path):
 def test_cli_prints_only_the_path_and_defaults_to_the_model_name(packed, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     src = packed["Llama3-8B-1.58-100B-tokens", "i2s"][0]
-    r = run(src, "--format", "tl1")
+    r = cli("repack", src, "--format", "tl1")
     assert r.exit_code == 0, r.stderr
     assert r.stdout == "Llama3-8B-1.58-100B-tokens-tl1.gguf\n" and r.stderr == ""
     assert (tmp_path / f"Llama3-8B-1.58-100B-tokens-tl1.gguf{SIDECAR}").is_file()
-    r = run(src, "--format", "hf")
+    r = cli("repack", src, "--format", "hf")
     assert r.stdout == "Llama3-8B-1.58-100B-tokens-hf\n"
     assert (tmp_path / "Llama3-8B-1.58-100B-tokens-hf" / "config.json").is_file()
 
 
 def test_format_is_required():
-    assert run("x.gguf").exit_code == 2
+    assert cli("repack", "x.gguf").exit_code == 2
 
 
 def test_help_says_what_is_lossless():
-    r = run("--help")
+    r = cli("repack", "--help")
     assert r.exit_code == 0
     text = " ".join(r.stdout.split())
     assert "--allow-lossy" in text and "tq1_0-fp16, tq2_0-fp16 and q2_0-fp16" in text

@@ -24,6 +24,7 @@ from bitconv.runtime.research import (
     topk,
 )
 from bitconv.runtime.weights import load_checkpoint_weights
+from tests.support.cli import cli
 
 TINY = Path(__file__).resolve().parents[1] / "models" / "bitnet-tiny-shakespeare"
 F32 = np.float32
@@ -168,23 +169,18 @@ def test_parse_composes():
 
 
 def test_run_and_logits_take_research(tmp_path):
-    from click.testing import CliRunner
-
-    from bitconv.cli import cli
-
     outs = {}
     for spec in (None, "all=8", "a4.8"):
         out = tmp_path / f"{spec}.npy"
         args = ["logits", str(TINY), "-p", "To be, or not to be", "-o", str(out)]
-        r = CliRunner().invoke(cli, args + (["--research", spec] if spec else []))
+        r = cli(*args + (["--research", spec] if spec else []))
         assert r.exit_code == 0, r.output
         outs[spec] = np.load(out)
     np.testing.assert_array_equal(outs["all=8"], outs[None])
     assert not np.array_equal(outs["a4.8"], outs[None])
-    r = CliRunner().invoke(cli, ["run", str(TINY), "-p", "To be", "-n", "4", "--research", "v2"])
+    r = cli("run", TINY, "-p", "To be", "-n", "4", "--research", "v2")
     assert r.exit_code == 0 and r.output.strip()
-    r = CliRunner().invoke(cli, ["run", str(TINY), "-p", "To be", "--research", "a4.8",
-                                 "--mode", "bitnet.cpp"])
+    r = cli("run", TINY, "-p", "To be", "--research", "a4.8", "--mode", "bitnet.cpp")
     assert r.exit_code == 1 and "exact mode" in r.output
 
 

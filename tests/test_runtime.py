@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from bitconv.cli import MODES as CLI_MODES
-from bitconv.cli import cli
 from bitconv.errors import InputError
 from bitconv.runtime.bitlinear import MODES, bitlinear, q8k
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.stages.pack import pack
+from tests.support.cli import cli
 
 F32 = np.float32
 
@@ -137,8 +136,7 @@ def test_lazy_weights_decode_on_access(fixtures_root, tmp_path):
 def test_verify_in_each_mode(fixtures_root, tmp_path, mode):
     src = fixtures_root / "bitnet_b1_58-large"
     path = pack(src, out=tmp_path / "m.gguf").path
-    r = CliRunner().invoke(cli, ["verify", str(path), "--source", str(src), "--mode", mode,
-                                 "--no-drift"])
+    r = cli("verify", path, "--source", src, "--mode", mode, "--no-drift")
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[-1].endswith(f"logits bit-identical ({mode} mode)")
 
@@ -146,12 +144,12 @@ def test_verify_in_each_mode(fixtures_root, tmp_path, mode):
 def test_drift_is_information(fixtures_root, tmp_path):
     packed_src = fixtures_root / "bitnet-b1.58-2B-4T"
     path = pack(packed_src, out=tmp_path / "p.gguf").path
-    r = CliRunner().invoke(cli, ["verify", str(path), "--source", str(packed_src)])
+    r = cli("verify", path, "--source", packed_src)
     assert r.stdout.splitlines()[-1] == ("info  drift      no latent weights in the source "
                                          "(it is already ternary)")
     latent_src = fixtures_root / "bitnet-b1.58-2B-4T-bf16"
     path = pack(latent_src, out=tmp_path / "l.gguf").path
-    r = CliRunner().invoke(cli, ["verify", str(path), "--source", str(latent_src), "--json"])
+    r = cli("verify", path, "--source", latent_src, "--json")
     import json
     drift = json.loads(r.stdout)["findings"][-1]
     assert drift["check"] == "drift" and drift["class"] == "info" and r.exit_code == 0

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.runtime.generate import generate
 from bitconv.runtime.model import Model
 from bitconv.runtime.text import load_text_codec
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.stages.pack import pack
+from tests.support.cli import cli
 
 FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "Llama3-8B-1.58-100B-tokens"]
 PROMPTS = ["Hello world, how are you?", "  two  spaces\nand a newline\n\n", "42 + 2024 = 2066",
@@ -65,7 +64,7 @@ def test_spm_leading_space_follows_sentencepiece(fixtures_root):
 
 def test_no_chat_template_is_a_clear_error(fixtures_root, packed):
     name = "bitnet_b1_58-large"  # 1bitLLM ships no chat template
-    r = CliRunner().invoke(cli, ["run", str(packed[name]), "-p", "hi", "--chat"])
+    r = cli("run", packed[name], "-p", "hi", "--chat")
     assert r.exit_code == 1
     assert r.stderr == "Error: the model has no chat template; run without --chat\n"
 
@@ -73,8 +72,8 @@ def test_no_chat_template_is_a_clear_error(fixtures_root, packed):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_greedy_run_is_the_same_from_file_and_source(name, fixtures_root, packed):
     args = ["-p", "Hello world, how are", "-n", "12"]
-    a = CliRunner().invoke(cli, ["run", str(packed[name]), *args])
-    b = CliRunner().invoke(cli, ["run", str(fixtures_root / name), *args])
+    a = cli("run", packed[name], *args)
+    b = cli("run", fixtures_root / name, *args)
     assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
     assert a.stdout == b.stdout and a.stdout.strip()
     # and at the level of ids, where text decoding cannot hide a difference
@@ -88,8 +87,8 @@ def test_greedy_run_is_the_same_from_file_and_source(name, fixtures_root, packed
 
 def test_sampling_is_seeded(packed):
     path = str(packed["bitnet-b1.58-2B-4T"])
-    run = lambda seed: CliRunner().invoke(  # noqa: E731
-        cli, ["run", path, "-p", "Hello", "-n", "10", "--temperature", "1.5", "--seed", seed]).stdout
+    run = lambda seed: cli(  # noqa: E731
+        "run", path, "-p", "Hello", "-n", "10", "--temperature", "1.5", "--seed", seed).stdout
     assert run("1") == run("1")
     assert run("1") != run("2")
 
@@ -99,15 +98,12 @@ def test_logits_of_a_prompt_equal_logits_of_its_ids(packed, tmp_path):
     codec = load_text_codec(path, load_gguf(path).kvs)
     ids = codec.encode("Hello world")
     assert ids[0] == codec.bos_id
-    r1 = CliRunner().invoke(cli, ["logits", str(path), "-p", "Hello world", "-o",
-                                  str(tmp_path / "a.npy")])
-    r2 = CliRunner().invoke(cli, ["logits", str(path), "--tokens", ",".join(map(str, ids)),
-                                  "-o", str(tmp_path / "b.npy")])
+    r1 = cli("logits", path, "-p", "Hello world", "-o", tmp_path / "a.npy")
+    r2 = cli("logits", path, "--tokens", ",".join(map(str, ids)), "-o", tmp_path / "b.npy")
     assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
     assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
 
 
 def test_logits_needs_exactly_one_input(packed, tmp_path):
-    r = CliRunner().invoke(cli, ["logits", str(packed["bitnet-b1.58-2B-4T"]),
-                                 "-o", str(tmp_path / "a.npy")])
+    r = cli("logits", packed["bitnet-b1.58-2B-4T"], "-o", tmp_path / "a.npy")
     assert r.exit_code == 2 and "give exactly one of --tokens and --prompt" in r.stderr

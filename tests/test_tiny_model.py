@@ -15,9 +15,8 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
+from tests.support.cli import cli
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 PACKED = MODELS / "bitnet-tiny-shakespeare"
@@ -42,9 +41,9 @@ def test_transformers_agrees_with_exact_mode(src, monkeypatch):
                          ids=["packed-vs-bf16", "bf16-vs-packed"])
 def test_both_exports_hold_the_same_codes(packed_from, source, tmp_path):
     out = tmp_path / "m-i2s.gguf"
-    r = CliRunner().invoke(cli, ["pack", str(packed_from), "--format", "i2s", "-o", str(out)])
+    r = cli("pack", packed_from, "--format", "i2s", "-o", out)
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(cli, ["verify", str(out), "--source", str(source)])
+    r = cli("verify", out, "--source", source)
     assert r.exit_code == 0, r.output
     assert re.search(r"ok\s+tensors\s+all \d+ tensors equal the source's, bit for bit", r.output)
     assert re.search(r"ok\s+logits .* bit-identical", r.output)
@@ -52,11 +51,10 @@ def test_both_exports_hold_the_same_codes(packed_from, source, tmp_path):
 
 def test_greedy_text_is_not_degenerate(tmp_path):
     out = tmp_path / "m-i2s.gguf"
-    assert CliRunner().invoke(cli, ["pack", str(PACKED), "--format", "i2s", "-o",
-                                    str(out)]).exit_code == 0
+    assert cli("pack", PACKED, "--format", "i2s", "-o", out).exit_code == 0
     from tokenizers import Tokenizer
 
-    r = CliRunner().invoke(cli, ["run", str(out), "-p", PROMPT, "-n", "48"])
+    r = cli("run", out, "-p", PROMPT, "-n", "48")
     assert r.exit_code == 0, r.output
     tok = Tokenizer.from_file(str(PACKED / "tokenizer.json"))
     ids = tok.encode(r.output, add_special_tokens=False).ids

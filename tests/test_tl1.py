@@ -6,11 +6,9 @@ import itertools
 import gguf
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitconv.cli import cli
 from bitconv.containers.gguf_reader import read_gguf
 from bitconv.containers.gguf_writer import TL1, tensor_nbytes
 from bitconv.errors import InputError, PackError
@@ -19,6 +17,7 @@ from bitconv.formats.tiling import Tiling
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES
+from tests.support.cli import cli
 
 # --- 1. golden vectors, copied from formats/tl1.md §6 (derived by hand, not by running tl1) ---
 
@@ -229,8 +228,7 @@ def test_pack_fixture_writes_gguf_and_kernel_config(name, packed_tl1, fixtures_r
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_cli_verify_fixture(name, packed_tl1, fixtures_root):
-    r = CliRunner().invoke(cli, ["verify", str(packed_tl1[name]), "--source",
-                                 str(fixtures_root / name)])
+    r = cli("verify", packed_tl1[name], "--source", fixtures_root / name)
     assert r.exit_code == 0, r.stderr
 
 

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from gguf import GGUFValueType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitconv.cli import cli
 from bitconv.containers.gguf_reader import kv_records, read_gguf, tensor_bytes
 from bitconv.containers.gguf_writer import GGUFWriter, TensorInfo
 from bitconv.containers.kernel_config import KernelConfigError, file_tilings
@@ -31,16 +29,13 @@ from bitconv.formats.tl_common import KV_KEY, SIDECAR_SUFFIX
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.stages.pack import pack
 from bitconv.types import KV, TernaryTensor
+from tests.support.cli import cli
 
 NAME = "Llama3-8B-1.58-100B-tokens"  # TL shapes (out, in): (256,256) (128,256) (512,256) (256,512)
 # a tiling other than tiling.choose's for two shapes; valid for bitnet.cpp's codegen asserts
 OTHER = {"tl1": {(256, 256): (128, 64, 64), (256, 512): (64, 256, 32)},
          "tl2": {(256, 256): (128, 192, 32), (256, 512): (256, 240, 32)}}
 TOKENS = "3,17,250,9"
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def other(fmt):
@@ -125,7 +120,7 @@ def test_library_reads_the_source_codes_with_the_ini(files):
 
 
 def test_inspect_names_the_kernel_config_and_tiling(files):
-    r = run("inspect", files["bnc"], "--kernel-config", files["ini"])
+    r = cli("inspect", files["bnc"], "--kernel-config", files["ini"])
     assert r.exit_code == 0, r.stderr
     assert summary(r.stdout, "kernel config") == f"--kernel-config {files['ini']}"
     bm, bk, b = OTHER[files["fmt"]][(256, 256)]
@@ -133,41 +128,41 @@ def test_inspect_names_the_kernel_config_and_tiling(files):
 
 
 def test_verify_passes_with_the_ini(files):
-    r = run("verify", files["bnc"], "--source", files["src"], "--kernel-config", files["ini"],
+    r = cli("verify", files["bnc"], "--source", files["src"], "--kernel-config", files["ini"],
             "--no-drift", "--tokens", "4")
     assert r.exit_code == 0, r.stdout + r.stderr
     assert "FAIL" not in r.stdout
 
 
 def test_logits_equal_the_sources_with_the_ini(files, tmp_path):
-    r = run("logits", files["bnc"], "--tokens", TOKENS, "-o", tmp_path / "b.npy",
-            "--kernel-config", files["ini"])
+    r = cli("logits", files["bnc"], "--tokens", TOKENS, "-o", tmp_path / "b.npy", "--kernel-config",
+            files["ini"])
     assert r.exit_code == 0, r.stderr
-    assert run("logits", files["src"], "--tokens", TOKENS, "-o", tmp_path / "s.npy").exit_code == 0
+    assert cli("logits", files["src"], "--tokens", TOKENS, "-o", tmp_path / "s.npy").exit_code == 0
     np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), np.load(tmp_path / "s.npy"))
 
 
 def test_run_generates_what_the_source_does_with_the_ini(files):
-    r = run("run", files["bnc"], "-p", "hello", "-n", "4", "--kernel-config", files["ini"])
+    r = cli("run", files["bnc"], "-p", "hello", "-n", "4", "--kernel-config", files["ini"])
     assert r.exit_code == 0, r.stderr
-    assert r.stdout == run("run", files["src"], "-p", "hello", "-n", "4").stdout
+    assert r.stdout == cli("run", files["src"], "-p", "hello", "-n", "4").stdout
 
 
 def test_repack_to_tq2_0_gives_packs_file_and_verifies(files, tmp_path):
     out = tmp_path / "m-tq2_0.gguf"
-    r = run("repack", files["bnc"], "--format", "tq2_0", "-o", out, "--kernel-config", files["ini"])
+    r = cli("repack", files["bnc"], "--format", "tq2_0", "-o", out, "--kernel-config", files["ini"])
     assert r.exit_code == 0, r.stderr
     want = pack(files["src"], format="tq2_0", out=tmp_path / "ref-tq2_0.gguf").path
     assert out.read_bytes() == want.read_bytes()  # the very file pack writes: the source's codes
     assert same_codes(load_gguf(out), load_checkpoint_weights(files["src"], format="tq2_0"))
-    r = run("verify", out, "--source", files["src"], "--no-drift", "--tokens", "4")
+    r = cli("verify", out, "--source", files["src"], "--no-drift", "--tokens", "4")
     assert r.exit_code == 0, r.stdout + r.stderr
 
 
 def test_repack_to_tl_writes_bitconvs_tiling_and_key(files, tmp_path):
     fmt, own = files["fmt"], files["own"]
     out = tmp_path / f"again-{fmt}.gguf"
-    r = run("repack", files["bnc"], "--format", fmt, "-o", out, "--kernel-config", files["ini"])
+    r = cli("repack", files["bnc"], "--format", fmt, "-o", out, "--kernel-config", files["ini"])
     assert r.exit_code == 0, r.stderr
     assert out.read_bytes() == own.read_bytes()  # pack's tiling and key, as pack writes them
     side = out.with_name(out.name + SIDECAR_SUFFIX)
@@ -199,7 +194,7 @@ def test_without_the_ini_every_command_refuses(command, files, spy, tmp_path):
             "logits": ["--tokens", TOKENS, "-o", tmp_path / "x.npy"],
             "run": ["-p", "hello", "-n", "2"],
             "repack": ["--format", "tq2_0", "-o", tmp_path / "x.gguf"]}[command]
-    r = run(command, bnc, *args)
+    r = cli(command, bnc, *args)
     assert (r.exit_code, r.stdout, r.stderr) == (1, "", refusal(bnc, files["fmt"]))
     assert spy == [] and list(tmp_path.iterdir()) == []
 
@@ -215,9 +210,9 @@ def test_own_file_without_sidecar_reads_through_its_key(files, tmp_path):
     own = Path(shutil.copy(files["own"], tmp_path / files["own"].name))
     assert not own.with_name(own.name + SIDECAR_SUFFIX).exists()
     assert same_codes(load_gguf(own), files["ref"])
-    r = run("inspect", own)
+    r = cli("inspect", own)
     assert r.exit_code == 0 and summary(r.stdout, "kernel config") == f"metadata key {KV_KEY}"
-    r = run("verify", own, "--source", files["src"], "--no-drift", "--tokens", "4")
+    r = cli("verify", own, "--source", files["src"], "--no-drift", "--tokens", "4")
     assert r.exit_code == 0, r.stdout + r.stderr
 
 
@@ -237,8 +232,8 @@ def test_kernel_config_then_sidecar_then_key(files, tmp_path):
     side.write_text(wrong_text)
     assert not same_codes(load_gguf(f), ref)
     assert same_codes(load_gguf(f, kernel_config=files["ini"]), ref)
-    r = run("verify", f, "--source", files["src"], "--no-drift", "--tokens", "4",
-            "--kernel-config", files["ini"])
+    r = cli("verify", f, "--source", files["src"], "--no-drift", "--tokens", "4", "--kernel-config",
+            files["ini"])
     assert r.exit_code == 0, r.stdout + r.stderr
     # the right key, no sidecar: read through the key
     g = write_like_bitnet_cpp(files["own"], tmp_path / "g.gguf", other(fmt), key=right_text)
@@ -248,7 +243,7 @@ def test_kernel_config_then_sidecar_then_key(files, tmp_path):
 def test_own_file_with_another_kernel_config_is_read_with_it(files, tmp_path):
     # --kernel-config overrides the sidecar and key of bitconv's own file too: this ini is not
     # the file's, so it decodes to other codes (tensors FAIL) but never to an error-free guess
-    r = run("verify", files["own"], "--source", files["src"], "--no-drift", "--tokens", "2",
+    r = cli("verify", files["own"], "--source", files["src"], "--no-drift", "--tokens", "2",
             "--kernel-config", files["ini"])
     assert r.exit_code == 3 and "FAIL" in r.stdout
 
@@ -270,17 +265,17 @@ def test_own_file_with_another_kernel_config_is_read_with_it(files, tmp_path):
 def test_bad_kernel_config_is_one_line(text, message, files, tmp_path):
     ini = tmp_path / "bad.ini"
     ini.write_text(text)
-    r = run("inspect", files["bnc"], "--kernel-config", ini)
+    r = cli("inspect", files["bnc"], "--kernel-config", ini)
     assert r.exit_code == 1 and r.stdout == "" and len(r.stderr.splitlines()) == 1
     assert message in r.stderr and str(ini) in r.stderr
 
 
 def test_missing_kernel_config_file_is_one_line(files, tmp_path):
-    r = run("logits", files["bnc"], "--tokens", TOKENS, "-o", tmp_path / "x.npy",
-            "--kernel-config", tmp_path / "nope.ini")
+    r = cli("logits", files["bnc"], "--tokens", TOKENS, "-o", tmp_path / "x.npy", "--kernel-config",
+            tmp_path / "nope.ini")
     assert r.exit_code == 1 and len(r.stderr.splitlines()) == 1 and "nope.ini" in r.stderr
     assert not (tmp_path / "x.npy").exists()
-    r = run("inspect", files["bnc"], "--kernel-config", tmp_path)
+    r = cli("inspect", files["bnc"], "--kernel-config", tmp_path)
     assert (r.exit_code, r.stderr) == (1, f"Error: {tmp_path}: is a directory\n")
 
 
@@ -332,9 +327,9 @@ def test_corrupt_tl2_padding_is_one_line_naming_the_tensor(fixtures_root, tmp_pa
         f.write(b"\x07")
     line = ("blk.1.attn_q.weight: tl2 data has byte 0x07 at offset 15000 in its zero padding "
             "(bytes 14336..16383): not what any tiling writes")
-    r = run("logits", own, "--tokens", TOKENS, "-o", tmp_path / "x.npy")
+    r = cli("logits", own, "--tokens", TOKENS, "-o", tmp_path / "x.npy")
     assert (r.exit_code, r.stderr) == (1, f"Error: {line}\n")
-    r = run("repack", own, "--format", "i2s", "-o", tmp_path / "x.gguf")
+    r = cli("repack", own, "--format", "i2s", "-o", tmp_path / "x.gguf")
     assert (r.exit_code, r.stderr) == (1, f"Error: {own}: {line}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.gguf" + SIDECAR_SUFFIX]
 
@@ -344,10 +339,10 @@ def test_repack_to_hf_and_back_gives_bitconvs_file(files, tmp_path):
     fmt, own = files["fmt"], files["own"]
     hf = tmp_path / "hf" / NAME  # general.name is the directory's
     hf.parent.mkdir()
-    r = run("repack", files["bnc"], "--format", "hf", "-o", hf, "--kernel-config", files["ini"])
+    r = cli("repack", files["bnc"], "--format", "hf", "-o", hf, "--kernel-config", files["ini"])
     assert r.exit_code == 0, r.stderr
     # the one key packing it again adds: bitnet.cpp's file has no tiling key
     assert r.stderr == f"note: packing {hf} again changes GGUF keys: {KV_KEY}\n"
-    r = run("repack", hf, "--format", fmt, "-o", tmp_path / "back.gguf")
+    r = cli("repack", hf, "--format", fmt, "-o", tmp_path / "back.gguf")
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "back.gguf").read_bytes() == own.read_bytes()

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitconv.cli import cli
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, tq1_0
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES
 from bitconv.types import TernaryTensor
+from tests.support.cli import cli
 
 QT = GGMLQuantizationType.TQ1_0
 LOSSLESS, LOSSY = tq1_0, tq1_0.fp16
@@ -288,8 +287,7 @@ def test_fixture_gguf_py_reads_and_matches_runtime(name, fmt, fixtures_root, tmp
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_cli_verify_passes_lossless(name, fixtures_root, tmp_path):
     out = tmp_path / "m.gguf"
-    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / name), "--format", "tq1_0",
-                                 "-o", str(out)])
+    r = cli("pack", fixtures_root / name, "--format", "tq1_0", "-o", out)
     assert r.exit_code == 0, r.stderr
-    r = CliRunner().invoke(cli, ["verify", str(out), "--source", str(fixtures_root / name)])
+    r = cli("verify", out, "--source", fixtures_root / name)
     assert r.exit_code == 0, r.stdout + r.stderr

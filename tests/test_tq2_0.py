@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize, quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bitconv.cli import cli
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, tq2_0
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
+from tests.support.cli import cli
 
 QT = GGMLQuantizationType.TQ2_0
 LOSSLESS, LOSSY = tq2_0, tq2_0.fp16
@@ -334,10 +333,9 @@ def test_fixture_gguf_py_reads_and_matches_runtime(name, fmt, fixtures_root, tmp
 @pytest.mark.parametrize("name", FAMILIES)
 def test_cli_verify_passes_lossless(name, fixtures_root, tmp_path):
     out = tmp_path / "m.gguf"
-    r = CliRunner().invoke(cli, ["pack", str(fixtures_root / name), "--format", "tq2_0",
-                                 "-o", str(out)])
+    r = cli("pack", fixtures_root / name, "--format", "tq2_0", "-o", out)
     assert r.exit_code == 0, r.stderr
-    r = CliRunner().invoke(cli, ["verify", str(out), "--source", str(fixtures_root / name)])
+    r = cli("verify", out, "--source", fixtures_root / name)
     assert r.exit_code == 0, r.stdout + r.stderr
 
 
@@ -350,7 +348,7 @@ def test_cli_verify_passes_lossless(name, fixtures_root, tmp_path):
 def test_cli_pack_refuses_unpackable_shape(shape, message, tmp_path):
     src = make_fixture("bitnet_b1_58-large", tmp_path / "src", shape)
     out = tmp_path / "m.gguf"
-    r = CliRunner().invoke(cli, ["pack", str(src), "--format", "tq2_0", "-o", str(out)])
+    r = cli("pack", src, "--format", "tq2_0", "-o", out)
     assert r.exit_code == 1, (r.stderr, r.exception)
     assert r.stderr == f"Error: {message}\n" and r.stdout == ""
     assert not out.exists() and not list(tmp_path.glob("m.gguf*"))

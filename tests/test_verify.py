@@ -5,24 +5,19 @@ import struct
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.containers.gguf_reader import read_gguf
 from bitconv.stages.pack import pack
+from tests.support.cli import cli
 
 FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
             "Llama3-8B-1.58-100B-tokens"]
 
 
-def run_verify(path, src, *extra):
-    return CliRunner().invoke(cli, ["verify", str(path), "--source", str(src), *extra])
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_verify_passes_on_every_family(name, fixtures_root, tmp_path):
     out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
-    r = run_verify(out, fixtures_root / name)
+    r = cli("verify", out, "--source", fixtures_root / name)
     assert r.exit_code == 0, r.stdout + r.stderr
     assert r.stderr == ""
     assert [line.split()[:2] for line in r.stdout.splitlines()] == [
@@ -34,7 +29,7 @@ def test_verify_json(fixtures_root, tmp_path):
     import json
     name = "bitnet-b1.58-2B-4T"
     out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
-    r = run_verify(out, fixtures_root / name, "--json")
+    r = cli("verify", out, "--source", fixtures_root / name, "--json")
     d = json.loads(r.stdout)
     assert d["ok"] is True and [(f["class"], f["check"]) for f in d["findings"]] == [
         ("ok", "container"), ("ok", "metadata"), ("ok", "tensors"), ("ok", "logits"),
@@ -43,7 +38,7 @@ def test_verify_json(fixtures_root, tmp_path):
 
 def test_a_packed_file_from_another_source_fails(fixtures_root, tmp_path):
     out = pack(fixtures_root / "bitnet-b1.58-2B-4T", out=tmp_path / "m.gguf").path
-    r = run_verify(out, fixtures_root / "Llama3-8B-1.58-100B-tokens")
+    r = cli("verify", out, "--source", fixtures_root / "Llama3-8B-1.58-100B-tokens")
     assert r.exit_code == 3
     assert r.stderr.startswith(f"Error: {out}: metadata: general.architecture is 'bitnet-b1.58', "
                                "the source gives 'llama'")
@@ -69,7 +64,7 @@ def test_one_flipped_code(packed):
     # element 1000 % 32 + 32*g of block 1000 // 32 ... just move the top code (bits 7-6) by one step
     top = byte >> 6
     patch(out, ffn.offset + 1000, bytes([((top + 1) % 3) << 6 | (byte & 0x3F)]))
-    r = run_verify(out, src)
+    r = cli("verify", out, "--source", src)
     assert r.exit_code == 3
     # byte 1000 = block 31, byte 8 -> element 31*128 + 8 = 3976 of the flat (256, 512) tensor
     assert r.stderr.startswith(f"Error: {out}: tensors: blk.1.ffn_down.weight: 1 values differ, "
@@ -83,7 +78,7 @@ def test_changed_scale(packed):
     n = q.shape[0] * q.shape[1]
     old = struct.unpack("<f", out.read_bytes()[q.offset + n // 4: q.offset + n // 4 + 4])[0]
     patch(out, q.offset + n // 4, struct.pack("<f", old * 1.0001))
-    r = run_verify(out, src)
+    r = cli("verify", out, "--source", src)
     assert r.exit_code == 3
     assert r.stderr.startswith(f"Error: {out}: tensors: blk.0.attn_q.weight: multiplier ")
 
@@ -96,7 +91,7 @@ def test_two_swapped_tensors(packed):
     da, db = raw[a.offset:a.offset + a.nbytes], raw[b.offset:b.offset + b.nbytes]
     patch(out, a.offset, db)
     patch(out, b.offset, da)
-    r = run_verify(out, src)
+    r = cli("verify", out, "--source", src)
     assert r.exit_code == 3
     assert r.stderr.startswith(f"Error: {out}: tensors: blk.0.attn_q.weight: ")
 
@@ -109,7 +104,7 @@ def test_wrong_head_count(packed):
     at = raw.index(needle) + len(needle)
     assert struct.unpack("<I", raw[at:at + 4])[0] == 4
     patch(out, at, struct.pack("<I", 8))
-    r = run_verify(out, src)
+    r = cli("verify", out, "--source", src)
     assert r.exit_code == 3
     assert r.stderr == (f"Error: {out}: metadata: bitnet-b1.58.attention.head_count is 8, "
                         "the source gives 4\n")
@@ -120,7 +115,7 @@ def test_truncated_file(packed):
     size = out.stat().st_size
     with open(out, "r+b") as f:
         f.truncate(size - 100)
-    r = run_verify(out, src)
+    r = cli("verify", out, "--source", src)
     assert r.exit_code == 3
     assert r.stderr == (f"Error: {out}: container: {out}: truncated: tensor 'output_norm.weight' "
                         f"ends at byte {size}, file has {size - 100}\n")
@@ -128,7 +123,7 @@ def test_truncated_file(packed):
 
 def test_without_source_checks_the_container_only(packed):
     out, _, _ = packed
-    r = CliRunner().invoke(cli, ["verify", str(out)])
+    r = cli("verify", out)
     assert r.exit_code == 0
     assert r.stdout.startswith("ok    container  24 tensors parse and unpack (14 ternary)")
 
@@ -151,13 +146,13 @@ def test_logits_command_saves_the_same_logits_from_file_and_source(fixtures_root
     out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
     a, b = tmp_path / "a.npy", tmp_path / "b.npy"
     for model, dst in ((out, a), (fixtures_root / name, b)):
-        r = CliRunner().invoke(cli, ["logits", str(model), "--tokens", "1,300,7,42", "-o", str(dst)])
+        r = cli("logits", model, "--tokens", "1,300,7,42", "-o", dst)
         assert r.exit_code == 0, r.stderr
         assert r.stdout == f"{dst}\n"
     la, lb = np.load(a), np.load(b)
     assert la.shape == (4, 512) and la.dtype == np.float32
     assert np.array_equal(la, lb)
-    r = CliRunner().invoke(cli, ["logits", str(out), "--tokens", "1,9999", "-o", str(tmp_path / "c.npy")])
+    r = cli("logits", out, "--tokens", "1,9999", "-o", tmp_path / "c.npy")
     assert r.exit_code == 1 and r.stderr == "Error: token id out of range 0..511\n"
     assert not (tmp_path / "c.npy").exists()
 
@@ -167,7 +162,7 @@ def test_a_lossy_file_verifies_against_what_its_format_holds_and_says_the_cost(f
     # 1bitLLM's absmean multipliers are arbitrary float32s: an fp16 block scale cannot hold them
     src = fixtures_root / "bitnet_b1_58-large"
     out = pack(src, format="tq2_0-fp16", out=tmp_path / "m.gguf").path
-    r = run_verify(out, src, "--no-drift")
+    r = cli("verify", out, "--source", src, "--no-drift")
     assert r.exit_code == 0, r.output
     loss = next(line for line in r.stdout.splitlines() if line.startswith("info loss"))
     assert loss.startswith("info loss  loss       tq2_0-fp16 is lossy (fp16 block scale): max "

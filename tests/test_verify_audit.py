@@ -25,25 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.containers.gguf_reader import kv_records, read_gguf, tensor_bytes
 from bitconv.containers.gguf_writer import _encode_kv
 from bitconv.stages.pack import pack
 from bitconv.types import KV
+from tests.support.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "build" / "bench" / "peers"   # shared with bench/bench_pack.py
 SDIST = "llama-cpp-python==0.3.36"
 
 
-def run_verify(path, src, *extra):
-    return CliRunner().invoke(cli, ["verify", str(path), "--source", str(src), *extra])
-
-
 def findings(path, src, *extra):
-    r = run_verify(path, src, "--json", *extra)
+    r = cli("verify", path, "--source", src, "--json", *extra)
     return r, json.loads(r.stdout)["findings"]
 
 
@@ -162,7 +157,7 @@ def test_llama_cpp_converter_files_verify_with_info_lines(outtype, converter, fi
     assert 0 < worst["numbers"]["max_rel"] <= 2.0 ** -11 + 2.0 ** -23  # fp16 rounding + 1 ulp
     # its d = fp16(fl(1/fl(1/mean))) equals bitconv's fp16(mean) here: logits bit-identical
     assert [f["class"] for f in found if f["check"] == "logits"] == ["ok"]
-    text = run_verify(out, src, "--no-drift").stdout.splitlines()
+    text = cli("verify", out, "--source", src, "--no-drift").stdout.splitlines()
     assert "info  metadata   general.name is 'Bitnet_B1_58 Large', the source gives " \
            "'bitnet_b1_58-large' (descriptive)" in text
     assert not any(line.startswith("FAIL") for line in text)
@@ -268,7 +263,7 @@ def test_a_multiplier_off_by_a_convention_fails_naming_tensor_and_ratio(fn, word
     path, src = ours
     m = multiplier_of(path, "blk.0.attn_q.weight")
     out = rewrite(path, tmp_path / "bad.gguf", tensors=with_multiplier(fn))
-    r = run_verify(out, src, "--no-drift")
+    r = cli("verify", out, "--source", src, "--no-drift")
     assert r.exit_code == 3
     ratio = float(np.float32(fn(m))) / float(m)
     assert r.stderr == (f"Error: {out}: tensors: blk.0.attn_q.weight: multiplier "
