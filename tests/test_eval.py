@@ -55,12 +55,9 @@ def test_cli_json_and_short_text(tmp_path):
     assert "needs at least 1024" in r.output
 
 
-def test_eval_matches_llama_cpp_perplexity(fixtures_root, tmp_path):
+def test_eval_matches_llama_cpp_perplexity(packed):
     llama_cpp = pytest.importorskip("llama_cpp")
-    from bitconv.stages.pack import pack
-
-    path = pack(fixtures_root / "bitnet_b1_58-large", format="tq2_0",
-                out=tmp_path / "m-tq2_0.gguf").path
+    path = packed("bitnet_b1_58-large", "tq2_0")
     ours = evaluate(path, TEXT, ctx=CTX, mode="llama.cpp")
     exact = evaluate(path, TEXT, ctx=CTX, mode="exact")
 

@@ -47,17 +47,10 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def packed(fixtures_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("falcon")
-    return {(n, f): pack(fixtures_root / n, format=f, out=root / f"{n}-{f}.gguf").path
-            for n in MAIN + REVISIONS for f in FORMATS}
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", MAIN)
 def test_packs_and_verifies_against_the_source(name, fmt, fixtures_root, packed):
-    path = packed[name, fmt]
+    path = packed(name, fmt)
     r = cli("verify", path, "--source", fixtures_root / name, "--no-drift")
     assert r.exit_code == 0, r.output
     kvs = read_gguf(path).kvs
@@ -82,7 +75,7 @@ def test_pre_name_follows_the_pre_tokenizer_configuration(fixtures_root):
 def test_gguf_tokenizer_equals_transformers(name, fixtures_root, packed):
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(fixtures_root / name))
-    path = packed[name, "tq2_0"]
+    path = packed(name, "tq2_0")
     ours = load_text_codec(path, load_gguf(path).kvs)
     for p in PROMPTS:
         ids = hf(p)["input_ids"]
@@ -103,7 +96,7 @@ def test_gguf_tokenizer_equals_the_tokenizer_file(name, fixtures_root, packed):
     """Without transformers: the `tokenizers` library on the checkpoint's tokenizer.json."""
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(fixtures_root / name / "tokenizer.json"))
-    path = packed[name, "i2s"]
+    path = packed(name, "i2s")
     ours = load_text_codec(path, load_gguf(path).kvs)
     for p in PROMPTS:
         assert ours.encode(p) == tok.encode(p).ids, p
@@ -111,7 +104,7 @@ def test_gguf_tokenizer_equals_the_tokenizer_file(name, fixtures_root, packed):
 
 def test_llama_cpp_loads_falcon3_and_tokenizes_alike(packed):
     llama_cpp = pytest.importorskip("llama_cpp")
-    path = packed["Falcon3-1B-Instruct-1.58bit", "tq2_0"]
+    path = packed("Falcon3-1B-Instruct-1.58bit", "tq2_0")
     ours = load_text_codec(path, load_gguf(path).kvs)
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=2, verbose=False)
     try:
@@ -137,9 +130,9 @@ def _ternary_bytes(path):
 def test_revisions_pack_to_the_packed_models_codes_and_multipliers(name, fmt, packed):
     """prequantized (latent masters) and bfloat16 (codes x 1/weight_scale in bf16) give the very
     bytes of `main`'s ternary tensors: same codes, same float32 multipliers."""
-    main = _ternary_bytes(packed["Falcon-E-1B-Instruct", fmt])
+    main = _ternary_bytes(packed("Falcon-E-1B-Instruct", fmt))
     assert len(main) >= 14
-    assert _ternary_bytes(packed[name, fmt]) == main
+    assert _ternary_bytes(packed(name, fmt)) == main
 
 
 def test_bfloat16_revision_is_kept_not_requantized(fixtures_root):
@@ -163,7 +156,7 @@ def test_bfloat16_revision_is_kept_not_requantized(fixtures_root):
 
 
 def test_inspect_names_the_runtimes_that_load_the_tokenizer(packed):
-    path = packed["Falcon3-1B-Instruct-1.58bit", "i2s"]
+    path = packed("Falcon3-1B-Instruct-1.58bit", "i2s")
     r = cli("inspect", path, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["summary"]["tokenizer loads in"] == "llama.cpp, bitnet.cpp"
@@ -174,7 +167,7 @@ def test_inspect_names_the_runtimes_that_load_the_tokenizer(packed):
 def test_falcon_e_pre_name_is_read_and_labelled(packed, tmp_path):
     """TII's published Falcon-E GGUFs say pre 'falcon_e' (bitnet.cpp's converter): bitconv's
     runtime reads them as ik_llama.cpp does (the falcon3 splitter) and says who loads them."""
-    path = packed["Falcon-E-1B-Instruct", "i2s"]
+    path = packed("Falcon-E-1B-Instruct", "i2s")
     kvs = dict(load_gguf(path).kvs)
     ours = load_text_codec(path, kvs)
     kvs["tokenizer.ggml.pre"] = "falcon_e"
@@ -190,7 +183,7 @@ def test_falcon_e_pre_name_is_read_and_labelled(packed, tmp_path):
 def test_repack_to_hf_rebuilds_the_falcon_tokenizer(fixtures_root, packed, tmp_path):
     from bitconv.stages.repack import repack
     src = fixtures_root / "Falcon3-1B-Instruct-1.58bit"
-    out = repack(packed["Falcon3-1B-Instruct-1.58bit", "i2s"], format="hf", out=tmp_path / "hf")
+    out = repack(packed("Falcon3-1B-Instruct-1.58bit", "i2s"), format="hf", out=tmp_path / "hf")
     d = out.path if hasattr(out, "path") else out
     tj = json.loads((d / "tokenizer.json").read_text())
     assert tj["pre_tokenizer"] == PRE_TOKENIZERS["falcon3"]

@@ -40,7 +40,6 @@ from bitconv.containers.gguf_reader import read_gguf
 from bitconv.containers.safetensors import MappedFiles, read_header
 from bitconv.errors import BitconvError
 from bitconv.runtime.weights import load_gguf
-from bitconv.stages.pack import pack
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False,
                 phases=(Phase.explicit, Phase.generate, Phase.shrink),
@@ -55,14 +54,11 @@ U32 = [0, 1, 2, 3, 4, 5, 8, 9, 12, 13, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 4
 
 
 @pytest.fixture(scope="module")
-def files(fixtures_root, tmp_path_factory):
-    d = tmp_path_factory.mktemp("fuzz")
-    i2s = pack(fixtures_root / "bitnet-b1.58-2B-4T", format="i2s", out=d / "i2s.gguf").path
-    tq2 = pack(fixtures_root / "Llama3-8B-1.58-100B-tokens", format="tq2_0",
-               out=d / "tq2.gguf").path
+def files(fixtures_root, packed):
+    i2s = packed("bitnet-b1.58-2B-4T", "i2s")
+    tq2 = packed("Llama3-8B-1.58-100B-tokens", "tq2_0")
     st_file = fixtures_root / "bitnet-b1.58-2B-4T" / "model.safetensors"
-    return {"i2s": i2s.read_bytes(), "tq2": tq2.read_bytes(), "st": st_file.read_bytes(),
-            "dir": d}
+    return {"i2s": i2s.read_bytes(), "tq2": tq2.read_bytes(), "st": st_file.read_bytes()}
 
 
 def edits(size: int, hot: int, fields: list[int] = ()):

@@ -18,7 +18,6 @@ import pytest
 
 from bitconv.containers.gguf_reader import read_gguf, tensor_bytes
 from bitconv.containers.gguf_writer import _encode_str
-from bitconv.stages.pack import pack
 from tests.support.cli import cli
 
 FIXTURE = "Llama3-8B-1.58-100B-tokens"
@@ -49,10 +48,9 @@ def relayout(src: Path, dst: Path, order: list[int] | None = None, gap: int = 0)
 
 
 @pytest.fixture(scope="module")
-def files(fixtures_root, tmp_path_factory):
-    d = tmp_path_factory.mktemp("layouts")
-    plain = pack(fixtures_root / FIXTURE, format="tq2_0", out=d / "plain.gguf").path
-    moved = d / "moved.gguf"
+def files(packed, tmp_path_factory):
+    plain = packed(FIXTURE, "tq2_0")
+    moved = tmp_path_factory.mktemp("layouts") / "moved.gguf"
     offsets = relayout(plain, moved, gap=64)  # reversed, 64 spare bytes after every tensor
     return plain, moved, offsets
 

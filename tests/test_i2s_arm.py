@@ -14,7 +14,6 @@ from bitconv.containers.gguf_reader import read_gguf, tensor_bytes
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, i2s, i2s_arm, layout_kvs
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
-from bitconv.stages.pack import pack
 from bitconv.types import KV
 
 TAIL0 = "00" * 28
@@ -159,19 +158,19 @@ def test_layout_kvs():
     assert layout_kvs(i2s, "llama") == []
 
 
-def test_packed_tensor_bytes(fixtures_root, tmp_path):
+def test_packed_tensor_bytes(fixtures_root, packed):
     # the file's tensor data is this layout whatever the metadata says
     src = fixtures_root / "bitnet-b1.58-2B-4T"
-    out = pack(src, format="i2s-arm", out=tmp_path / "m.gguf").path
+    out = packed("bitnet-b1.58-2B-4T", "i2s-arm")
     gf = read_gguf(out)
     t = next(t for t in gf.tensors if t.name == "blk.0.ffn_down.weight")
     ref = load_checkpoint_weights(src).tensors[t.name]
     assert tensor_bytes(gf, t).tobytes() == i2s_arm.pack(ref.codes, ref.multiplier).tobytes()
 
 
-def test_pack_then_load_gguf(fixtures_root, tmp_path):
+def test_pack_then_load_gguf(fixtures_root, packed):
     src = fixtures_root / "bitnet-b1.58-2B-4T"
-    out = pack(src, format="i2s-arm", out=tmp_path / "m.gguf").path
+    out = packed("bitnet-b1.58-2B-4T", "i2s-arm")
     assert read_gguf(out).kvs["bitnet-b1.58.tensor_data_layout"] == "i2s-arm"
     a, b = load_checkpoint_weights(src), load_gguf(out)
     for k, t in a.tensors.items():

@@ -13,15 +13,14 @@ from bitconv.cli import FORMAT_NAMES
 from bitconv.cli import cli as bitconv
 from bitconv.containers.gguf_reader import read_gguf
 from bitconv.formats import FORMATS
-from bitconv.stages.pack import pack
 from bitconv.types import TernaryTensor
 from tests.support.cli import cli
 
 PKG = Path(__file__).resolve().parents[1] / "bitconv"
 
 
-def test_inspect_gguf_lists_every_tensor_with_type_shape_bytes(fixtures_root, tmp_path):
-    out = pack(fixtures_root / "Llama3-8B-1.58-100B-tokens", out=tmp_path / "l.gguf").path
+def test_inspect_gguf_lists_every_tensor_with_type_shape_bytes(packed):
+    out = packed("Llama3-8B-1.58-100B-tokens", "i2s")
     r = cli("inspect", out)
     assert r.exit_code == 0, r.stderr
     gf = read_gguf(out)
@@ -107,10 +106,10 @@ def test_fixtures_are_deterministic(tmp_path):
             assert (a / f).read_bytes() == (b / f).read_bytes(), f
 
 
-def test_inspect_labels_lossless_and_lossy_variants(fixtures_root, tmp_path):
+def test_inspect_labels_lossless_and_lossy_variants(packed):
     name = "bitnet_b1_58-large"  # absmean multipliers: none is exact in fp16
-    exact = pack(fixtures_root / name, format="tq2_0", out=tmp_path / "a.gguf").path
-    lossy = pack(fixtures_root / name, format="tq2_0-fp16", out=tmp_path / "b.gguf").path
+    exact = packed(name, "tq2_0")
+    lossy = packed(name, "tq2_0-fp16")
     r = cli("inspect", exact)
     cols = {c[0]: c[1:] for c in (re.split(r" {2,}", line) for line in r.stdout.splitlines())}
     label = "tq2_0 (lossless: float32 multipliers in F32 companion tensors)"

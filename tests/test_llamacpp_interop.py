@@ -22,7 +22,6 @@ from tie_flips import TIGHT, explain
 
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_gguf
-from bitconv.stages.pack import pack
 from bitconv.stages.verify import fixed_tokens
 
 llama_cpp = pytest.importorskip(
@@ -31,18 +30,6 @@ llama_cpp = pytest.importorskip(
 
 TQ_FORMATS = ["tq2_0", "tq1_0", "tq2_0-fp16", "tq1_0-fp16"]
 EXACT_REL = 0.05       # exact mode: per-token int8 activations instead of Q8_K (see below)
-
-
-@pytest.fixture(scope="module")
-def packed(fixtures_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tq")
-
-    def get(name: str, fmt: str):
-        path = out / f"{name}-{fmt}.gguf"
-        if not path.exists():
-            pack(fixtures_root / name, format=fmt, out=path)
-        return path
-    return get
 
 
 def llama_logits(path, ids) -> np.ndarray:

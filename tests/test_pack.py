@@ -71,21 +71,13 @@ def expected_ternary(name, tensors, config):
     return codes, mult
 
 
-@pytest.fixture(scope="module")
-def packed(fixtures_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("packed")
-    return {name: pack(fixtures_root / name, format="i2s", out=out / f"{name}.gguf").path
-            for name in ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
-                         "Llama3-8B-1.58-100B-tokens"]}
-
-
 @pytest.mark.parametrize("name", ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T",
                                   "bitnet-b1.58-2B-4T-bf16", "Llama3-8B-1.58-100B-tokens"])
 def test_every_tensor_matches_an_independent_computation(name, fixtures_root, packed):
     ck = fixtures_root / name
     config = json.loads((ck / "config.json").read_text())
     tensors = load_all(ck)
-    gf = read_gguf(packed[name])
+    gf = read_gguf(packed(name, "i2s"))
     by_name = {t.name: t for t in gf.tensors}
     layers = config["num_hidden_layers"]
     n_ternary = 0
@@ -124,7 +116,8 @@ def test_every_tensor_matches_an_independent_computation(name, fixtures_root, pa
 
 
 def test_packed_and_bf16_2b4t_give_identical_i2s_tensors(packed):
-    a, b = read_gguf(packed["bitnet-b1.58-2B-4T"]), read_gguf(packed["bitnet-b1.58-2B-4T-bf16"])
+    a = read_gguf(packed("bitnet-b1.58-2B-4T", "i2s"))
+    b = read_gguf(packed("bitnet-b1.58-2B-4T-bf16", "i2s"))
     assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
     n = 0
     for ta, tb in zip(a.tensors, b.tensors):
@@ -141,7 +134,7 @@ def test_packed_and_bf16_2b4t_give_identical_i2s_tensors(packed):
 ])
 def test_metadata(name, arch, pre, model, fixtures_root, packed):
     config = json.loads((fixtures_root / name / "config.json").read_text())
-    kv = read_gguf(packed[name]).kvs
+    kv = read_gguf(packed(name, "i2s")).kvs
     assert kv["general.architecture"] == arch
     assert kv["general.file_type"] == 40
     assert kv[f"{arch}.block_count"] == config["num_hidden_layers"]
@@ -162,7 +155,7 @@ def test_metadata(name, arch, pre, model, fixtures_root, packed):
 
 def test_pack_is_deterministic(fixtures_root, tmp_path, packed):
     again = pack(fixtures_root / "bitnet-b1.58-2B-4T-bf16", out=tmp_path / "again.gguf").path
-    assert again.read_bytes() == packed["bitnet-b1.58-2B-4T-bf16"].read_bytes()
+    assert again.read_bytes() == packed("bitnet-b1.58-2B-4T-bf16", "i2s").read_bytes()
 
 
 @pytest.mark.parametrize("name", ["bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",

@@ -236,7 +236,8 @@ def binaries(fixtures_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def packed(binaries, tmp_path_factory):
+def packed_binary(binaries, tmp_path_factory):
+    """packed_binary(family, fmt): the binary checkpoint of `family` packed to `fmt`, once."""
     out = tmp_path_factory.mktemp("q1")
 
     def get(family: str, fmt: str):
@@ -249,8 +250,8 @@ def packed(binaries, tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", ["q1_0", "q1_0-fp16"])
 @pytest.mark.parametrize("family", ["bitnet", "llama"])
-def test_binary_fixture_packs_and_verifies(family, fmt, binaries, packed):
-    path = packed(family, fmt)
+def test_binary_fixture_packs_and_verifies(family, fmt, binaries, packed_binary):
+    path = packed_binary(family, fmt)
     ref = load_checkpoint_weights(binaries[family], format=fmt)
     ours = load_gguf(path)
     ternary = [n for n in ref.order if isinstance(ref.tensors[n], TernaryTensor)]
@@ -274,13 +275,12 @@ def test_binary_multiplier_is_mean_abs_of_latent(fixtures_root, binaries):
     assert m == binarize(w)[1]
 
 
-def test_latent_floats_are_binarized_as_bitnet_does(fixtures_root, binaries, tmp_path):
+def test_latent_floats_are_binarized_as_bitnet_does(fixtures_root, packed, packed_binary):
     # q1_0 holds no 0: pack binarizes latent floats (Sign(W - mean W), mean|W|), which gives
     # the model the already-binary fixture holds; verify's source side does the same
     src = fixtures_root / "bitnet_b1_58-large"
-    out = pack(src, format="q1_0", out=tmp_path / "m.gguf").path
-    got, ref = load_gguf(out), load_gguf(pack(binaries["bitnet"], format="q1_0",
-                                             out=tmp_path / "b.gguf").path)
+    out = packed("bitnet_b1_58-large", "q1_0")
+    got, ref = load_gguf(out), load_gguf(packed_binary("bitnet", "q1_0"))
     st = src / "model.safetensors"
     for n in ("blk.0.ffn_down.weight", "blk.1.attn_q.weight"):
         a, b = got.tensors[n], ref.tensors[n]
@@ -306,9 +306,9 @@ def test_ternary_model_is_refused_by_q1_0(fixtures_root, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_inspect_labels(packed):
-    a = json.loads(cli("inspect", packed("bitnet", "q1_0"), "--json").stdout)
-    b = json.loads(cli("inspect", packed("bitnet", "q1_0-fp16"), "--json").stdout)
+def test_inspect_labels(packed_binary):
+    a = json.loads(cli("inspect", packed_binary("bitnet", "q1_0"), "--json").stdout)
+    b = json.loads(cli("inspect", packed_binary("bitnet", "q1_0-fp16"), "--json").stdout)
     assert a["summary"]["ternary format"] == ("q1_0 (lossless: float32 multipliers in F32 "
                                               "companion tensors)")
     assert b["summary"]["ternary format"].startswith("q1_0-fp16 (lossy")
@@ -317,22 +317,22 @@ def test_inspect_labels(packed):
 
 
 @pytest.mark.parametrize("other", ["i2s", "tq2_0", "q2_0", "tl2"])
-def test_repack_binary_both_ways(other, binaries, packed, tmp_path):
+def test_repack_binary_both_ways(other, packed_binary, tmp_path):
     # binary codes are ternary codes too: every lossless format holds them, and back
-    there = repack(packed("llama", "q1_0"), format=other, out=tmp_path / "o.gguf")
-    ref = pack(binaries["llama"], format=other, out=tmp_path / "ref.gguf").path
+    there = repack(packed_binary("llama", "q1_0"), format=other, out=tmp_path / "o.gguf")
+    ref = packed_binary("llama", other)
     assert there.path.read_bytes() == ref.read_bytes()
     back = repack(there.path, format="q1_0", out=tmp_path / "back.gguf")
-    assert back.path.read_bytes() == packed("llama", "q1_0").read_bytes()
+    assert back.path.read_bytes() == packed_binary("llama", "q1_0").read_bytes()
 
 
-def test_repack_ternary_to_q1_0_refused(fixtures_root, tmp_path):
-    src = pack(fixtures_root / "bitnet_b1_58-large", format="q2_0", out=tmp_path / "t.gguf").path
+def test_repack_ternary_to_q1_0_refused(packed, tmp_path):
+    src = packed("bitnet_b1_58-large", "q2_0")
     r = cli("repack", src, "--format", "q1_0", "-o", tmp_path / "o.gguf")
     assert r.exit_code == 1 and "q1_0 holds binary weights" in r.stderr
     assert not (tmp_path / "o.gguf").exists()
 
 
-def test_model_picks_q8_0_for_q1_0_files(packed):
-    assert Model(load_gguf(packed("bitnet", "q1_0")), "llama.cpp").group == 128
-    assert Model(load_gguf(packed("bitnet", "q1_0-fp16")), "llama.cpp").group == 128
+def test_model_picks_q8_0_for_q1_0_files(packed_binary):
+    assert Model(load_gguf(packed_binary("bitnet", "q1_0")), "llama.cpp").group == 128
+    assert Model(load_gguf(packed_binary("bitnet", "q1_0-fp16")), "llama.cpp").group == 128

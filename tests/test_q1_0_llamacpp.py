@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_q1_0 import binaries, packed  # noqa: F401  (module fixtures)
+from test_q1_0 import binaries, packed_binary  # noqa: F401  (module fixtures)
 from test_q2_0 import HeaderOnly
 from test_q2_0_llamacpp import (
     _ids,
@@ -31,8 +31,9 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 
 @pytest.mark.parametrize("fmt", ["q1_0", "q1_0-fp16"])
 @pytest.mark.parametrize("family", ["bitnet", "llama"])
-def test_llama_cpp_loads_and_matches_runtime_llama_cpp_mode(family, fmt, packed, monkeypatch):  # noqa: F811
-    path = packed(family, fmt)
+def test_llama_cpp_loads_and_matches_runtime_llama_cpp_mode(family, fmt, packed_binary,  # noqa: F811
+                                                           monkeypatch):
+    path = packed_binary(family, fmt)
     weights = load_gguf(path)
     ids = _ids(weights, 32)
     got = llama_logits(path, ids)
@@ -42,8 +43,8 @@ def test_llama_cpp_loads_and_matches_runtime_llama_cpp_mode(family, fmt, packed,
     assert verdict.worst_clean <= TIGHT
 
 
-def test_q8_k_activations_are_not_explained_away(packed, monkeypatch):  # noqa: F811
-    path = packed("bitnet", "q1_0")
+def test_q8_k_activations_are_not_explained_away(packed_binary, monkeypatch):  # noqa: F811
+    path = packed_binary("bitnet", "q1_0")
     weights = load_gguf(path)
     ids = _ids(weights, 8)
     model = Model(weights, mode="llama.cpp")
@@ -53,12 +54,14 @@ def test_q8_k_activations_are_not_explained_away(packed, monkeypatch):  # noqa: 
 
 
 @pytest.mark.parametrize("family", ["bitnet", "llama"])
-def test_llama_cpp_quantizer_writes_our_q1_0_fp16_values(family, packed, tmp_path):  # noqa: F811
+def test_llama_cpp_quantizer_writes_our_q1_0_fp16_values(family, packed_binary,  # noqa: F811
+                                                         tmp_path):
     f32 = tmp_path / "f32.gguf"
-    ternary = write_f32_multiplied_out(packed(family, "q1_0"), f32)
+    ternary = write_f32_multiplied_out(packed_binary(family, "q1_0"), f32)
     theirs = tmp_path / "theirs-q1_0.gguf"
     llama_quantize(f32, theirs, ftype=40)  # LLAMA_FTYPE_MOSTLY_Q1_0 (include/llama.h L158)
-    tg, og, raw = HeaderOnly(theirs), read_gguf(packed(family, "q1_0-fp16")), theirs.read_bytes()
+    tg, og = HeaderOnly(theirs), read_gguf(packed_binary(family, "q1_0-fp16"))
+    raw = theirs.read_bytes()
     assert int(tg.fields["general.file_type"].contents()) == 40
     assert sorted(n for n, i in tg.infos.items() if i[1] == Q1_0) == sorted(ternary)
     o_by = {t.name: t for t in og.tensors}
@@ -73,6 +76,6 @@ def test_llama_cpp_quantizer_writes_our_q1_0_fp16_values(family, packed, tmp_pat
         # same fp16 as fp16(m) unless that sum's rounding crosses an fp16 rounding boundary
         np.testing.assert_array_equal(da, db, err_msg=n)
         assert a.tobytes() == b.tobytes()
-    ids = _ids(load_gguf(packed(family, "q1_0-fp16")), 8)
+    ids = _ids(load_gguf(packed_binary(family, "q1_0-fp16")), 8)
     np.testing.assert_array_equal(llama_logits(theirs, ids),
-                                  llama_logits(packed(family, "q1_0-fp16"), ids))
+                                  llama_logits(packed_binary(family, "q1_0-fp16"), ids))

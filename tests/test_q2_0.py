@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, q2_0, tq2_0
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
-from bitconv.stages.pack import pack
 from bitconv.stages.repack import repack
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
@@ -339,18 +338,6 @@ class HeaderOnly(GGUFReader):
                       for f in fields}
 
 
-@pytest.fixture(scope="module")
-def packed(fixtures_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q2")
-
-    def get(name: str, fmt: str):
-        path = out / f"{name}-{fmt}.gguf"
-        if not path.exists():
-            pack(fixtures_root / name, format=fmt, out=path)
-        return path
-    return get
-
-
 @pytest.mark.parametrize("fmt", ["q2_0", "q2_0-fp16"])
 @pytest.mark.parametrize("name", FAMILIES)
 def test_fixture_header_by_gguf_py_values_by_reference(name, fmt, fixtures_root, packed):
@@ -387,8 +374,8 @@ def test_fixture_header_by_gguf_py_values_by_reference(name, fmt, fixtures_root,
 @pytest.mark.parametrize("name", ["bitnet_b1_58-large", "Llama3-8B-1.58-100B-tokens",
                                   "bitnet-b1.58-2B-4T"])
 def test_cli_verify(name, fmt, fixtures_root, packed):
-    r = cli("verify", packed(name, fmt), "--source", fixtures_root / name, "--no-drift", "--tokens",
-            "4")
+    r = cli("verify", packed(name, fmt), "--source", fixtures_root / name, "--no-drift",
+            "--tokens", "4")
     assert r.exit_code == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     # the 2B4T packed repo's bf16 weight_scale values are exact in fp16 (formats/tq2_0.md §6.2)
@@ -415,14 +402,14 @@ def test_inspect_labels(packed):
 
 @pytest.mark.parametrize("other", sorted(n for n, c in FORMATS.items()
                                          if c.SPEC.lossless and 0 in c.SPEC.codes))
-def test_repack_to_and_from_every_lossless_format(other, fixtures_root, packed, tmp_path):
+def test_repack_to_and_from_every_lossless_format(other, packed, tmp_path):
     # lossless in both directions: each output is byte for byte what pack writes
     name = "Llama3-8B-1.58-100B-tokens"
     there = repack(packed(name, "q2_0"), format=other,
                    out=tmp_path / ("o" if other == "hf" else "o.gguf"))
     assert there.max_error == 0.0
     if other != "hf":
-        ref = pack(fixtures_root / name, format=other, out=tmp_path / "ref.gguf").path
+        ref = packed(name, other)
         assert there.path.read_bytes() == ref.read_bytes()
     back = repack(there.path, format="q2_0", out=tmp_path / "back.gguf")
     if other != "hf":

@@ -26,7 +26,6 @@ from bitconv.containers.gguf_writer import F32, Q2_0, GGUFWriter, TensorInfo
 from bitconv.formats import q2_0
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_gguf
-from bitconv.stages.pack import pack
 from bitconv.stages.verify import fixed_tokens
 from bitconv.types import KV, TernaryTensor
 
@@ -35,18 +34,6 @@ llama_cpp = pytest.importorskip(
                         "builds it from the PyPI sdist, ~8 min)")
 
 FAMILIES = ["bitnet_b1_58-large", "Llama3-8B-1.58-100B-tokens"]  # arch bitnet, arch llama
-
-
-@pytest.fixture(scope="module")
-def packed(fixtures_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("q2ll")
-
-    def get(name: str, fmt: str):
-        path = out / f"{name}-{fmt}.gguf"
-        if not path.exists():
-            pack(fixtures_root / name, format=fmt, out=path)
-        return path
-    return get
 
 
 def llama_logits(path, ids) -> np.ndarray:

@@ -6,7 +6,6 @@ very bytes, and decode to the codes and multipliers of the file it was made from
 """
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
@@ -27,17 +26,6 @@ FAMILIES = sorted(FIXTURES)
 LOSSLESS = sorted(n for n, c in FORMATS.items()
                   if c.SPEC.lossless and c.SPEC.container == "gguf" and 0 in c.SPEC.codes)
 SIDECAR = ".kernel_config.ini"
-
-
-@pytest.fixture(scope="module")
-def packed(fixtures_root, tmp_path_factory):
-    """pack(fixture, fmt) for every family and lossless GGUF format: (path, decoded tensors)."""
-    root = tmp_path_factory.mktemp("packed")
-    out = {}
-    for name, fmt in itertools.product(FAMILIES, LOSSLESS):
-        path = pack(fixtures_root / name, format=fmt, out=root / f"{name}-{fmt}.gguf").path
-        out[name, fmt] = path, decoded(path)
-    return out
 
 
 def decoded(path):
@@ -67,7 +55,7 @@ def multipliers(path):
 @pytest.mark.parametrize("name, start", [(n, "i2s") for n in FAMILIES]
                          + [("Llama3-8B-1.58-100B-tokens", "tl2")])  # with its sidecar
 def test_round_trip_through_tq2_0_and_hf_is_byte_identical(name, start, packed, tmp_path):
-    src = packed[name, start][0]
+    src = packed(name, start)
     tq = repack(src, format="tq2_0", out=tmp_path / "m-tq2_0.gguf")
     # general.name of a checkpoint is its directory's name: name the hf directory like the model
     (tmp_path / "hf").mkdir()
@@ -87,12 +75,14 @@ def test_round_trip_through_tq2_0_and_hf_is_byte_identical(name, start, packed, 
 @pytest.mark.parametrize("name", [n for n in FAMILIES if not n.endswith("-bf16")])
 @pytest.mark.parametrize("src_fmt", LOSSLESS)
 def test_every_lossless_pair_keeps_codes_and_multipliers(name, src_fmt, packed, tmp_path):
-    src, src_tensors = packed[name, src_fmt]
+    src = packed(name, src_fmt)
+    src_tensors = decoded(src)
     for fmt in LOSSLESS:
         out = repack(src, format=fmt, out=tmp_path / f"{fmt}.gguf")
         assert (out.max_error, out.worst, out.format) == (0.0, None, fmt)
         # the very file (and TL kernel configuration) pack writes from the checkpoint ...
-        ref, ref_tensors = packed[name, fmt]
+        ref = packed(name, fmt)
+        ref_tensors = decoded(ref)
         assert out.path.read_bytes() == ref.read_bytes(), (src_fmt, fmt)
         same_tensors(ref_tensors, src_tensors)  # ... so it decodes to the source's values
         if fmt.startswith("tl"):
@@ -105,7 +95,7 @@ def test_every_lossless_pair_keeps_codes_and_multipliers(name, src_fmt, packed, 
 def test_verify_passes_on_repacked_files(name, fixtures_root, packed, tmp_path):
     # every pair's output is one of these files, byte for byte (test above): verify each
     for i, fmt in enumerate(LOSSLESS):
-        src = packed[name, LOSSLESS[(i + 1) % len(LOSSLESS)]][0]
+        src = packed(name, LOSSLESS[(i + 1) % len(LOSSLESS)])
         out = tmp_path / f"{fmt}.gguf"
         assert cli("repack", src, "--format", fmt, "-o", out, "-q").exit_code == 0
         r = cli("verify", out, "--source", fixtures_root / name, "--no-drift", "--tokens", "2")
@@ -116,7 +106,7 @@ def test_verify_passes_on_repacked_files(name, fixtures_root, packed, tmp_path):
 
 def test_a_lossy_source_repacks_to_what_it_holds(packed, tmp_path):
     # tq2_0-fp16 -> tq1_0: the rounded multipliers are the file's values now, kept exactly
-    src = packed["bitnet_b1_58-large", "i2s"][0]
+    src = packed("bitnet_b1_58-large", "i2s")
     lossy = repack(src, format="tq2_0-fp16", out=tmp_path / "a.gguf", allow_lossy=True).path
     out = repack(lossy, format="tq1_0", out=tmp_path / "b.gguf")
     assert out.source_format == "tq2_0-fp16" and out.max_error == 0.0
@@ -124,7 +114,7 @@ def test_a_lossy_source_repacks_to_what_it_holds(packed, tmp_path):
 
 
 def test_layout_key_is_set_and_removed(packed, tmp_path):
-    src = packed["bitnet-b1.58-2B-4T", "i2s"][0]
+    src = packed("bitnet-b1.58-2B-4T", "i2s")
     arm = repack(src, format="i2s-arm", out=tmp_path / "arm.gguf").path
     kvs = read_gguf(arm).kvs
     assert kvs["bitnet-b1.58.tensor_data_layout"] == "i2s-arm"
@@ -137,7 +127,7 @@ def test_layout_key_is_set_and_removed(packed, tmp_path):
 # --- lossy targets ---
 
 def test_lossy_target_refused_without_allow_lossy(packed, tmp_path):
-    src = packed["bitnet_b1_58-large", "i2s"][0]
+    src = packed("bitnet_b1_58-large", "i2s")
     name, m = multipliers(src)[0]
     d = float(np.float32(np.float16(m)))
     assert d != m  # the premise: this multiplier has no exact fp16
@@ -152,7 +142,7 @@ def test_lossy_target_refused_without_allow_lossy(packed, tmp_path):
 
 def test_lossy_target_with_allow_lossy_reports_the_loss(fixtures_root, packed, tmp_path):
     name = "bitnet_b1_58-large"
-    src = packed[name, "tq1_0"][0]
+    src = packed(name, "tq1_0")
     ms = multipliers(src)
     rel = {n: abs(float(np.float32(np.float16(m))) - float(m)) / float(m) for n, m in ms}
     worst = max(rel, key=rel.get)
@@ -174,7 +164,7 @@ def test_lossy_target_with_allow_lossy_reports_the_loss(fixtures_root, packed, t
 
 def test_lossy_target_accepted_when_every_multiplier_is_exact_in_fp16(packed, tmp_path):
     # 2B4T's weight_scales are 1, 1.25, ..., 2: all exact in fp16
-    src = packed["bitnet-b1.58-2B-4T", "i2s"][0]
+    src = packed("bitnet-b1.58-2B-4T", "i2s")
     assert all(np.float32(np.float16(m)) == m for _, m in multipliers(src))
     res = repack(src, format="tq1_0-fp16", out=tmp_path / "m.gguf")
     assert res.max_error == 0.0
@@ -192,7 +182,7 @@ def test_a_directory_source_is_checked_for_loss_too(fixtures_root, tmp_path):
 
 @pytest.mark.parametrize("fmt, out_name", [("tq2_0", "m.gguf"), ("hf", "m-hf")])
 def test_existing_output_is_kept_without_force(fmt, out_name, packed, tmp_path):
-    src = packed["bitnet-b1.58-2B-4T", "i2s"][0]
+    src = packed("bitnet-b1.58-2B-4T", "i2s")
     out = tmp_path / out_name
     repack(src, format=fmt, out=out)
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -208,7 +198,7 @@ def test_existing_output_is_kept_without_force(fmt, out_name, packed, tmp_path):
 
 def test_output_is_never_the_input(packed, tmp_path):
     src = tmp_path / "m.gguf"
-    src.write_bytes(packed["bitnet-b1.58-2B-4T", "i2s"][0].read_bytes())
+    src.write_bytes(packed("bitnet-b1.58-2B-4T", "i2s").read_bytes())
     with pytest.raises(OutputError) as e:
         repack(src, format="tq2_0", out=src, force=True)
     assert str(e.value) == f"{src}: is the input; choose another output"
@@ -228,7 +218,7 @@ def test_shape_the_target_cannot_hold_is_refused_before_writing(tmp_path):
 
 
 def test_truncated_input_is_one_line(packed, tmp_path):
-    src = packed["bitnet-b1.58-2B-4T", "i2s"][0]
+    src = packed("bitnet-b1.58-2B-4T", "i2s")
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     out = tmp_path / "o.gguf"
@@ -241,7 +231,7 @@ def test_truncated_input_is_one_line(packed, tmp_path):
 @pytest.mark.parametrize("fmt, out_name", [("i2s", "o.gguf"), ("hf", "o-hf")])
 def test_corrupt_tensor_data_is_one_line(fmt, out_name, packed, tmp_path):
     src = tmp_path / "bad.gguf"
-    src.write_bytes(packed["bitnet-b1.58-2B-4T", "tq2_0"][0].read_bytes())
+    src.write_bytes(packed("bitnet-b1.58-2B-4T", "tq2_0").read_bytes())
     t = next(t for t in read_gguf(src).tensors if t.name == "blk.1.attn_v.weight")
     with open(src, "r+b") as f:  # byte 5 of the first block's qs: all four codes become 3
         f.seek(t.offset + 5)
@@ -264,7 +254,7 @@ def test_not_a_gguf(tmp_path):
 
 def test_cli_prints_only_the_path_and_defaults_to_the_model_name(packed, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    src = packed["Llama3-8B-1.58-100B-tokens", "i2s"][0]
+    src = packed("Llama3-8B-1.58-100B-tokens", "i2s")
     r = cli("repack", src, "--format", "tl1")
     assert r.exit_code == 0, r.stderr
     assert r.stdout == "Llama3-8B-1.58-100B-tokens-tl1.gguf\n" and r.stderr == ""
@@ -291,7 +281,7 @@ def test_help_says_what_is_lossless():
 @pytest.mark.parametrize("name", ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T"])
 def test_rebuilt_tokenizer_tokenizes_like_the_original(name, fixtures_root, packed, tmp_path):
     transformers = pytest.importorskip("transformers")
-    out = repack(packed[name, "i2s"][0], format="hf", out=tmp_path / name).path
+    out = repack(packed(name, "i2s"), format="hf", out=tmp_path / name).path
     ours = transformers.AutoTokenizer.from_pretrained(out)
     theirs = transformers.AutoTokenizer.from_pretrained(fixtures_root / name)
     for text in ["Hello world, how are you?", "  two  spaces</s> and <s>", "ünïcode ✓ 1234",

@@ -9,7 +9,6 @@ from bitconv.errors import InputError
 from bitconv.runtime.bitlinear import MODES, bitlinear, q8k
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
-from bitconv.stages.pack import pack
 from tests.support.cli import cli
 
 F32 = np.float32
@@ -102,11 +101,11 @@ def test_bitlinear_reads_transposed_codes_in_place(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_every_weight_layout_gives_the_same_logits(fixtures_root, tmp_path, mode):
+def test_every_weight_layout_gives_the_same_logits(fixtures_root, mode, packed):
     """Loaded up front on threads ((K, out) float32), lazily, or streamed through one reused
     buffer ((out, K), or (K, out) for llama.cpp mode): the same bits, from file and source."""
     src = fixtures_root / "bitnet-b1.58-2B-4T"
-    path = pack(src, out=tmp_path / "m.gguf").path
+    path = packed("bitnet-b1.58-2B-4T", "i2s")
     ids = np.array([1, 5, 9, 200, 3])
     want = Model(load_gguf(path), mode).load().forward(ids)
     for w in (load_gguf(path), load_checkpoint_weights(src)):
@@ -125,30 +124,30 @@ def test_modes_differ_from_exact(fixtures_root):
     assert not np.array_equal(out["exact"], out["bitnet.cpp"])
 
 
-def test_lazy_weights_decode_on_access(fixtures_root, tmp_path):
-    path = pack(fixtures_root / "bitnet-b1.58-2B-4T", out=tmp_path / "m.gguf").path
+def test_lazy_weights_decode_on_access(packed):
+    path = packed("bitnet-b1.58-2B-4T", "i2s")
     w = load_gguf(path)
     a, b = w.tensors["blk.0.attn_q.weight"], w.tensors["blk.0.attn_q.weight"]
     assert a is not b and np.array_equal(a.codes, b.codes)  # nothing is cached
 
 
 @pytest.mark.parametrize("mode", ["llama.cpp", "bitnet.cpp"])
-def test_verify_in_each_mode(fixtures_root, tmp_path, mode):
+def test_verify_in_each_mode(fixtures_root, mode, packed):
     src = fixtures_root / "bitnet_b1_58-large"
-    path = pack(src, out=tmp_path / "m.gguf").path
+    path = packed("bitnet_b1_58-large", "i2s")
     r = cli("verify", path, "--source", src, "--mode", mode, "--no-drift")
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[-1].endswith(f"logits bit-identical ({mode} mode)")
 
 
-def test_drift_is_information(fixtures_root, tmp_path):
+def test_drift_is_information(fixtures_root, packed):
     packed_src = fixtures_root / "bitnet-b1.58-2B-4T"
-    path = pack(packed_src, out=tmp_path / "p.gguf").path
+    path = packed("bitnet-b1.58-2B-4T", "i2s")
     r = cli("verify", path, "--source", packed_src)
     assert r.stdout.splitlines()[-1] == ("info  drift      no latent weights in the source "
                                          "(it is already ternary)")
     latent_src = fixtures_root / "bitnet-b1.58-2B-4T-bf16"
-    path = pack(latent_src, out=tmp_path / "l.gguf").path
+    path = packed("bitnet-b1.58-2B-4T-bf16", "i2s")
     r = cli("verify", path, "--source", latent_src, "--json")
     import json
     drift = json.loads(r.stdout)["findings"][-1]

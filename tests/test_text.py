@@ -8,7 +8,6 @@ from bitconv.runtime.generate import generate
 from bitconv.runtime.model import Model
 from bitconv.runtime.text import load_text_codec
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
-from bitconv.stages.pack import pack
 from tests.support.cli import cli
 
 FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "Llama3-8B-1.58-100B-tokens"]
@@ -17,17 +16,11 @@ PROMPTS = ["Hello world, how are you?", "  two  spaces\nand a newline\n\n", "42 
            "<|begin_of_text|>special <|eot_id|> tokens", "</s> <s> [INST]"]
 
 
-@pytest.fixture(scope="module")
-def packed(fixtures_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("packed")
-    return {n: pack(fixtures_root / n, out=root / f"{n}.gguf").path for n in FAMILIES}
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_gguf_tokenizer_equals_the_checkpoint_files(name, fixtures_root, packed):
     src = fixtures_root / name
     from_files = load_text_codec(src, load_checkpoint_weights(src).kvs)
-    from_gguf = load_text_codec(packed[name], load_gguf(packed[name]).kvs)
+    from_gguf = load_text_codec(packed(name, "i2s"), load_gguf(packed(name, "i2s")).kvs)
     for p in PROMPTS:
         assert from_gguf.encode(p) == from_files.encode(p), p
         ids = from_files.encode(p)
@@ -38,7 +31,7 @@ def test_gguf_tokenizer_equals_the_checkpoint_files(name, fixtures_root, packed)
 def test_tokenization_equals_transformers(name, fixtures_root, packed):
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(fixtures_root / name))
-    ours = load_text_codec(packed[name], load_gguf(packed[name]).kvs)
+    ours = load_text_codec(packed(name, "i2s"), load_gguf(packed(name, "i2s")).kvs)
     for p in PROMPTS:
         if name == "bitnet_b1_58-large" and p[:1].isspace():
             # SentencePiece (and llama.cpp) always add the dummy-prefix space; transformers 5's
@@ -64,7 +57,7 @@ def test_spm_leading_space_follows_sentencepiece(fixtures_root):
 
 def test_no_chat_template_is_a_clear_error(fixtures_root, packed):
     name = "bitnet_b1_58-large"  # 1bitLLM ships no chat template
-    r = cli("run", packed[name], "-p", "hi", "--chat")
+    r = cli("run", packed(name, "i2s"), "-p", "hi", "--chat")
     assert r.exit_code == 1
     assert r.stderr == "Error: the model has no chat template; run without --chat\n"
 
@@ -72,7 +65,7 @@ def test_no_chat_template_is_a_clear_error(fixtures_root, packed):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_greedy_run_is_the_same_from_file_and_source(name, fixtures_root, packed):
     args = ["-p", "Hello world, how are", "-n", "12"]
-    a = cli("run", packed[name], *args)
+    a = cli("run", packed(name, "i2s"), *args)
     b = cli("run", fixtures_root / name, *args)
     assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
     assert a.stdout == b.stdout and a.stdout.strip()
@@ -80,13 +73,13 @@ def test_greedy_run_is_the_same_from_file_and_source(name, fixtures_root, packed
     src = fixtures_root / name
     codec = load_text_codec(src, load_checkpoint_weights(src).kvs)
     ids = codec.encode("Hello world, how are")
-    ta = list(generate(Model(load_gguf(packed[name])), ids, 12))
+    ta = list(generate(Model(load_gguf(packed(name, "i2s"))), ids, 12))
     tb = list(generate(Model(load_checkpoint_weights(src)), ids, 12))
     assert ta == tb and len(ta) == 12
 
 
 def test_sampling_is_seeded(packed):
-    path = str(packed["bitnet-b1.58-2B-4T"])
+    path = str(packed("bitnet-b1.58-2B-4T", "i2s"))
     run = lambda seed: cli(  # noqa: E731
         "run", path, "-p", "Hello", "-n", "10", "--temperature", "1.5", "--seed", seed).stdout
     assert run("1") == run("1")
@@ -94,7 +87,7 @@ def test_sampling_is_seeded(packed):
 
 
 def test_logits_of_a_prompt_equal_logits_of_its_ids(packed, tmp_path):
-    path = packed["Llama3-8B-1.58-100B-tokens"]
+    path = packed("Llama3-8B-1.58-100B-tokens", "i2s")
     codec = load_text_codec(path, load_gguf(path).kvs)
     ids = codec.encode("Hello world")
     assert ids[0] == codec.bos_id
@@ -105,5 +98,5 @@ def test_logits_of_a_prompt_equal_logits_of_its_ids(packed, tmp_path):
 
 
 def test_logits_needs_exactly_one_input(packed, tmp_path):
-    r = cli("logits", packed["bitnet-b1.58-2B-4T"], "-o", tmp_path / "a.npy")
+    r = cli("logits", packed("bitnet-b1.58-2B-4T", "i2s"), "-o", tmp_path / "a.npy")
     assert r.exit_code == 2 and "give exactly one of --tokens and --prompt" in r.stderr

@@ -10,14 +10,12 @@ from tie_flips import TIGHT, Flip, explain, run_ours
 
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_gguf
-from bitconv.stages.pack import pack
 from bitconv.stages.verify import fixed_tokens
 
 
 @pytest.fixture(scope="module")
-def model(fixtures_root, tmp_path_factory):
-    path = pack(fixtures_root / "Llama3-8B-1.58-100B-tokens", format="tq2_0",
-                out=tmp_path_factory.mktemp("flips") / "m.gguf").path
+def model(packed):
+    path = packed("Llama3-8B-1.58-100B-tokens", "tq2_0")
     weights = load_gguf(path)
     ids = fixed_tokens(16, len(weights.kvs["tokenizer.ggml.tokens"]))
     return Model(weights, mode="llama.cpp"), np.asarray(ids)

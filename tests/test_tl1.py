@@ -15,7 +15,6 @@ from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, get_format, tiling, tl1
 from bitconv.formats.tiling import Tiling
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
-from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES
 from tests.support.cli import cli
 
@@ -203,16 +202,9 @@ def test_check_shape_and_pack_errors():
 
 # --- 4. the fixtures end to end ---
 
-@pytest.fixture(scope="module")
-def packed_tl1(fixtures_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tl1")
-    return {name: pack(fixtures_root / name, format="tl1", out=out / f"{name}.gguf").path
-            for name in FIXTURES}
-
-
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_pack_fixture_writes_gguf_and_kernel_config(name, packed_tl1, fixtures_root):
-    path = packed_tl1[name]
+def test_pack_fixture_writes_gguf_and_kernel_config(name, packed, fixtures_root):
+    path = packed(name, "tl1")
     gf = read_gguf(path)
     ternary = [t for t in gf.tensors if t.ggml_type == TL1]
     assert len(ternary) == 14 and gf.kvs["general.file_type"] == 38
@@ -227,12 +219,12 @@ def test_pack_fixture_writes_gguf_and_kernel_config(name, packed_tl1, fixtures_r
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_cli_verify_fixture(name, packed_tl1, fixtures_root):
-    r = cli("verify", packed_tl1[name], "--source", fixtures_root / name)
+def test_cli_verify_fixture(name, packed, fixtures_root):
+    r = cli("verify", packed(name, "tl1"), "--source", fixtures_root / name)
     assert r.exit_code == 0, r.stderr
 
 
-def test_gguf_py_refuses_tl1(packed_tl1):
+def test_gguf_py_refuses_tl1(packed):
     # Type 38 is bitnet.cpp's; gguf-py's enum has no 38 (retired upstream).
     with pytest.raises(ValueError, match=r"38\) is not a valid GGMLQuantizationType"):
-        gguf.GGUFReader(next(iter(packed_tl1.values())))
+        gguf.GGUFReader(packed(next(iter(FIXTURES)), "tl1"))

@@ -15,7 +15,6 @@ from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, get_format, tiling, tl2
 from bitconv.formats.tiling import Tiling
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
-from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES
 from tests.support.cli import cli
 
@@ -234,16 +233,9 @@ def test_shape_errors():
 
 # --- 4. the fixtures end to end ---
 
-@pytest.fixture(scope="module")
-def packed_tl2(fixtures_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tl2")
-    return {name: pack(fixtures_root / name, format="tl2", out=out / f"{name}.gguf").path
-            for name in FIXTURES}
-
-
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_pack_fixture_writes_gguf_and_kernel_config(name, packed_tl2, fixtures_root):
-    path = packed_tl2[name]
+def test_pack_fixture_writes_gguf_and_kernel_config(name, packed, fixtures_root):
+    path = packed(name, "tl2")
     gf = read_gguf(path)
     ternary = [t for t in gf.tensors if t.ggml_type == TL2]
     assert len(ternary) == 14 and gf.kvs["general.file_type"] == 39
@@ -258,14 +250,14 @@ def test_pack_fixture_writes_gguf_and_kernel_config(name, packed_tl2, fixtures_r
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_cli_verify_fixture(name, packed_tl2, fixtures_root):
-    r = cli("verify", packed_tl2[name], "--source", fixtures_root / name)
+def test_cli_verify_fixture(name, packed, fixtures_root):
+    r = cli("verify", packed(name, "tl2"), "--source", fixtures_root / name)
     assert r.exit_code == 0, r.stderr
 
 
-def test_gguf_py_misreads_tl2(packed_tl2):
+def test_gguf_py_misreads_tl2(packed):
     # Type 39 is MXFP4 upstream (gguf 0.19): gguf-py sizes our tensor as 32-element/17-byte
     # blocks and fails to shape it.
     assert gguf.GGMLQuantizationType(39).name == "MXFP4"
     with pytest.raises(ValueError, match="cannot reshape array of size"):
-        gguf.GGUFReader(next(iter(packed_tl2.values())))
+        gguf.GGUFReader(packed(next(iter(FIXTURES)), "tl2"))

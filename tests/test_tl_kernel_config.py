@@ -67,11 +67,11 @@ def write_like_bitnet_cpp(own: Path, out: Path, tiles: dict, key: str | None = N
 
 
 @pytest.fixture(scope="module", params=["tl2", "tl1"])
-def files(request, fixtures_root, tmp_path_factory):
+def files(request, fixtures_root, packed, tmp_path_factory):
     """own: bitconv's file (+ sidecar + key); bnc: bitnet.cpp's, with its ini elsewhere."""
     fmt, root = request.param, tmp_path_factory.mktemp(request.param)
     src = fixtures_root / NAME
-    own = pack(src, format=fmt, out=root / f"own-{fmt}.gguf").path
+    own = packed(NAME, fmt)
     bnc = write_like_bitnet_cpp(own, root / "bnc" / f"m-{fmt}.gguf", other(fmt))
     ini = root / "include" / "kernel_config.ini"
     ini.parent.mkdir()
@@ -148,11 +148,11 @@ def test_run_generates_what_the_source_does_with_the_ini(files):
     assert r.stdout == cli("run", files["src"], "-p", "hello", "-n", "4").stdout
 
 
-def test_repack_to_tq2_0_gives_packs_file_and_verifies(files, tmp_path):
+def test_repack_to_tq2_0_gives_packs_file_and_verifies(files, tmp_path, packed):
     out = tmp_path / "m-tq2_0.gguf"
     r = cli("repack", files["bnc"], "--format", "tq2_0", "-o", out, "--kernel-config", files["ini"])
     assert r.exit_code == 0, r.stderr
-    want = pack(files["src"], format="tq2_0", out=tmp_path / "ref-tq2_0.gguf").path
+    want = packed(NAME, "tq2_0")
     assert out.read_bytes() == want.read_bytes()  # the very file pack writes: the source's codes
     assert same_codes(load_gguf(out), load_checkpoint_weights(files["src"], format="tq2_0"))
     r = cli("verify", out, "--source", files["src"], "--no-drift", "--tokens", "4")

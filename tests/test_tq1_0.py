@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, tq1_0
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
-from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES
 from bitconv.types import TernaryTensor
 from tests.support.cli import cli
@@ -263,9 +262,9 @@ def test_unpack_matches_reference_decoder(seed):
 
 @pytest.mark.parametrize("fmt", ["tq1_0", "tq1_0-fp16"])
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_fixture_gguf_py_reads_and_matches_runtime(name, fmt, fixtures_root, tmp_path):
+def test_fixture_gguf_py_reads_and_matches_runtime(name, fmt, fixtures_root, packed):
     src = fixtures_root / name
-    out = pack(src, format=fmt, out=tmp_path / "m.gguf").path
+    out = packed(name, fmt)
     reader = GGUFReader(out)
     by_name = {t.name: t for t in reader.tensors}
     assert int(reader.fields["general.file_type"].contents()) == 36

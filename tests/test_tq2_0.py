@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from bitconv.errors import InputError, PackError
 from bitconv.formats import FORMATS, codec_for, get_format, tq2_0
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
-from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
 from tests.support.cli import cli
@@ -302,9 +301,9 @@ FAMILIES = sorted(FIXTURES)
 
 @pytest.mark.parametrize("fmt", ["tq2_0", "tq2_0-fp16"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_fixture_gguf_py_reads_and_matches_runtime(name, fmt, fixtures_root, tmp_path):
+def test_fixture_gguf_py_reads_and_matches_runtime(name, fmt, fixtures_root, packed):
     src = fixtures_root / name
-    out = pack(src, format=fmt, out=tmp_path / "m.gguf").path
+    out = packed(name, fmt)
     reader = GGUFReader(out)
     by_name = {t.name: t for t in reader.tensors}
     assert int(reader.fields["general.file_type"].contents()) == 37

@@ -143,13 +143,12 @@ def test_transformers_runs_our_export(name, fixtures_root, exports, monkeypatch)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_transformers_runs_our_repack(name, fixtures_root, tmp_path, monkeypatch):
+def test_transformers_runs_our_repack(name, fixtures_root, tmp_path, monkeypatch, packed):
     """`bitconv repack m-tq2_0.gguf --format hf`: config.json and tokenizer rebuilt from the GGUF
     alone, weights decoded and HF-packed; transformers agrees with bitconv on the source."""
-    from bitconv.stages.pack import pack
     from bitconv.stages.repack import repack
 
-    gguf = pack(fixtures_root / name, format="tq2_0", out=tmp_path / "m.gguf").path
+    gguf = packed(name, "tq2_0")
     out = repack(gguf, format="hf", out=tmp_path / name).path
     ref, ours, theirs, ours_in = run_both(out, fixtures_root / name, monkeypatch)
     check_agreement(ref, ours, theirs, ours_in)

@@ -1,13 +1,14 @@
 """`bitconv verify`: exit 0 on every family, exit 3 naming the problem on each corruption."""
 from __future__ import annotations
 
+import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bitconv.containers.gguf_reader import read_gguf
-from bitconv.stages.pack import pack
 from tests.support.cli import cli
 
 FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
@@ -15,8 +16,8 @@ FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_verify_passes_on_every_family(name, fixtures_root, tmp_path):
-    out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
+def test_verify_passes_on_every_family(name, fixtures_root, packed):
+    out = packed(name, "i2s")
     r = cli("verify", out, "--source", fixtures_root / name)
     assert r.exit_code == 0, r.stdout + r.stderr
     assert r.stderr == ""
@@ -25,10 +26,10 @@ def test_verify_passes_on_every_family(name, fixtures_root, tmp_path):
         ["info", "drift"]]
 
 
-def test_verify_json(fixtures_root, tmp_path):
+def test_verify_json(fixtures_root, packed):
     import json
     name = "bitnet-b1.58-2B-4T"
-    out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
+    out = packed(name, "i2s")
     r = cli("verify", out, "--source", fixtures_root / name, "--json")
     d = json.loads(r.stdout)
     assert d["ok"] is True and [(f["class"], f["check"]) for f in d["findings"]] == [
@@ -36,8 +37,8 @@ def test_verify_json(fixtures_root, tmp_path):
         ("info", "drift")]
 
 
-def test_a_packed_file_from_another_source_fails(fixtures_root, tmp_path):
-    out = pack(fixtures_root / "bitnet-b1.58-2B-4T", out=tmp_path / "m.gguf").path
+def test_a_packed_file_from_another_source_fails(fixtures_root, packed):
+    out = packed("bitnet-b1.58-2B-4T", "i2s")
     r = cli("verify", out, "--source", fixtures_root / "Llama3-8B-1.58-100B-tokens")
     assert r.exit_code == 3
     assert r.stderr.startswith(f"Error: {out}: metadata: general.architecture is 'bitnet-b1.58', "
@@ -45,9 +46,10 @@ def test_a_packed_file_from_another_source_fails(fixtures_root, tmp_path):
 
 
 @pytest.fixture
-def packed(fixtures_root, tmp_path):
+def packed_copy(fixtures_root, packed, tmp_path):
+    """A private copy of the packed 2B4T file, to damage: (path, source, {name: tensor info})."""
     name = "bitnet-b1.58-2B-4T"
-    out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
+    out = Path(shutil.copy(packed(name, "i2s"), tmp_path / "m.gguf"))
     return out, fixtures_root / name, {t.name: t for t in read_gguf(out).tensors}
 
 
@@ -57,8 +59,8 @@ def patch(path, offset, data):
         f.write(data)
 
 
-def test_one_flipped_code(packed):
-    out, src, t = packed
+def test_one_flipped_code(packed_copy):
+    out, src, t = packed_copy
     ffn = t["blk.1.ffn_down.weight"]
     byte = out.read_bytes()[ffn.offset + 1000]
     # element 1000 % 32 + 32*g of block 1000 // 32 ... just move the top code (bits 7-6) by one step
@@ -72,8 +74,8 @@ def test_one_flipped_code(packed):
     assert "FAIL  tensors" in r.stdout and "FAIL  logits" in r.stdout  # every check runs
 
 
-def test_changed_scale(packed):
-    out, src, t = packed
+def test_changed_scale(packed_copy):
+    out, src, t = packed_copy
     q = t["blk.0.attn_q.weight"]
     n = q.shape[0] * q.shape[1]
     old = struct.unpack("<f", out.read_bytes()[q.offset + n // 4: q.offset + n // 4 + 4])[0]
@@ -83,8 +85,8 @@ def test_changed_scale(packed):
     assert r.stderr.startswith(f"Error: {out}: tensors: blk.0.attn_q.weight: multiplier ")
 
 
-def test_two_swapped_tensors(packed):
-    out, src, t = packed
+def test_two_swapped_tensors(packed_copy):
+    out, src, t = packed_copy
     a, b = t["blk.0.attn_q.weight"], t["blk.0.attn_output.weight"]
     assert a.nbytes == b.nbytes
     raw = out.read_bytes()
@@ -96,8 +98,8 @@ def test_two_swapped_tensors(packed):
     assert r.stderr.startswith(f"Error: {out}: tensors: blk.0.attn_q.weight: ")
 
 
-def test_wrong_head_count(packed):
-    out, src, _ = packed
+def test_wrong_head_count(packed_copy):
+    out, src, _ = packed_copy
     key = b"bitnet-b1.58.attention.head_count"
     needle = struct.pack("<Q", len(key)) + key + struct.pack("<I", 4)  # u32 value type
     raw = out.read_bytes()
@@ -110,8 +112,8 @@ def test_wrong_head_count(packed):
                         "the source gives 4\n")
 
 
-def test_truncated_file(packed):
-    out, src, _ = packed
+def test_truncated_file(packed_copy):
+    out, src, _ = packed_copy
     size = out.stat().st_size
     with open(out, "r+b") as f:
         f.truncate(size - 100)
@@ -121,18 +123,18 @@ def test_truncated_file(packed):
                         f"ends at byte {size}, file has {size - 100}\n")
 
 
-def test_without_source_checks_the_container_only(packed):
-    out, _, _ = packed
+def test_without_source_checks_the_container_only(packed_copy):
+    out, _, _ = packed_copy
     r = cli("verify", out)
     assert r.exit_code == 0
     assert r.stdout.startswith("ok    container  24 tensors parse and unpack (14 ternary)")
 
 
-def test_packed_file_runs_like_its_source_incrementally(fixtures_root, tmp_path):
+def test_packed_file_runs_like_its_source_incrementally(packed):
     """The KV cache: token-by-token decoding gives the prefill's logits."""
     from bitconv.runtime.model import Cache, Model
     from bitconv.runtime.weights import load_gguf
-    out = pack(fixtures_root / "Llama3-8B-1.58-100B-tokens", out=tmp_path / "l.gguf").path
+    out = packed("Llama3-8B-1.58-100B-tokens", "i2s")
     m = Model(load_gguf(out))
     ids = np.array([3, 700, 12, 55, 901])
     full = m.forward(ids)
@@ -141,9 +143,9 @@ def test_packed_file_runs_like_its_source_incrementally(fixtures_root, tmp_path)
     np.testing.assert_allclose(steps, full, rtol=0, atol=1e-5 * np.abs(full).max())
 
 
-def test_logits_command_saves_the_same_logits_from_file_and_source(fixtures_root, tmp_path):
+def test_logits_command_saves_the_same_logits_from_file_and_source(fixtures_root, tmp_path, packed):
     name = "bitnet_b1_58-large"
-    out = pack(fixtures_root / name, out=tmp_path / "m.gguf").path
+    out = packed(name, "i2s")
     a, b = tmp_path / "a.npy", tmp_path / "b.npy"
     for model, dst in ((out, a), (fixtures_root / name, b)):
         r = cli("logits", model, "--tokens", "1,300,7,42", "-o", dst)
@@ -158,10 +160,10 @@ def test_logits_command_saves_the_same_logits_from_file_and_source(fixtures_root
 
 
 def test_a_lossy_file_verifies_against_what_its_format_holds_and_says_the_cost(fixtures_root,
-                                                                              tmp_path):
+                                                                              packed):
     # 1bitLLM's absmean multipliers are arbitrary float32s: an fp16 block scale cannot hold them
     src = fixtures_root / "bitnet_b1_58-large"
-    out = pack(src, format="tq2_0-fp16", out=tmp_path / "m.gguf").path
+    out = packed("bitnet_b1_58-large", "tq2_0-fp16")
     r = cli("verify", out, "--source", src, "--no-drift")
     assert r.exit_code == 0, r.output
     loss = next(line for line in r.stdout.splitlines() if line.startswith("info loss"))

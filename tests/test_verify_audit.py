@@ -28,7 +28,6 @@ import pytest
 
 from bitconv.containers.gguf_reader import kv_records, read_gguf, tensor_bytes
 from bitconv.containers.gguf_writer import _encode_kv
-from bitconv.stages.pack import pack
 from bitconv.types import KV
 from tests.support.cli import cli
 
@@ -200,9 +199,10 @@ def bitnet_cpp_style(src: Path, dst: Path, *, data_order: bool = False) -> Path:
 
 
 @pytest.mark.parametrize("data_order", [False, True], ids=["sorted", "data-out-of-info-order"])
-def test_bitnet_cpp_style_1bitllm_verifies_with_info_lines(data_order, fixtures_root, tmp_path):
+def test_bitnet_cpp_style_1bitllm_verifies_with_info_lines(data_order, fixtures_root, tmp_path,
+                                                           packed):
     src = fixtures_root / "bitnet_b1_58-large"
-    ours = pack(src, out=tmp_path / "ours.gguf").path
+    ours = packed("bitnet_b1_58-large", "i2s")
     out = bitnet_cpp_style(ours, tmp_path / "b.gguf", data_order=data_order)
     assert read_gguf(out).kvs["tokenizer.ggml.tokens"][511] == "[PAD1]"
     r, found = findings(out, src, "--no-drift")
@@ -219,9 +219,9 @@ def test_bitnet_cpp_style_1bitllm_verifies_with_info_lines(data_order, fixtures_
     assert [f["class"] for f in found if f["check"] == "logits"] == ["ok"]
 
 
-def test_bitnet_cpp_style_2b4t_bf16_one_ulp_multipliers_are_info(fixtures_root, tmp_path):
+def test_bitnet_cpp_style_2b4t_bf16_one_ulp_multipliers_are_info(fixtures_root, tmp_path, packed):
     src = fixtures_root / "bitnet-b1.58-2B-4T-bf16"
-    ours = pack(src, out=tmp_path / "ours.gguf").path
+    ours = packed("bitnet-b1.58-2B-4T-bf16", "i2s")
     out = bitnet_cpp_style(ours, tmp_path / "b.gguf")
     r, found = findings(out, src, "--no-drift")
     assert r.exit_code == 0, r.stdout + r.stderr
@@ -242,9 +242,9 @@ def test_bitnet_cpp_style_2b4t_bf16_one_ulp_multipliers_are_info(fixtures_root, 
 # --- (c) deliberately wrong files ---
 
 @pytest.fixture
-def ours(fixtures_root, tmp_path):
+def ours(fixtures_root, packed):
     src = fixtures_root / "bitnet_b1_58-large"
-    return pack(src, out=tmp_path / "ours.gguf").path, src
+    return packed("bitnet_b1_58-large", "i2s"), src
 
 
 def with_multiplier(fn):
