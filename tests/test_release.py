@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from bitconv.stages.recipes import load_recipe
 from tests.support.cli import cli
 
@@ -75,13 +77,13 @@ def test_a_corrupted_artifact_is_rebuilt(hub, tmp_path):
 def test_a_corrupted_hf_directory_is_replaced(hub, tmp_path):
     """A directory artifact is replaced whole (moved aside, renamed over, removed)."""
     out = tmp_path / "rel"
-    assert release(out).exit_code == 0
+    assert cli("release", RECIPE, "--out", out).exit_code == 0
     good = sha256(out / "demo-hf" / "model.safetensors")
     (out / "demo-hf" / "stray.txt").write_text("left by someone")
     with open(out / "demo-hf" / "model.safetensors", "r+b") as f:
         f.seek(-100, 2)
         f.write(b"\xff")
-    r = release(out, "--json")
+    r = cli("release", RECIPE, "--out", out, "--json")
     rebuilt = {a["format"] for a in json.loads(r.stdout)["artifacts"] if a["rebuilt"]}
     assert rebuilt == {"hf"} and sha256(out / "demo-hf" / "model.safetensors") == good
     assert not (out / "demo-hf" / "stray.txt").exists()
@@ -131,7 +133,7 @@ def test_every_declared_fact_is_checked_before_packing(hub, tmp_path, edit, mess
     text = RECIPE.read_text()
     assert edit[0] in text
     recipe.write_text(text.replace(*edit))
-    r = CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel")])
+    r = cli("release", recipe, "--out", tmp_path / "rel")
     assert r.exit_code == 1
     assert r.stderr == f"Error: {recipe}: {message}\n"
     assert not (tmp_path / "rel").exists()  # refused before anything was packed
@@ -145,11 +147,12 @@ def test_tied_defaults_to_the_family_when_config_json_omits_it(hub, tmp_path):
     hub.add_file(repo, "config.json", json.dumps(config).encode())
     recipe = tmp_path / "demo.toml"
     recipe.write_text(RECIPE.read_text().replace("tied = true", "tied = false"))
-    r = CliRunner().invoke(cli, ["release", str(recipe), "--out", str(tmp_path / "rel")])
+    r = cli("release", recipe, "--out", tmp_path / "rel")
     assert r.exit_code == 1
     assert r.stderr == (f"Error: {recipe}: [model] tied = false, but the checkpoint's config.json "
                         "has no tie_word_embeddings and family bitnet-b1.58 defaults to true\n")
-    assert release(tmp_path / "ok").exit_code == 0  # the shipped recipe (tied = true) agrees
+    # the shipped recipe (tied = true) agrees
+    assert cli("release", RECIPE, "--out", tmp_path / "ok").exit_code == 0
 
 
 def test_recipe_lock_records_the_commit_and_inputs(hub, tmp_path):
