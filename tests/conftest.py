@@ -5,9 +5,7 @@ Isolation: HF_HOME points into a temp dir so no test can touch a real Hugging Fa
 """
 from __future__ import annotations
 
-import json
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
@@ -80,18 +78,3 @@ def fixture_copy(fixtures_root, tmp_path):
         shutil.copytree(fixtures_root / name, dst)
         return dst
     return copy
-
-
-def tensor_range(path: Path, name: str) -> tuple[int, int, str]:
-    """Absolute byte range and dtype of one tensor, parsed from the safetensors header by hand."""
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    info = json.loads(raw[8:8 + n])[name]
-    b, e = info["data_offsets"]
-    return 8 + n + b, 8 + n + e, info["dtype"]
-
-
-def patch_bytes(path: Path, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)

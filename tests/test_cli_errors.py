@@ -5,10 +5,10 @@ import json
 import struct
 
 import pytest
-from conftest import patch_bytes, tensor_range
 
 from bitconv.synth.checkpoints import Shape, make_fixture
 from tests.support.cli import cli
+from tests.support.files import patch_bytes, tensor_range
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 

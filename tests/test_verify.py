@@ -10,6 +10,7 @@ import pytest
 
 from bitconv.containers.gguf_reader import read_gguf
 from tests.support.cli import cli
+from tests.support.files import patch_bytes
 
 FAMILIES = ["bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
             "Llama3-8B-1.58-100B-tokens"]
@@ -53,19 +54,13 @@ def packed_copy(fixtures_root, packed, tmp_path):
     return out, fixtures_root / name, {t.name: t for t in read_gguf(out).tensors}
 
 
-def patch(path, offset, data):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-
-
 def test_one_flipped_code(packed_copy):
     out, src, t = packed_copy
     ffn = t["blk.1.ffn_down.weight"]
     byte = out.read_bytes()[ffn.offset + 1000]
     # element 1000 % 32 + 32*g of block 1000 // 32 ... just move the top code (bits 7-6) by one step
     top = byte >> 6
-    patch(out, ffn.offset + 1000, bytes([((top + 1) % 3) << 6 | (byte & 0x3F)]))
+    patch_bytes(out, ffn.offset + 1000, bytes([((top + 1) % 3) << 6 | (byte & 0x3F)]))
     r = cli("verify", out, "--source", src)
     assert r.exit_code == 3
     # byte 1000 = block 31, byte 8 -> element 31*128 + 8 = 3976 of the flat (256, 512) tensor
@@ -79,7 +74,7 @@ def test_changed_scale(packed_copy):
     q = t["blk.0.attn_q.weight"]
     n = q.shape[0] * q.shape[1]
     old = struct.unpack("<f", out.read_bytes()[q.offset + n // 4: q.offset + n // 4 + 4])[0]
-    patch(out, q.offset + n // 4, struct.pack("<f", old * 1.0001))
+    patch_bytes(out, q.offset + n // 4, struct.pack("<f", old * 1.0001))
     r = cli("verify", out, "--source", src)
     assert r.exit_code == 3
     assert r.stderr.startswith(f"Error: {out}: tensors: blk.0.attn_q.weight: multiplier ")
@@ -91,8 +86,8 @@ def test_two_swapped_tensors(packed_copy):
     assert a.nbytes == b.nbytes
     raw = out.read_bytes()
     da, db = raw[a.offset:a.offset + a.nbytes], raw[b.offset:b.offset + b.nbytes]
-    patch(out, a.offset, db)
-    patch(out, b.offset, da)
+    patch_bytes(out, a.offset, db)
+    patch_bytes(out, b.offset, da)
     r = cli("verify", out, "--source", src)
     assert r.exit_code == 3
     assert r.stderr.startswith(f"Error: {out}: tensors: blk.0.attn_q.weight: ")
@@ -105,7 +100,7 @@ def test_wrong_head_count(packed_copy):
     raw = out.read_bytes()
     at = raw.index(needle) + len(needle)
     assert struct.unpack("<I", raw[at:at + 4])[0] == 4
-    patch(out, at, struct.pack("<I", 8))
+    patch_bytes(out, at, struct.pack("<I", 8))
     r = cli("verify", out, "--source", src)
     assert r.exit_code == 3
     assert r.stderr == (f"Error: {out}: metadata: bitnet-b1.58.attention.head_count is 8, "
