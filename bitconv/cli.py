@@ -28,6 +28,26 @@ RESEARCH = click.option(
          "SITE=BITS[:absmean][:topK][:hadamard] and kv=BITS, comma-separated; SITE is attn_in, "
          "o_in, ffn_in, down_in or all (e.g. 'a4.8,kv=3', 'all=4', 'o_in=8:top0.5').")
 
+
+def _memory_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from bitconv.errors import InputError
+    from bitconv.runtime.memory import parse_size
+
+    try:
+        return None if value is None else parse_size(value)
+    except InputError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+# run, logits, eval, verify: the memory the runtime may use (runtime/memory.py)
+MEMORY = click.option(
+    "--memory", default=None, metavar="SIZE", callback=_memory_size,
+    help="Memory the runtime may use, e.g. 14G or 512M [default: what is available: "
+         "MemAvailable, or less under RLIMIT_AS or a cgroup limit]. The weights are kept as "
+         "float32, float16 or int8 codes or streamed from the file, whichever fits first; "
+         "when none fits the command stops before loading and says how much it needs.")
+
+
 class BitconvGroup(click.Group):
     """Turns a BitconvError into one line on stderr and its exit status (1, or 3 for verify),
     and any other OSError (permission, is-a-directory, loop, name too long, disk full, file size
@@ -244,8 +264,9 @@ def inspect(path: str, as_json: bool, kernel_config: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object listing every finding (class, check, subject, numbers).")
 @KERNEL_CONFIG
+@MEMORY
 def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None, mode: str,
-           no_drift: bool, as_json: bool, kernel_config: str | None) -> None:
+           no_drift: bool, as_json: bool, kernel_config: str | None, memory: int | None) -> None:
     """Audit PACKED, whoever wrote it, against the SOURCE it was made from.
 
     Every check runs: the container, every metadata key, every tensor bit for bit (codes and
@@ -266,7 +287,7 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
     from bitconv.stages.verify import verify as run
 
     report = run(packed, source=source, tokens=tokens, scale_rule=scale_rule,  # type: ignore[arg-type]
-                 mode=mode, drift=not no_drift, kernel_config=kernel_config)
+                 mode=mode, drift=not no_drift, kernel_config=kernel_config, memory=memory)
     click.echo(report.to_json() if as_json else report.to_text())
     if not report.ok:
         raise VerifyError(report.first_failure)
@@ -285,8 +306,10 @@ def verify(packed: str, source: str | None, tokens: int, scale_rule: str | None,
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @RESEARCH
 @KERNEL_CONFIG
+@MEMORY
 def logits(model: str, token_list: str | None, prompt: str | None, out: str, mode: str,
-           force: bool, research: str | None, kernel_config: str | None) -> None:
+           force: bool, research: str | None, kernel_config: str | None,
+           memory: int | None) -> None:
     """Save the logits of MODEL (a GGUF file or checkpoint directory) for every position of a
     token sequence, to compare bitconv with another engine on the same ids.
 
@@ -308,7 +331,8 @@ def logits(model: str, token_list: str | None, prompt: str | None, out: str, mod
         except ValueError:
             raise click.BadParameter("expected comma-separated integers", param_hint="--tokens")
     click.echo(str(save_logits(model, out, ids=ids, prompt=prompt, mode=mode, force=force,
-                               kernel_config=kernel_config, research=research)))
+                               kernel_config=kernel_config, research=research,
+                               memory=memory)))
 
 
 @cli.command()
@@ -324,8 +348,9 @@ def logits(model: str, token_list: str | None, prompt: str | None, out: str, mod
               help="BitLinear numerics (see `bitconv logits --help`).")
 @RESEARCH
 @KERNEL_CONFIG
+@MEMORY
 def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, chat: bool,
-        mode: str, research: str | None, kernel_config: str | None) -> None:
+        mode: str, research: str | None, kernel_config: str | None, memory: int | None) -> None:
     """Generate text from MODEL (a packed GGUF file or a checkpoint directory) with the
     reference runtime, streaming the new text to stdout.
 
@@ -341,7 +366,7 @@ def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, c
 
     for piece in stream_text(model, prompt, n_tokens, temperature=temperature, seed=seed,
                              chat=chat, mode=mode, kernel_config=kernel_config,
-                             research=research):
+                             research=research, memory=memory):
         click.echo(piece, nl=False)
     click.echo()
 
@@ -359,8 +384,9 @@ def run(model: str, prompt: str, n_tokens: int, temperature: float, seed: int, c
 @RESEARCH
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, per-chunk values included.")
 @KERNEL_CONFIG
+@MEMORY
 def eval_(model: str, text: str, ctx: int, chunks: int | None, mode: str, research: str | None,
-          as_json: bool, kernel_config: str | None) -> None:
+          as_json: bool, kernel_config: str | None, memory: int | None) -> None:
     """Perplexity of MODEL (a GGUF file or checkpoint directory) on a text, computed as
     llama.cpp's perplexity tool does: BOS + the text, chunks of CTX tokens each starting with
     BOS, the second half of each chunk scored. A progress bar goes to stderr.
@@ -375,7 +401,7 @@ def eval_(model: str, text: str, ctx: int, chunks: int | None, mode: str, resear
     from bitconv.stages.eval import evaluate
 
     r = evaluate(model, text, ctx=ctx, mode=mode, progress=True, chunks=chunks,
-                 kernel_config=kernel_config, research=research)
+                 kernel_config=kernel_config, research=research, memory=memory)
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=2))
         return

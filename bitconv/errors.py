@@ -1,6 +1,6 @@
 """Typed errors: each is shown to the user as one line, and carries its exit status.
 
-Exit 1 = a known bitconv error (bad input, unpackable shape, refused overwrite);
+Exit 1 = a known bitconv error (bad input, unpackable shape, refused overwrite, too little memory);
 exit 2 = usage error (click's own); exit 3 = verification found a mismatch;
 exit 4 = `pull` met a network or hub failure (NetworkError: trying again may work).
 """
@@ -32,6 +32,12 @@ class VerifyError(BitconvError):
     """A packed file disagrees with its source."""
 
     exit_code: ClassVar[int] = 3
+
+
+class MemoryLimitError(BitconvError):
+    """The runtime cannot hold the model in the memory available (measured, or `--memory`):
+    refused before anything is loaded. Not an InputError: the file is fine, the machine is not
+    big enough (and `verify` must not report it as a finding about the file)."""
 
 
 class PullError(BitconvError, OSError):

@@ -215,8 +215,8 @@ def test_1bitllm_export_runs_the_1bitllm_graph(fixtures_root, exports):
     assert load_checkpoint(exports["bitnet_b1_58-large"]).config["model_type"] == "bitnet"
     assert out.kvs["general.architecture"] == "bitnet"
     ids = fixed_tokens(8, 512)
-    np.testing.assert_array_equal(Model(src, keep=False).forward(ids),
-                                  Model(out, keep=False).forward(ids))
+    np.testing.assert_array_equal(Model(src, codes="stream").forward(ids),
+                                  Model(out, codes="stream").forward(ids))
 
 
 def test_2b4t_export_is_the_packed_repo_byte_for_byte(fixtures_root, exports):

@@ -85,8 +85,8 @@ def test_unknown_mode_is_refused(fixtures_root):
 def test_keep_false_streams_to_the_same_logits(fixtures_root, mode):
     w = load_checkpoint_weights(fixtures_root / "bitnet-b1.58-2B-4T")
     ids = np.array([1, 5, 9, 200, 3])
-    a = Model(w, mode, keep=True).forward(ids)
-    b = Model(w, mode, keep=False).forward(ids)
+    a = Model(w, mode, codes="f32").forward(ids)
+    b = Model(w, mode, codes="stream").forward(ids)
     assert np.array_equal(a, b)
 
 
@@ -103,14 +103,14 @@ def test_bitlinear_reads_transposed_codes_in_place(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_every_weight_layout_gives_the_same_logits(fixtures_root, mode, packed):
     """Loaded up front on threads ((K, out) float32), lazily, or streamed through one reused
-    buffer ((out, K), or (K, out) for llama.cpp mode): the same bits, from file and source."""
+    buffer (laid out (K, out) as the kept codes): the same bits, from file and source."""
     src = fixtures_root / "bitnet-b1.58-2B-4T"
     path = packed("bitnet-b1.58-2B-4T", "i2s")
     ids = np.array([1, 5, 9, 200, 3])
     want = Model(load_gguf(path), mode).load().forward(ids)
     for w in (load_gguf(path), load_checkpoint_weights(src)):
         assert np.array_equal(Model(w, mode).forward(ids), want)
-        assert np.array_equal(Model(w, mode, keep=False).forward(ids), want)
+        assert np.array_equal(Model(w, mode, codes="stream").forward(ids), want)
     last = Model(load_gguf(path), mode).load().forward(ids, last=True)
     assert last.shape == (1, want.shape[1])
     np.testing.assert_allclose(last[0], want[-1], rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitconv.runtime.memory import choose
 from bitconv.runtime.model import Cache, Model
 from bitconv.runtime.research import parse
 from bitconv.runtime.text import TextCodec, load_text_codec
@@ -54,16 +55,20 @@ class TextStream:
 def stream_text(path: str | Path, prompt: str, n: int, *, temperature: float = 0.0,
                 seed: int = 0, chat: bool = False, mode: str = "exact",
                 kernel_config: str | Path | None = None,
-                research: str | None = None) -> Iterator[str]:
+                research: str | None = None, memory: int | None = None) -> Iterator[str]:
     """Load the model at `path` (GGUF file or checkpoint directory; a TL file's tiling from
     `kernel_config` or as load_gguf finds it), tokenize `prompt` (through the chat template
     with `chat`) and yield the generated text piece by piece. `research`: a
-    runtime/research.py spec, on top of exact mode."""
+    runtime/research.py spec, on top of exact mode. The weights are held as the memory
+    available (measured, or `memory` bytes) allows: MemoryLimitError before loading when even
+    the smallest way does not fit (runtime/memory.py)."""
     weights = load_any(path, kernel_config)
     codec = load_text_codec(path, weights.kvs)
-    # every weight decoded up front, on two threads
-    model = Model(weights, mode, research=parse(research) if research else None).load()
     ids = codec.chat(prompt) if chat else codec.encode(prompt)
+    held = choose(weights, len(ids) + n, memory, batch=len(ids), name=str(path))
+    # every weight the representation keeps decoded up front, on two threads
+    model = Model(weights, mode, held.representation,
+                  research=parse(research) if research else None).load()
     stream = TextStream(codec)
     for tok in generate(model, ids, n, temperature, seed, codec.eog_ids):
         if tok in codec.eog_ids:

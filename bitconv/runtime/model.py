@@ -31,6 +31,10 @@ from bitconv.workers import Workers
 
 F32 = np.float32
 Array = npt.NDArray[np.float32]
+# how the ternary codes are held (Model's doc; runtime/memory.py: what each needs), largest first
+REPRESENTATIONS = ("f32", "f16", "i8", "stream")
+KEPT = {"f32": F32, "f16": np.float16, "i8": np.int8}
+LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,21 @@ class Cache:
 class Model:
     """A runnable model over (lazy) Weights, in one of the BitLinear modes (runtime/bitlinear.py).
 
-    keep=True caches every linear's codes as float32 for BLAS (4 bytes per parameter, 9.6 GB with
-    the float32 LM head at 2B4T size: fast repeated decoding), transposed once to contiguous
-    (in, out) so that every matmul is one BLAS call without a copy; `load()` fills that cache on
-    two threads up front. keep=False converts each layer's codes when it runs and drops them, so
-    memory stays near one tensor plus the dense ones (what `verify` uses at full size).
-    Ternary tensors run as BitLinear; a dense float tensor in their place (latent weights, for
-    drift reports) runs as a plain float32 matmul.
+    `codes` is how the ternary weights are held (runtime/memory.py chooses it by the memory
+    there is; each gives the same numbers):
+      f32     codes kept as float32 for BLAS (4 bytes per parameter, 9.6 GB with the float32 LM
+              head at 2B4T size: the fastest repeated decoding);
+      f16/i8  codes kept as float16 / int8 (2 / 1 bytes), widened into one float32 buffer that
+              every matmul reuses (fresh memory is slow to touch);
+      stream  nothing kept: each matmul decodes its tensor from the file into that buffer, so
+              memory stays near one tensor plus the dense ones (what `verify` and `logits` use).
+    Kept codes are transposed once to contiguous (in, out), and the buffer has that layout too,
+    so every matmul is one BLAS call without a copy (llama.cpp mode's (B, 256, out) blocks are
+    views) and the same call in every representation. `load()` fills the cache on two threads
+    up front. Ternary tensors run as BitLinear; a dense float tensor in their place (latent
+    weights, for drift reports) runs as a plain float32 matmul, kept as float32 unless streamed.
+    Dense tensors are float32, except an untied input embedding: kept as the file stores it
+    (a view of the mapped file for a GGUF), its rows widened per token.
 
     Modes other than `exact` also round like their engine outside the matmuls: the hidden state
     is rounded to fp16 before the F16 LM head (both engines), and `bitnet.cpp` keeps K/V in fp16
@@ -94,10 +106,14 @@ class Model:
     settings the interop tests ask llama.cpp for (llama-cpp.md §4.6).
     """
 
-    def __init__(self, weights: Weights, mode: str = "exact", keep: bool = True,
+    def __init__(self, weights: Weights, mode: str = "exact", codes: str = "f32",
                  research: Research | None = None) -> None:
         self.spec = Spec.of(dict(weights.kvs))
-        self.mode, self.keep = check_mode(mode), keep
+        self.mode = check_mode(mode)
+        if codes not in REPRESENTATIONS:
+            raise InputError(f"unknown weight representation {codes!r}; choose one of: "
+                             f"{', '.join(REPRESENTATIONS)}")
+        self.codes = codes
         # research modes (runtime/research.py) apply on top of exact mode only
         self.research = research if research is not None and not research.off else None
         if self.research is not None and self.mode != "exact":
@@ -105,47 +121,69 @@ class Model:
         self.group = q8_0_group(weights.format)  # llama.cpp mode: Q8_0 activations for Q2_0
         self.weights = weights
         self._cache: dict[str, Any] = {}
-        self._buf = np.empty(0, F32)  # keep=False: the current layer's codes
+        self._buf = np.empty(0, F32)  # the widened codes of the current matmul
         s = self.spec
         inv = F32(1) / (F32(s.rope_base) ** (np.arange(0, s.head_dim, 2, dtype=np.int64)
                                             .astype(F32) / F32(s.head_dim)))
         self.inv_freq = inv.astype(F32)  # as HF computes it, in float32
 
     def load(self, threads: int = 2) -> Model:
-        """Decode and convert every tensor now, `threads` at a time, instead of on first use;
-        everything stays cached whatever `keep` says. Returns the model."""
-        names = [n for n in self.weights.order if n not in self._cache]
+        """Decode and convert every tensor the representation keeps now, `threads` at a time,
+        instead of on first use. Returns the model."""
+        names = [n for n in self.weights.order if n not in self._cache
+                 and not (self.codes == "stream" and _linear_name(n))]
+        if "token_embd.weight" in names and self._untied:
+            names.remove("token_embd.weight")
+            self._embedding()
         with Workers(threads) as pool:
-            self._cache.update(zip(names, pool.map(lambda n: self._convert(n, True), names)))
+            self._cache.update(zip(names, pool.map(self._convert, names)))
         return self
 
-    def _convert(self, name: str, keep: bool) -> Any:
-        """Dense tensors as float32; ternary ones as (codes (out, K) float32, multiplier)."""
+    def _convert(self, name: str) -> Any:
+        """Dense tensors as float32; ternary ones as (codes (out, K), multiplier), the codes a
+        view of contiguous (K, out) memory in the kept dtype, or as decoded when streamed."""
         t = self.weights.tensors[name]
         if not isinstance(t, TernaryTensor):
             return np.asarray(t, F32)
-        if keep:  # a view of contiguous (K, out) memory: `q @ codes.T` reads it in place
-            return np.ascontiguousarray(t.codes.T, dtype=F32).T, F32(t.multiplier)
-        # Streamed: into one buffer that every layer reuses (fresh memory is slow to touch),
-        # laid out (K, out) only where llama.cpp mode's (B, 256, out) blocks need it.
-        if self._buf.size < t.codes.size:
-            self._buf = np.empty(t.codes.size, F32)
-        buf = self._buf[:t.codes.size]
-        out, k = t.codes.shape
-        codes = buf.reshape(k, out).T if self.mode == "llama.cpp" else buf.reshape(out, k)
-        np.copyto(codes, t.codes)
-        return codes, F32(t.multiplier)
+        if self.codes == "stream":
+            return t.codes, F32(t.multiplier)
+        return np.ascontiguousarray(t.codes.T, dtype=KEPT[self.codes]).T, F32(t.multiplier)
 
-    def _get(self, name: str, keep: bool) -> Any:
+    def _get(self, name: str) -> Any:
         got = self._cache.get(name)
         if got is None:
-            got = self._convert(name, keep)
-            if keep:
+            got = self._convert(name)
+            if self.codes != "stream" or not _linear_name(name):
                 self._cache[name] = got
         return got
 
     def _dense(self, name: str) -> Array:
-        return self._get(name, keep=True)
+        return self._get(name)  # type: ignore[no-any-return]
+
+    def _widen(self, codes: npt.NDArray[Any]) -> Array:
+        """`codes` (out, K) as float32 in the reusable buffer, laid out (K, out) contiguous."""
+        if self._buf.size < codes.size:
+            self._buf = np.empty(codes.size, F32)
+        out, k = codes.shape
+        wide = self._buf[:codes.size].reshape(k, out).T
+        np.copyto(wide, codes)
+        return wide
+
+    @property
+    def _untied(self) -> bool:
+        return self._has("output.weight")
+
+    def _embedding(self) -> npt.NDArray[Any]:
+        """The untied input embedding as stored (float16 or float32), kept."""
+        got = self._cache.get("token_embd.weight")
+        if got is None:
+            got = self._cache["token_embd.weight"] = self.weights.tensors["token_embd.weight"]
+        return got  # type: ignore[no-any-return]
+
+    def _embed(self, ids: npt.NDArray[np.integer]) -> Array:
+        if self._untied:  # rows widened as used: the same float32 values as the whole table's
+            return np.asarray(self._embedding()[ids], F32)
+        return self._dense("token_embd.weight")[ids]  # tied: the LM head's float32 table
 
     def _has(self, name: str) -> bool:
         return name in self.weights.tensors
@@ -160,7 +198,7 @@ class Model:
         if ids.size and (ids.min() < 0 or ids.max() >= s.vocab):
             raise InputError(f"token id out of range 0..{s.vocab - 1}")
         pos0 = cache.pos
-        x = self._dense("token_embd.weight")[ids]
+        x = self._embed(ids)
         cos, sin = self._rope(pos0, len(ids))
         for i in range(s.layers):
             x = x + self._attention(i, self._norm(x, f"blk.{i}.attn_norm.weight"),
@@ -176,12 +214,13 @@ class Model:
         return rmsnorm(x, self._dense(name), self.spec.eps, double=self.mode != "exact")
 
     def _linear(self, name: str, x: Array) -> Array:
-        w = self._get(name, self.keep)
+        w = self._get(name)
         if isinstance(w, tuple):
+            codes = w[0] if w[0].dtype == F32 else self._widen(w[0])
             site = self.research and self.research.site(SITE_OF.get(name.split(".")[-2], ""))
             if site:
-                return research_linear(x, w[0], w[1], site)
-            return bitlinear(x, w[0], w[1], self.mode, self.group)
+                return research_linear(x, codes, w[1], site)
+            return bitlinear(x, codes, w[1], self.mode, self.group)
         return x @ w.T  # latent float weights
 
     def _attention(self, i: int, h: Array, cos: Array, sin: Array, cache: Cache) -> Array:
@@ -242,6 +281,12 @@ class Model:
         half = x.shape[-1] // 2
         a, b = x[..., :half], x[..., half:]
         return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+def _linear_name(name: str) -> bool:
+    """A BitLinear's weight: blk.N.<linear>.weight."""
+    parts = name.split(".")
+    return len(parts) == 4 and parts[0] == "blk" and parts[2] in LINEARS
 
 
 def rmsnorm(x: Array, w: Array, eps: float, double: bool = False) -> Array:

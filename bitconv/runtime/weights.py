@@ -14,7 +14,7 @@ touch on the machines we measured (perf-anchors.md §1), and a 2B4T embedding is
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -67,6 +67,20 @@ class LazyTensors(Mapping[str, Tensor]):
 
 
 @dataclass(frozen=True)
+class Stored:
+    """A tensor as known before it is read: its shape, whether it is ternary, and the bytes an
+    element of it takes as loaded (float16 or float32 for a dense one; int8 codes: 1)."""
+
+    shape: tuple[int, ...]
+    ternary: bool
+    itemsize: int
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
 class Weights:
     """A model: GGUF-style metadata and (lazy) tensors by GGUF name."""
 
@@ -74,6 +88,8 @@ class Weights:
     tensors: Mapping[str, Tensor]
     order: tuple[str, ...]  # tensor names in file order
     format: str = "i2s"  # the codec the ternary tensors are (or would be) packed with
+    # every tensor's shape and kind, read from the header or the plan (runtime/memory.py)
+    layout: Mapping[str, Stored] = field(default_factory=dict)
 
 
 def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weights:
@@ -104,8 +120,11 @@ def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weig
         loaders[t.name] = partial(_decode, gf, t, codec, parts, tilings)
     companions = {p.name for _, _, parts in packed for p in parts[1:]}
     order = tuple(t.name for t in gf.tensors if t.name not in companions)
+    layout = {t.name: Stored(t.shape, t.ggml_type not in (F32, F16), 2 if t.ggml_type == F16
+                             else 4 if t.ggml_type == F32 else 1)
+              for t in gf.tensors if t.name in loaders}
     return Weights(dict(gf.kvs), LazyTensors({n: loaders[n] for n in order}), order,
-                   formats[0] if formats else "i2s")
+                   formats[0] if formats else "i2s", {n: layout[n] for n in order})
 
 
 def _decode(gf: GGUFFile, t: GGUFTensor, codec: ModuleType, parts: list[GGUFTensor],
@@ -150,7 +169,9 @@ def load_checkpoint_weights(src: str | Path, scale_rule: ScaleRule | None = None
     codec = get_format(format)
     kvs = {kv.key: kv.value for kv in metadata(ck, fam, codec)}
     loaders = {t.gguf_name: (lambda t=t: load(t)) for t in items}
-    return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items), format)
+    layout = {t.gguf_name: Stored(t.shape, t.kind == "ternary", {"f16": 2, "f32": 4}.get(t.kind, 1))
+              for t in items}
+    return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items), format, layout)
 
 
 def _rows(chunks: Iterator[npt.NDArray[Any]], shape: tuple[int, ...]) -> npt.NDArray[Any]:

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
+from bitconv.runtime.memory import choose
 from bitconv.runtime.model import Model
 from bitconv.runtime.research import parse
 from bitconv.runtime.text import load_text_codec
@@ -117,10 +118,12 @@ def perplexity(model: Model, ids: Sequence[int], ctx: int, bos: int | None,
 
 def evaluate(model_path: str | Path, text_path: str | Path, *, ctx: int = 512,
              mode: str = "exact", progress: bool = False, chunks: int | None = None,
-             kernel_config: str | Path | None = None, research: str | None = None) -> EvalResult:
+             kernel_config: str | Path | None = None, research: str | None = None,
+             memory: int | None = None) -> EvalResult:
     """Perplexity of the model at `model_path` (GGUF file or checkpoint directory) on the UTF-8
     text file `text_path`, chunked and scored as llama.cpp's perplexity tool does. `research`:
-    a runtime/research.py spec (preset or options), on top of exact mode."""
+    a runtime/research.py spec (preset or options), on top of exact mode. The weights are held
+    as the memory available (measured, or `memory` bytes) allows (runtime/memory.py)."""
     try:
         text = Path(text_path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -129,7 +132,9 @@ def evaluate(model_path: str | Path, text_path: str | Path, *, ctx: int = 512,
     codec = load_text_codec(model_path, weights.kvs)
     ids = codec.encode(text)
     chunk_positions(len(ids), ctx)  # refuse a short text before decoding the weights
-    model = Model(weights, mode, research=parse(research) if research else None).load()
+    held = choose(weights, ctx, memory, name=str(model_path))
+    model = Model(weights, mode, held.representation,
+                  research=parse(research) if research else None).load()
     bos = codec.bos_id if codec.add_bos else None
     sums, counts, every = perplexity(model, ids, ctx, bos, progress, chunks)
     rows, total, count = [], 0.0, 0

@@ -34,6 +34,7 @@ from bitconv.containers.kernel_config import KernelConfigError
 from bitconv.errors import InputError
 from bitconv.formats import get_format
 from bitconv.formats.hf import ScaleRule
+from bitconv.runtime.memory import choose
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import (
     LazyTensors,
@@ -81,13 +82,16 @@ def fixed_tokens(n: int, vocab: int) -> np.ndarray:
 
 def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int = 16,
            scale_rule: ScaleRule | None = None, mode: str = "exact",
-           drift: bool = True, kernel_config: str | Path | None = None) -> Report:
+           drift: bool = True, kernel_config: str | Path | None = None,
+           memory: int | None = None) -> Report:
     """Audit `packed` (a GGUF file, or an `hf` export directory) against `source`; without a
     source only the container and codecs are checked. A TL file is read with its tiling from
     `kernel_config`, its sidecar or its metadata key (bitconv/containers/kernel_config.py); without one
     it cannot be judged: KernelConfigError (exit 1), not a finding.
 
-    Memory stays near the largest tensor: weights are lazy and both models run with keep=False.
+    Memory stays near the largest tensor: weights are lazy and the models stream their codes;
+    if even that does not fit in `memory` bytes (default: what is available), MemoryLimitError
+    before anything is loaded (runtime/memory.py).
     `mode` selects the BitLinear numerics of the logits check (runtime/bitlinear.py). `drift`
     adds, where the source has unquantized latent weights, how far the ternary model's logits
     are from the float model's (information, never a failure). A file that does not parse gets
@@ -107,6 +111,7 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
     if source is None:
         return Report(str(packed), None, tuple(_tensors(got, None)[0]))
     ref = load_checkpoint_weights(source, scale_rule, format=exact)
+    choose(ref, tokens, memory, representations=("stream",), name=str(packed))
     kvs = dict(ref.kvs if exact == got.format else  # a lossy format's own metadata
                load_checkpoint_weights(source, scale_rule, format=got.format).kvs)
     if Path(packed).is_dir():  # an `hf` export: its name is its directory's
@@ -138,7 +143,8 @@ def as_stored(ref: Weights, fmt: str) -> Weights:
                 return replace(t, multiplier=stored(codec, t.multiplier))
             return t
         return load
-    return Weights(ref.kvs, LazyTensors({n: loader(n) for n in ref.order}), ref.order, fmt)
+    return Weights(ref.kvs, LazyTensors({n: loader(n) for n in ref.order}), ref.order, fmt,
+                   ref.layout)
 
 
 def _s(p: str | Path | None) -> str | None:
@@ -265,13 +271,13 @@ def _equal(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 22) -> bool:
 
 def _logits(got: Weights, ref: Weights, n: int, mode: str, found: list[Finding]) -> Finding:
     try:
-        model_got = Model(got, mode, keep=False)
+        model_got = Model(got, mode, codes="stream")
         ids = fixed_tokens(n, model_got.spec.vocab)
         a = model_got.forward(ids)
     except (InputError, ValueError, IndexError, KeyError) as e:
         return Finding(FAIL, "logits", f"the runtime cannot run the file: {e}")
     del model_got  # its float32 embedding (1.3 GB at 2B4T size) before the source's
-    b = Model(ref, mode, keep=False).forward(ids)
+    b = Model(ref, mode, codes="stream").forward(ids)
     if a.shape == b.shape and np.array_equal(a, b):
         return Finding(OK, "logits", f"{n} positions x {a.shape[1]} logits bit-identical "
                                      f"({mode} mode)")
@@ -297,8 +303,8 @@ def _drift(source: str | Path, ref: Weights, n: int) -> Finding:
     if not has_latent(source):
         return Finding(INFO, "drift", "no latent weights in the source (it is already ternary)")
     ids = fixed_tokens(n, len(ref.kvs["tokenizer.ggml.tokens"]))
-    f = Model(load_checkpoint_weights(source, latent=True), keep=False).forward(ids)
-    t = Model(ref, keep=False).forward(ids)
+    f = Model(load_checkpoint_weights(source, latent=True), codes="stream").forward(ids)
+    t = Model(ref, codes="stream").forward(ids)
     rel = float(np.abs(t - f).max() / max(float(np.abs(f).max()), 1e-30))
     top1 = float((t.argmax(1) == f.argmax(1)).mean())
     return Finding(INFO, "drift", f"vs latent float weights: max |delta| {rel:.3g} of max "

@@ -1,0 +1,229 @@
+"""How the runtime holds a model's ternary weights, chosen by the memory there is (issue 15 §2).
+
+The choice is made from the tensor shapes alone (Weights.layout: the GGUF header, or the
+checkpoint's plan), before any tensor is decoded, so that a model that cannot fit is refused
+with one line instead of dying mid-load. Representations of the ternary codes, largest first:
+
+  f32     codes kept as float32, (in, out) contiguous: 4 bytes a weight, each matmul one BLAS
+          call straight on them (the fastest decode when memory allows).
+  f16     codes kept as float16, widened to float32 per matmul into one reusable buffer:
+          2 bytes a weight.
+  i8      codes kept as int8, widened the same way: 1 byte a weight.
+  stream  nothing kept: each matmul decodes its tensor from the file (a memory map) and widens
+          it into the buffer. The smallest; every forward pass pays the decode.
+
+Every representation computes the same float32 numbers: the widened buffer holds exactly the
+values the f32 representation keeps (-1, 0, 1 are exact in int8, float16 and float32), in the
+same (in, out) layout, so each mode's matmuls are the same BLAS calls on equal operands
+(runtime/bitlinear.py), and everything after them is elementwise. Dense tensors are the same in
+all four: norms and the LM head as float32 (the head's matmul is not integer-exact, so it is
+never split or widened differently), the input embedding of an untied model in the dtype its
+file stores (one row is widened per token: exact).
+
+What each needs, in bytes (`estimate`): the kept codes; the dense tensors as held; the widen
+buffer (the largest ternary tensor as float32; not for f32); the decode of one tensor while it
+is converted (TRANSIENT bytes a weight, two at once while `Model.load` runs on two threads); and
+the activations of `positions` tokens (logits, the FFN, attention scores, the KV cache). Memory
+mapped file pages are not counted: they are page cache, given back under pressure.
+
+Available memory (`available`): the smallest of MemAvailable (/proc/meminfo), the soft
+RLIMIT_AS minus the address space in use, and every enclosing cgroup v2's memory.max minus its
+memory.current; or what `--memory` says, which overrides them (to allow more or less).
+"""
+from __future__ import annotations
+
+import os
+import re
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from bitconv.errors import InputError, MemoryLimitError
+from bitconv.runtime.model import REPRESENTATIONS, Spec
+from bitconv.runtime.weights import Weights
+
+BYTES = {"f32": 4, "f16": 2, "i8": 1, "stream": 0}  # bytes a ternary weight, kept
+WHAT = {"f32": "float32 codes", "f16": "float16 codes widened per matmul",
+        "i8": "int8 codes widened per matmul", "stream": "codes decoded from the file per matmul"}
+# Peak bytes a weight while one ternary tensor is decoded and converted: the int8 codes, the
+# decoder's temporaries and the converted copy (measured with tracemalloc over every format on
+# the fixtures: at most 11.3 for TL2, 6.1 for I2_S; a checkpoint's latent float32 weights 8.0).
+TRANSIENT = 12
+HEADROOM = 64 << 20  # allocator slack, BLAS work buffers, the tokenizer: not estimated one by one
+UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Need:
+    """Bytes one representation needs, by part."""
+
+    representation: str
+    kept: int  # ternary codes as kept
+    dense: int  # norms, LM head (float32), untied input embedding (as stored)
+    buffer: int  # the float32 widen buffer
+    transient: int  # tensors being decoded (two while loading on two threads)
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return (self.kept + self.dense + self.buffer + self.transient + self.activations
+                + HEADROOM)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Bytes available and where the figure comes from."""
+
+    bytes: int
+    source: str  # "--memory", "MemAvailable", "RLIMIT_AS", "cgroup memory.max"
+
+
+@dataclass(frozen=True)
+class Choice:
+    need: Need
+    budget: Budget
+
+    @property
+    def representation(self) -> str:
+        return self.need.representation
+
+
+def parse_size(text: str) -> int:
+    """'14G', '512M', '1.5g', '64KiB', '1000' (bytes) -> bytes; binary units (K = 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise InputError(f"memory size {text!r}: expected a number with an optional unit K, M, "
+                         "G or T (e.g. 14G, 512M)")
+    size = int(float(m.group(1)) * UNITS[m.group(2).lower()])
+    if size <= 0:
+        raise InputError(f"memory size {text!r}: must be more than 0 bytes")
+    return size
+
+
+def format_size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} B"
+
+
+def estimate(weights: Weights, representation: str, positions: int, batch: int | None = None,
+             threads: int = 2) -> Need:
+    """What holding `weights` in `representation` and running up to `positions` tokens, `batch`
+    (default: all) in one forward pass, needs."""
+    if representation not in BYTES:
+        raise InputError(f"unknown weight representation {representation!r}; choose one of: "
+                         f"{', '.join(REPRESENTATIONS)}")
+    layout = weights.layout
+    if set(layout) != set(weights.order):
+        raise InputError("the weights do not say their tensor shapes: cannot plan memory")
+    ternary = [s.size for s in layout.values() if s.ternary]
+    largest = max(ternary, default=0)
+    tied = "output.weight" not in layout
+    dense = 0
+    for name, s in layout.items():
+        if s.ternary:
+            continue
+        # an untied input embedding stays as stored (rows widened per token); all else float32
+        dense += s.size * (s.itemsize if name == "token_embd.weight" and not tied else 4)
+    keeps = representation != "stream"
+    return Need(representation,
+                kept=sum(ternary) * BYTES[representation],
+                dense=dense,
+                buffer=0 if representation == "f32" else 4 * largest,
+                transient=TRANSIENT * largest * (threads if keeps else 1),
+                activations=activations(weights, positions,
+                                        positions if batch is None else min(batch, positions)))
+
+
+def activations(weights: Weights, positions: int, batch: int) -> int:
+    """An upper bound of the float32 arrays one forward pass of `batch` tokens, reaching
+    `positions` in all, holds at once: per token of the batch the logits (twice), the FFN's
+    gate, up and activation and a dozen hidden-size temporaries; per position the KV cache of
+    every layer and one layer's keys and values repeated for grouped queries; the attention
+    scores with their exponentials and mask."""
+    s = Spec.of(dict(weights.kvs))
+    inter = max((t.shape[0] for name, t in weights.layout.items()
+                 if name.endswith("ffn_up.weight")), default=0)
+    per_batch = 2 * s.vocab + 4 * inter + 12 * s.hidden
+    per_position = 2 * s.layers * s.kv_heads * s.head_dim + 2 * s.heads * s.head_dim
+    return 4 * (batch * per_batch + positions * per_position + 3 * s.heads * batch * positions)
+
+
+def available() -> Budget:
+    """The memory this process may still use, measured (module doc)."""
+    found = [Budget(_meminfo("MemAvailable"), "MemAvailable")]
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        found.append(Budget(max(0, soft - _status("VmSize")), "RLIMIT_AS"))
+    for left in _cgroup_left():
+        found.append(Budget(left, "cgroup memory.max"))
+    return min(found, key=lambda b: b.bytes)
+
+
+def choose(weights: Weights, positions: int, memory: int | None = None, *,
+           batch: int | None = None, representations: tuple[str, ...] = REPRESENTATIONS,
+           name: str = "the model", threads: int = 2) -> Choice:
+    """The first of `representations` (largest first) whose need fits the budget: `memory`
+    bytes if given, else what `available()` measures. MemoryLimitError (one line: what the
+    smallest needs, what there is) when none fits. Reads shapes only: nothing is allocated."""
+    budget = Budget(memory, "--memory") if memory is not None else available()
+    needs = [estimate(weights, r, positions, batch, threads) for r in representations]
+    for need in needs:
+        if need.total <= budget.bytes:
+            return Choice(need, budget)
+    least = needs[-1]
+    raise MemoryLimitError(f"{name}: running it needs {format_size(least.total)} of memory "
+                           f"({WHAT[least.representation]}, the least bitconv can hold it in); "
+                           f"{format_size(budget.bytes)} available ({budget.source})")
+
+
+def _meminfo(key: str) -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _physical()
+
+
+def _physical() -> int:
+    """Without /proc/meminfo (not Linux): the machine's memory, as sysconf tells it."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _status(key: str) -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cgroup_left() -> list[int]:
+    """memory.max - memory.current of this process's cgroup v2 and each enclosing one that sets
+    a limit (the hierarchy's root has none)."""
+    try:
+        line = next(x for x in Path("/proc/self/cgroup").read_text().splitlines()
+                    if x.startswith("0::"))
+    except (OSError, StopIteration):
+        return []
+    root = Path("/sys/fs/cgroup")
+    where, left = root / line[3:].strip().lstrip("/"), []
+    while True:
+        try:
+            limit = (where / "memory.max").read_text().strip()
+            if limit != "max":
+                used = int((where / "memory.current").read_text())
+                left.append(max(0, int(limit) - used))
+        except (OSError, ValueError):
+            pass
+        if where == root or root not in where.parents:
+            return left
+        where = where.parent
