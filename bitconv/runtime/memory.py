@@ -45,10 +45,11 @@ from bitconv.runtime.weights import Weights
 BYTES = {"f32": 4, "f16": 2, "i8": 1, "stream": 0}  # bytes a ternary weight, kept
 WHAT = {"f32": "float32 codes", "f16": "float16 codes widened per matmul",
         "i8": "int8 codes widened per matmul", "stream": "codes decoded from the file per matmul"}
-# Peak bytes a weight while one ternary tensor is decoded and converted: the int8 codes, the
-# decoder's temporaries and the converted copy (measured with tracemalloc over every format on
-# the fixtures: at most 11.3 for TL2, 6.1 for I2_S; a checkpoint's latent float32 weights 8.0).
-TRANSIENT = 12
+# Peak bytes a weight of one tensor while it is decoded, beyond what is kept and the buffer:
+# the decoded int8 codes and the decoder's temporaries. Measured with tracemalloc on the largest
+# tensor of a hidden=512 fixture, every format: 1.0 (I2_S, TQ2_0, Q2_0, Q1_0, a checkpoint's
+# packed codes), 1.13 (TQ1_0), 2.5 (TL1), 4.3 (TL2), 4.0 (a checkpoint's latent float32 rows).
+TRANSIENT = 5
 HEADROOM = 64 << 20  # allocator slack, BLAS work buffers, the tokenizer: not estimated one by one
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
