@@ -43,9 +43,10 @@ def _memory_size(ctx: click.Context, param: click.Parameter, value: str | None) 
 MEMORY = click.option(
     "--memory", default=None, metavar="SIZE", callback=_memory_size,
     help="Memory the runtime may use, e.g. 14G or 512M [default: what is available: "
-         "MemAvailable, or less under RLIMIT_AS or a cgroup limit]. The weights are kept as "
-         "float32, float16 or int8 codes or streamed from the file, whichever fits first; "
-         "when none fits the command stops before loading and says how much it needs.")
+         "MemAvailable, or less under RLIMIT_AS or a cgroup limit]. run and eval keep the "
+         "ternary weights as float32, float16 or int8 codes, the first that fits, else stream "
+         "them from the file, as logits and verify always do; a model that fits in none is "
+         "refused before loading, with how much it needs.")
 
 
 class BitconvGroup(click.Group):
