@@ -44,8 +44,8 @@ MEMORY = click.option(
     "--memory", default=None, metavar="SIZE", callback=_memory_size,
     help="Memory the runtime may use, e.g. 14G or 512M [default: what is available: "
          "MemAvailable, or less under RLIMIT_AS or a cgroup limit]. run and eval keep the "
-         "ternary weights as float32, float16 or int8 codes, the first that fits, else stream "
-         "them from the file, as logits and verify always do; a model that fits in none is "
+         "ternary weights as float32 or int8 codes, the first that fits, else stream them "
+         "from the file, as logits and verify always do; a model that fits in none is "
          "refused before loading, with how much it needs.")
 
 

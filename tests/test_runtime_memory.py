@@ -1,6 +1,6 @@
 """The runtime's weight representation chosen by the memory available (runtime/memory.py).
 
-Every representation (float32, float16 or int8 codes kept, or streamed from the file) gives the
+Every representation (float32 or int8 codes kept, or streamed from the file) gives the
 same logits bit for bit, in every mode and family; the choice reads shapes only and comes before
 any tensor is decoded; when even streaming does not fit, `run`, `logits`, `eval` and `verify`
 refuse with one line (exit 1) before loading; `--memory` sizes parse or are a usage error.
@@ -110,8 +110,7 @@ def test_the_largest_that_fits_is_chosen(packed):
     total = {r: estimate(w, r, 8).total for r in REPRESENTATIONS}
     assert choose(w, 8, 1 << 40).representation == "f32"
     assert choose(w, 8, total["f32"]).representation == "f32"
-    assert choose(w, 8, total["f32"] - 1).representation == "f16"
-    assert choose(w, 8, total["f16"] - 1).representation == "i8"
+    assert choose(w, 8, total["f32"] - 1).representation == "i8"
     assert choose(w, 8, total["i8"] - 1).representation == "stream"
     with pytest.raises(MemoryLimitError, match=r"^m: running it needs .* of memory \(codes "
                                                r"decoded from the file per matmul, the least "
@@ -198,7 +197,7 @@ def test_too_little_memory_is_one_line_exit_1(mid, tmp_path, args):
 
 
 def test_enough_memory_runs_the_same_text():
-    # the tiny model held as int8 codes (a budget below f32's and f16's) writes what f32 writes
+    # the tiny model held as int8 codes (a budget below f32's) writes what f32 writes
     w = load_checkpoint_weights(TINY)
     n = len(load_text_codec(TINY, w.kvs).encode("ROMEO:"))
     budget = estimate(w, "i8", n + 8, batch=n).total  # as `run` asks: the prompt, then 8 more

@@ -6,17 +6,20 @@ with one line instead of dying mid-load. Representations of the ternary codes, l
 
   f32     codes kept as float32, (in, out) contiguous: 4 bytes a weight, each matmul one BLAS
           call straight on them (the fastest decode when memory allows).
-  f16     codes kept as float16, widened to float32 per matmul into one reusable buffer:
-          2 bytes a weight.
-  i8      codes kept as int8, widened the same way: 1 byte a weight.
+  i8      codes kept as int8, widened to float32 per matmul into one reusable buffer: 1 byte a
+          weight.
   stream  nothing kept: each matmul decodes its tensor from the file (a memory map) and widens
           it into the buffer. The smallest; every forward pass pays the decode.
 
+float16 codes (2 bytes a weight) were measured and dropped: numpy widens float16 to float32
+about 25 times slower than int8 (25 ms against 1 ms for a 1024 x 2816 tensor, numpy 2.4), so
+they are both larger and slower than int8 codes.
+
 Every representation computes the same float32 numbers: the widened buffer holds exactly the
-values the f32 representation keeps (-1, 0, 1 are exact in int8, float16 and float32), in the
+values the f32 representation keeps (-1, 0, 1 are exact in int8 and float32), in the
 same (in, out) layout, so each mode's matmuls are the same BLAS calls on equal operands
 (runtime/bitlinear.py), and everything after them is elementwise. Dense tensors are the same in
-all four: norms and the LM head as float32 (the head's matmul is not integer-exact, so it is
+all three: norms and the LM head as float32 (the head's matmul is not integer-exact, so it is
 never split or widened differently), the input embedding of an untied model in the dtype its
 file stores (one row is widened per token: exact).
 
@@ -42,9 +45,9 @@ from bitconv.errors import InputError, MemoryLimitError
 from bitconv.runtime.model import REPRESENTATIONS, Spec
 from bitconv.runtime.weights import Weights
 
-BYTES = {"f32": 4, "f16": 2, "i8": 1, "stream": 0}  # bytes a ternary weight, kept
-WHAT = {"f32": "float32 codes", "f16": "float16 codes widened per matmul",
-        "i8": "int8 codes widened per matmul", "stream": "codes decoded from the file per matmul"}
+BYTES = {"f32": 4, "i8": 1, "stream": 0}  # bytes a ternary weight, kept
+WHAT = {"f32": "float32 codes", "i8": "int8 codes widened per matmul",
+        "stream": "codes decoded from the file per matmul"}
 # Peak bytes a weight of one tensor while it is decoded, beyond what is kept and the buffer:
 # the decoded int8 codes and the decoder's temporaries. Measured with tracemalloc on the largest
 # tensor of a hidden=512 fixture, every format: 1.0 (I2_S, TQ2_0, Q2_0, Q1_0, a checkpoint's

@@ -32,8 +32,8 @@ from bitconv.workers import Workers
 F32 = np.float32
 Array = npt.NDArray[np.float32]
 # how the ternary codes are held (Model's doc; runtime/memory.py: what each needs), largest first
-REPRESENTATIONS = ("f32", "f16", "i8", "stream")
-KEPT = {"f32": F32, "f16": np.float16, "i8": np.int8}
+REPRESENTATIONS = ("f32", "i8", "stream")
+KEPT = {"f32": F32, "i8": np.int8}
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
@@ -87,8 +87,8 @@ class Model:
     there is; each gives the same numbers):
       f32     codes kept as float32 for BLAS (4 bytes per parameter, 9.6 GB with the float32 LM
               head at 2B4T size: the fastest repeated decoding);
-      f16/i8  codes kept as float16 / int8 (2 / 1 bytes), widened into one float32 buffer that
-              every matmul reuses (fresh memory is slow to touch);
+      i8      codes kept as int8 (1 byte), widened into one float32 buffer that every matmul
+              reuses (fresh memory is slow to touch);
       stream  nothing kept: each matmul decodes its tensor from the file into that buffer, so
               memory stays near one tensor plus the dense ones (what `verify` and `logits` use).
     Kept codes are transposed once to contiguous (in, out), and the buffer has that layout too,
