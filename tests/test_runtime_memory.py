@@ -21,7 +21,13 @@ from click.testing import CliRunner
 from bitconv.cli import cli
 from bitconv.errors import InputError, MemoryLimitError
 from bitconv.runtime import generate, memory
-from bitconv.runtime.memory import HEADROOM, REPRESENTATIONS, choose, estimate, parse_size
+from bitconv.runtime.memory import (
+    HEADROOM,
+    REPRESENTATIONS,
+    choose,
+    estimate,
+    parse_size,
+)
 from bitconv.runtime.model import Cache, Model
 from bitconv.runtime.research import parse
 from bitconv.runtime.text import load_text_codec
@@ -187,7 +193,7 @@ def test_too_little_memory_is_one_line_exit_1(mid, tmp_path, args):
     model = TINY if args[0] == "eval" else gguf
     argv = [a.format(m=model, o=tmp_path / "o.npy", s=src) for a in args]
     r = subprocess.run([sys.executable, "-m", "bitconv", *argv, "--memory", "4M"],
-                       capture_output=True, text=True,
+                       check=False, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 1 and r.stdout == ""
     lines = r.stderr.splitlines()
@@ -236,7 +242,7 @@ def test_available_memory_honours_rlimit_as():
             " resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
             "b = available()\n"
             "print(b.source, b.bytes >> 20)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     source, mib = r.stdout.split()
     assert r.returncode == 0 and source == "RLIMIT_AS" and 290 <= int(mib) <= 300, r.stdout

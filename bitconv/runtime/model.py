@@ -176,8 +176,9 @@ class Model:
     def _embedding(self) -> npt.NDArray[Any]:
         """The untied input embedding as stored (float16 or float32), kept."""
         got = self._cache.get("token_embd.weight")
-        if got is None:
-            got = self._cache["token_embd.weight"] = self.weights.tensors["token_embd.weight"]
+        if got is None:  # a GGUF's is a read-only view of the mapped file: asarray copies nothing
+            got = self._cache["token_embd.weight"] = np.asarray(
+                self.weights.tensors["token_embd.weight"])
         return got  # type: ignore[no-any-return]
 
     def _embed(self, ids: npt.NDArray[np.integer]) -> Array:
