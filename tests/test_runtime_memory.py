@@ -16,9 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from bitconv.cli import cli
 from bitconv.errors import InputError, MemoryLimitError
 from bitconv.runtime import generate, memory
 from bitconv.runtime.memory import (
@@ -37,6 +35,7 @@ from bitconv.stages import logits as logits_stage
 from bitconv.stages import verify as verify_stage
 from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import Shape, make_fixture
+from tests.support.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / "models" / "bitnet-tiny-shakespeare" / "heldout_sample.txt"
@@ -47,18 +46,6 @@ CASES = [(fx, fmt, mode)
          for fx in ("bitnet_b1_58-large", "bitnet-b1.58-2B-4T", "Llama3-8B-1.58-100B-tokens")
          for fmt, mode in (("i2s", "exact"), ("i2s", "bitnet.cpp"), ("tq2_0", "llama.cpp"),
                            ("q2_0", "llama.cpp"))]
-
-
-@pytest.fixture(scope="module")
-def packed(fixtures_root, tmp_path_factory):
-    out, made = tmp_path_factory.mktemp("packed"), {}
-
-    def get(name: str, fmt: str) -> Path:
-        if (name, fmt) not in made:
-            made[name, fmt] = pack(fixtures_root / name, format=fmt,
-                                   out=out / f"{name}-{fmt}.gguf").path
-        return made[name, fmt]
-    return get
 
 
 def run_all(w, mode: str, codes: str, research=None) -> list[np.ndarray]:
@@ -209,8 +196,8 @@ def test_enough_memory_runs_the_same_text():
     budget = estimate(w, "i8", n + 8, batch=n).total  # as `run` asks: the prompt, then 8 more
     assert choose(w, n + 8, budget, batch=n).representation == "i8"
     args = ["run", str(TINY), "-p", "ROMEO:", "-n", "8"]
-    want = CliRunner().invoke(cli, args)
-    got = CliRunner().invoke(cli, [*args, "--memory", str(budget)])
+    want = cli(*args)
+    got = cli(*args, "--memory", budget)
     assert want.exit_code == got.exit_code == 0 and got.output == want.output
 
 
@@ -229,8 +216,8 @@ def test_bad_sizes_are_refused(text):
 
 
 def test_a_bad_size_is_a_usage_error():
-    r = CliRunner().invoke(cli, ["run", str(TINY), "-p", "x", "--memory", "lots"])
-    assert r.exit_code == 2 and "Invalid value for '--memory': memory size 'lots'" in r.output
+    r = cli("run", TINY, "-p", "x", "--memory", "lots")
+    assert r.exit_code == 2 and "Invalid value for '--memory': memory size 'lots'" in r.stderr
 
 
 def test_available_memory_honours_rlimit_as():
