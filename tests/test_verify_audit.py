@@ -370,3 +370,20 @@ def test_each_metadata_rule(got, cls):
     found = audit_metadata(got, SPM)
     assert found[0].cls == "ok"
     assert found[1:] and {f.cls for f in found[1:]} == {cls}, [f.message for f in found]
+
+
+@pytest.mark.parametrize("heads, says", [
+    (8, "blk.0.attn_q.weight is (256, 256), but bitnet.attention.head_count 8, head_count_kv 4 "
+        "and head dim 64 make it (512, 256)"),
+    (3, "bitnet.attention.head_count 3 and head_count_kv 4 with head dim 64: not a grouped-query "
+        "attention bitconv runs")])
+def test_run_and_logits_refuse_head_counts_the_shapes_deny(heads, says, ours, tmp_path):
+    """The hyperparameters are checked against the tensor shapes before anything is read: one
+    line, exit 1 (was a numpy reshape traceback mid-forward)."""
+    path, _ = ours
+    out = rewrite(path, tmp_path / "bad.gguf", kvs=set_kv("bitnet.attention.head_count", heads))
+    for args in (["run", out, "-p", "To be", "-n", "2"],
+                 ["logits", out, "--tokens", "1,2", "-o", tmp_path / "x.npy"]):
+        r = cli(*args)
+        assert (r.exit_code, r.stdout, r.stderr) == (1, "", f"Error: {says}\n"), args
+    assert not (tmp_path / "x.npy").exists()

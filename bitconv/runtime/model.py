@@ -14,6 +14,7 @@ BitLinear and its modes (exact, bitnet.cpp, llama.cpp): runtime/bitlinear.py.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from bitconv.runtime.bitlinear import bitlinear, check_mode, q8_0_group
 from bitconv.runtime.research import SITE_OF, Research
 from bitconv.runtime.research import kv as research_kv
 from bitconv.runtime.research import linear as research_linear
-from bitconv.runtime.weights import Weights
+from bitconv.runtime.weights import Stored, Weights
 from bitconv.types import TernaryTensor
 from bitconv.workers import Workers
 
@@ -66,6 +67,25 @@ class Spec:
                        else int(g("vocab_size")))
         except KeyError as e:
             raise InputError(f"metadata lacks {e.args[0]!r}") from None
+
+    def check(self, layout: Mapping[str, Stored]) -> None:
+        """The attention hyperparameters against the tensors' shapes, before anything is read:
+        a file whose head counts do not divide its q/k/v/o weights is refused in one line."""
+        s, key = self, f"{self.arch}.attention"
+        if s.heads <= 0 or s.kv_heads <= 0 or s.heads % s.kv_heads or s.head_dim % 2:
+            raise InputError(f"{key}.head_count {s.heads} and head_count_kv {s.kv_heads} with "
+                             f"head dim {s.head_dim}: not a grouped-query attention bitconv runs")
+        q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        want = {"attn_q": (q, s.hidden), "attn_k": (kv, s.hidden), "attn_v": (kv, s.hidden),
+                "attn_output": (s.hidden, q)}
+        for i in range(s.layers):
+            for part, shape in want.items():
+                got = layout.get(f"blk.{i}.{part}.weight")
+                if got is not None and tuple(got.shape) != shape:
+                    raise InputError(
+                        f"blk.{i}.{part}.weight is {tuple(got.shape)}, but {key}.head_count "
+                        f"{s.heads}, head_count_kv {s.kv_heads} and head dim {s.head_dim} make "
+                        f"it {shape}")
 
 
 @dataclass
@@ -109,6 +129,7 @@ class Model:
     def __init__(self, weights: Weights, mode: str = "exact", codes: str = "f32",
                  research: Research | None = None) -> None:
         self.spec = Spec.of(dict(weights.kvs))
+        self.spec.check(weights.layout)
         self.mode = check_mode(mode)
         if codes not in REPRESENTATIONS:
             raise InputError(f"unknown weight representation {codes!r}; choose one of: "
