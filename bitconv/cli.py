@@ -9,11 +9,9 @@ from typing import Any, NoReturn
 import click
 
 from bitconv.errors import BitconvError, os_error_line
+from bitconv.formats import FORMAT_NAMES  # names only: no numpy at `--help`
 
 MODES = ("exact", "bitnet.cpp", "llama.cpp")  # runtime/bitlinear.py MODES, checked in tests
-# kept literal so `--help` does not import numpy; checked in tests
-FORMAT_NAMES = ("i2s", "tl1", "tl2", "tq1_0", "tq1_0-fp16", "tq2_0", "tq2_0-fp16", "hf",
-                "i2s-arm", "q2_0", "q2_0-fp16", "q1_0", "q1_0-fp16")
 # every command that reads a packed GGUF: where a TL1/TL2 file's tiling comes from
 KERNEL_CONFIG = click.option(
     "--kernel-config", type=click.Path(path_type=str), default=None,  # the library reads it

@@ -42,7 +42,7 @@ def _outcome(run, out: Path) -> dict[str, str]:
 
 
 def outputs(fixtures: Path, work: Path) -> dict[str, dict[str, dict[str, str]]]:
-    from bitconv.formats import FORMATS
+    from bitconv.formats import FORMAT_NAMES, HF
     from bitconv.stages.pack import pack
     from bitconv.stages.repack import repack
 
@@ -52,14 +52,14 @@ def outputs(fixtures: Path, work: Path) -> dict[str, dict[str, dict[str, str]]]:
     repacked: dict[str, dict[str, str]] = {}
     for name, src in sources.items():
         first = None
-        for fmt in sorted(FORMATS):
+        for fmt in sorted(FORMAT_NAMES):
             out = work / "pack" / name / fmt / "out"
             out.parent.mkdir(parents=True)
             got = _outcome(lambda: pack(src, format=fmt, out=out, threads=1), out)
             packed[f"{name} {fmt}"] = got
-            if first is None and "refused" not in got and FORMATS[fmt].SPEC.container == "gguf":
+            if first is None and "refused" not in got and fmt != HF:
                 first = out
-        for fmt in sorted(FORMATS):
+        for fmt in sorted(FORMAT_NAMES):
             out = work / "repack" / name / fmt / "out"
             out.parent.mkdir(parents=True)
             repacked[f"{name} {fmt}"] = _outcome(

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitconv.errors import InputError, OutputError, PackError
-from bitconv.formats import FORMATS, get_format, hf
-from bitconv.model import ternary
+from bitconv.formats import FORMAT_NAMES, HF, hf
+from bitconv.formats.registry import CODECS
 from bitconv.model.checkpoint import load_checkpoint
 from bitconv.runtime.weights import load_checkpoint_weights
 from bitconv.stages import hf_export
@@ -47,7 +47,7 @@ def test_golden_pack_unpack(name):
     got = hf.unpack(expected)
     assert got.dtype == np.int8
     np.testing.assert_array_equal(got, codes)
-    np.testing.assert_array_equal(ternary.unpack_hf(expected), codes)  # the checkpoint reader
+    np.testing.assert_array_equal(hf.unpack_rows(expected, 0, len(codes)), codes)  # streamed
 
 
 def test_golden_weight_scales():
@@ -63,9 +63,8 @@ def test_golden_weight_scales():
                             "multiplies)")
 
 
-def test_spec_and_registry():
-    assert get_format("hf") is hf and FORMATS["hf"] is hf
-    assert hf.SPEC.container == "safetensors" and hf.SPEC.name == "hf"
+def test_hf_is_a_target_not_a_gguf_codec():
+    assert HF == "hf" and HF in FORMAT_NAMES and HF not in CODECS
 
 
 # --- 2. transformers' pack_weights / unpack_weights as a peer (hf.md §7, provenance) ---
@@ -131,15 +130,16 @@ def test_a_bitlinear_checkpoint_multiplier_always_has_an_inverse(bits):
     assert np.float32(1) / hf.weight_scale(m, "divide") == m
 
 
-def test_contract_round_trip():
+def test_streamed_round_trip():
     codes = _codes(3, 5, 1)
-    datas = list(hf.encode(np.float32(0.75), [codes[:5], codes[5:]]))
-    parts = hf.parts("m.q_proj.weight", codes.shape)
-    assert [p.name for p in parts] == ["m.q_proj.weight", "m.q_proj.weight_scale"]
-    assert [d.nbytes for d in datas] == [p.nbytes for p in parts]
-    got, m = hf.decode(datas, codes.shape)
-    np.testing.assert_array_equal(got, codes)
-    assert m == np.float32(0.75)
+    packed = np.zeros(hf.packed_shape(codes.shape), np.uint8)
+    for start, stop in ((5, 12), (0, 5)):  # chunks in any order
+        hf.pack_chunk_into(packed, start, codes[start:stop])
+    np.testing.assert_array_equal(packed, hf.pack(codes))
+    np.testing.assert_array_equal(hf.unpack_rows(packed, 2, 9), codes[2:9])
+    assert hf.scale_name("m.q_proj.weight") == "m.q_proj.weight_scale"
+    assert hf.multiplier(hf.weight_scale(np.float32(0.75), "autobitlinear"), "autobitlinear") \
+        == np.float32(0.75)
 
 
 # --- 4. errors (exact text) ---
@@ -165,7 +165,8 @@ def test_unpack_rejects_code_3():
     packed = np.array([[0x55, 0x55], [0x55, 0x75]], np.uint8)  # bits 5-4 of byte (1, 1): row 5
     with pytest.raises(InputError) as e:
         hf.unpack(packed)
-    assert str(e.value) == "hf data holds code 3 (not a ternary value) at row 5, column 1"
+    assert str(e.value) == ("hf data: packed byte holds code 3 (not a ternary value) at row 1 "
+                            "(bits 4-5), column 1")  # row 5 of the weight
 
 
 # --- 5. the exported directory of every fixture family ---

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats import FORMATS, get_format, i2s
+from bitconv.formats import FORMAT_NAMES, i2s
+from bitconv.formats.registry import CODECS, get_codec
 
 # --- 1. golden vectors, copied from formats/i2s.md §8 (derived by hand, not by running i2s) ---
 
@@ -52,7 +53,7 @@ def test_golden_pack(name):
     make, multiplier, hexbytes = GOLDEN[name]
     expected = bytes.fromhex(hexbytes)
     codes = make()
-    assert len(expected) == i2s.nbytes(codes.shape)
+    assert len(expected) == i2s.CODEC.nbytes(codes.shape)
     assert i2s.pack(codes, multiplier).tobytes() == expected
     body = i2s.pack_body(codes).tobytes() + i2s.pack_tail(multiplier).tobytes()
     assert body == expected
@@ -78,10 +79,10 @@ def test_golden_c_multiplier_is_float32_rounded():
 def test_spec_and_registry():
     assert i2s.SPEC.name == "i2s" and i2s.SPEC.ggml_type == 36 and i2s.SPEC.file_type == 40
     assert (i2s.SPEC.block_elems, i2s.SPEC.block_bytes, i2s.SPEC.tail_bytes) == (128, 32, 32)
-    assert get_format("i2s") is i2s and FORMATS["i2s"] is i2s
+    assert get_codec("i2s") is i2s.CODEC and CODECS["i2s"] is i2s.CODEC
     with pytest.raises(PackError) as e:
-        get_format("nope")
-    assert str(e.value) == f"unknown format 'nope'; choose one of: {', '.join(sorted(FORMATS))}"
+        get_codec("nope")
+    assert str(e.value) == f"unknown format 'nope'; choose one of: {', '.join(sorted(FORMAT_NAMES))}"
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,7 @@ def test_spec_and_registry():
     [((2560, 2560), 1_638_432), ((640, 2560), 409_632), ((6912, 2560), 4_423_712), ((1, 128), 64)],
 )
 def test_nbytes(shape, n):
-    assert i2s.nbytes(shape) == n
+    assert i2s.CODEC.nbytes(shape) == n
 
 
 # --- 2. properties over random shapes: rows 1..9, K = 128 * (1..4) ---
@@ -109,7 +110,7 @@ multipliers = st.floats(min_value=2.0**-20, max_value=1024.0, width=32)
 def test_roundtrip_size_determinism(shape, multiplier):
     codes = _random_codes(*shape)
     data = i2s.pack(codes, multiplier)
-    assert data.dtype == np.uint8 and data.shape == (i2s.nbytes(codes.shape),)
+    assert data.dtype == np.uint8 and data.shape == (i2s.CODEC.nbytes(codes.shape),)
     got, m = i2s.unpack(data, codes.shape)
     np.testing.assert_array_equal(got, codes)
     assert m == np.float32(multiplier)
@@ -142,7 +143,7 @@ def test_unpack_from_readonly_memmap(tmp_path):
 def test_unpack_ignores_tail_padding():
     # llama-quantize writes only the first 4 tail bytes; the other 28 are unspecified (§6).
     data = i2s.pack(_golden_a(), 0.5)
-    data[i2s.nbytes((1, 128)) - 28 :] = 0xEE
+    data[i2s.CODEC.nbytes((1, 128)) - 28 :] = 0xEE
     got, m = i2s.unpack(data, (1, 128))
     np.testing.assert_array_equal(got, _golden_a())
     assert m == np.float32(0.5)
@@ -154,7 +155,7 @@ def test_unpack_ignores_tail_padding():
 def test_check_shape_rejects_k_not_multiple_of_128(k):
     msg = f"i2s needs in_features % 128 == 0, got {k}"
     with pytest.raises(PackError) as e:
-        i2s.check_shape((4, k))
+        i2s.CODEC.check_shape((4, k))
     assert str(e.value) == msg
     for fn in (i2s.pack_body, lambda c: i2s.pack(c, 1.0)):
         with pytest.raises(PackError) as e:
@@ -164,7 +165,7 @@ def test_check_shape_rejects_k_not_multiple_of_128(k):
 
 def test_check_shape_accepts_multiples_of_128():
     for k in (128, 256, 2560, 6912):
-        i2s.check_shape((3, k))
+        i2s.CODEC.check_shape((3, k))
 
 
 def test_pack_rejects_non_ternary():

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from bitconv.containers.gguf_reader import read_gguf, tensor_bytes
 from bitconv.errors import InputError, PackError
-from bitconv.formats import FORMATS, codec_for, get_format, i2s, i2s_arm, layout_kvs
+from bitconv.formats import i2s, i2s_arm
+from bitconv.formats.registry import CODECS, codec_for, get_codec
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.types import KV
 
@@ -51,7 +52,7 @@ X86_B = "19" + "55" * 3 + "54" + "55" * 26 + "65" + "00000040" + TAIL0
 def test_golden_pack_and_unpack(name):
     make, m, hexbytes = GOLDEN[name]
     codes, expected = make(), bytes.fromhex(hexbytes)
-    assert len(expected) == i2s_arm.nbytes(codes.shape)
+    assert len(expected) == i2s_arm.CODEC.nbytes(codes.shape)
     assert i2s_arm.pack(codes, m).tobytes() == expected
     got, gm = i2s_arm.unpack(np.frombuffer(expected, np.uint8), codes.shape)
     np.testing.assert_array_equal(got, codes)
@@ -67,11 +68,11 @@ def test_same_tensor_differs_from_x86_i2s():
 
 
 def test_spec_and_registry():
-    assert get_format("i2s-arm") is i2s_arm and FORMATS["i2s-arm"] is i2s_arm
-    s = i2s_arm.SPEC
+    assert get_codec("i2s-arm") is i2s_arm.CODEC and CODECS["i2s-arm"] is i2s_arm.CODEC
+    s = i2s_arm.CODEC.spec
     assert (s.ggml_type, s.file_type, s.block_elems, s.block_bytes, s.tail_bytes) == \
         (36, 40, 64, 16, 32)
-    assert i2s_arm.nbytes((2560, 2560)) == i2s.nbytes((2560, 2560)) == 1_638_432
+    assert i2s_arm.CODEC.nbytes((2560, 2560)) == i2s.CODEC.nbytes((2560, 2560)) == 1_638_432
 
 
 # --- properties ---
@@ -94,10 +95,10 @@ def test_roundtrip_and_row_chunks(shape, m, data):
     rows = codes.shape[0]
     cuts = sorted(data.draw(st.lists(st.integers(0, rows), max_size=4)))
     bounds = [0, *cuts, rows]
-    streamed = b"".join(c.tobytes() for c in i2s_arm.encode(
+    streamed = b"".join(c.tobytes() for c in i2s_arm.CODEC.encode(
         m, [codes[a:b] for a, b in pairwise(bounds)]))
     assert streamed == packed.tobytes()
-    assert i2s_arm.decode([packed], codes.shape)[1] == np.float32(m)
+    assert i2s_arm.CODEC.decode([packed], codes.shape)[1] == np.float32(m)
 
 
 def _reference_decode(data: bytes, shape: tuple[int, int]) -> np.ndarray:
@@ -121,9 +122,9 @@ def test_matches_reference_decoder(seed):
 
 def test_errors():
     with pytest.raises(PackError) as e:
-        i2s_arm.check_shape((4, 96))
+        i2s_arm.CODEC.check_shape((4, 96))
     assert str(e.value) == "i2s-arm needs in_features % 64 == 0, got 96"
-    i2s_arm.check_shape((3, 64))  # 64 is enough here, unlike x86 I2_S
+    i2s_arm.CODEC.check_shape((3, 64))  # 64 is enough here, unlike x86 I2_S
     bad = np.zeros((1, 64), np.int8)
     bad[0, 9] = -2
     with pytest.raises(PackError) as e:
@@ -149,13 +150,13 @@ def test_errors():
     ({"general.architecture": "llama", "bitnet.tensor_data_layout": "i2s-arm"}, i2s),
 ])
 def test_codec_for_reads_the_layout_key(kvs, want):
-    assert codec_for(36, "blk.0.attn_q.weight", (256, 256), set(), kvs) is want
+    assert codec_for(36, "blk.0.attn_q.weight", (256, 256), set(), kvs) is want.CODEC
 
 
 def test_layout_kvs():
-    assert layout_kvs(i2s_arm, "llama") == [
+    assert i2s_arm.CODEC.kvs("llama") == [
         KV("llama.tensor_data_layout", GGUFValueType.STRING, "i2s-arm")]
-    assert layout_kvs(i2s, "llama") == []
+    assert i2s.CODEC.kvs("llama") == []
 
 
 def test_packed_tensor_bytes(fixtures_root, packed):

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from bitconv.containers.safetensors import DTYPES, read_header, write_safetensors
 from bitconv.errors import InputError, PackError
-from bitconv.formats import FORMATS, codec_for, get_format, q1_0
+from bitconv.formats import q1_0
+from bitconv.formats.registry import CODECS, codec_for, get_codec
 from bitconv.model.ternary import binarize
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
@@ -26,7 +27,7 @@ from bitconv.stages.repack import repack
 from bitconv.types import TernaryTensor
 from tests.support.cli import cli
 
-LOSSLESS, LOSSY = q1_0, q1_0.fp16
+LOSSLESS, LOSSY = q1_0.CODEC, q1_0.FP16
 PROJ = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight")
 
 
@@ -119,16 +120,16 @@ def test_golden(name):
 
 def test_spec_registry_and_identification():
     for codec, name, lossless in ((LOSSLESS, "q1_0", True), (LOSSY, "q1_0-fp16", False)):
-        s = codec.SPEC
+        s = codec.spec
         assert (s.name, s.ggml_type, s.file_type, s.block_elems, s.block_bytes, s.lossless,
                 s.codes, s.d_first) == (name, 41, 40, 128, 18, lossless, (-1, 1), True)
-        assert get_format(name) is codec and FORMATS[name] is codec
+        assert get_codec(name) is codec and CODECS[name] is codec
     name = "blk.0.attn_q.weight"
     assert codec_for(41, name, (256, 256), {name, "blk.0.attn_q.scale"}) is LOSSLESS
     assert codec_for(41, name, (256, 256), {name}) is LOSSY
     # file type 40 is Q1_0 in mainline and I2_S in bitnet.cpp: the tensors decide (type 36 here)
-    assert codec_for(36, name, (256, 256), {name}).SPEC.name == "i2s"
-    assert q1_0.nbytes((2560, 2560)) == 921_600 and q1_0.nbytes((1, 128)) == 18
+    assert codec_for(36, name, (256, 256), {name}).spec.name == "i2s"
+    assert q1_0.CODEC.nbytes((2560, 2560)) == 921_600 and q1_0.CODEC.nbytes((1, 128)) == 18
 
 
 # --- 2. properties ---
@@ -155,7 +156,7 @@ def test_check_shape_rejects_k_not_multiple_of_128(k):
     for codec in (LOSSLESS, LOSSY):
         with pytest.raises(PackError) as e:
             codec.check_shape((4, k))
-        assert str(e.value) == f"{codec.SPEC.name} needs in_features % 128 == 0, got {k}"
+        assert str(e.value) == f"{codec.spec.name} needs in_features % 128 == 0, got {k}"
 
 
 def test_a_zero_code_is_refused():

@@ -67,7 +67,7 @@ def test_llama_cpp_quantizer_writes_our_q1_0_fp16_values(family, packed_binary, 
     o_by = {t.name: t for t in og.tensors}
     for n in ternary:
         shape = o_by[n].shape
-        a = np.frombuffer(raw, np.uint8, q1_0.nbytes(shape), tg.data_offset + tg.infos[n][2])
+        a = np.frombuffer(raw, np.uint8, q1_0.CODEC.nbytes(shape), tg.data_offset + tg.infos[n][2])
         b = np.asarray(tensor_bytes(og, o_by[n]))
         ca, da = q1_0.unpack(a, shape)
         cb, db = q1_0.unpack(b, shape)

@@ -13,14 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats import FORMATS, codec_for, get_format, q2_0, tq2_0
+from bitconv.formats import q2_0, tq2_0
+from bitconv.formats.registry import CODECS, codec_for, get_codec
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.stages.repack import repack
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
 from tests.support.cli import cli
 
-LOSSLESS, LOSSY = q2_0, q2_0.fp16
+LOSSLESS, LOSSY = q2_0.CODEC, q2_0.FP16
 FAMILIES = sorted(FIXTURES)
 
 
@@ -139,10 +140,10 @@ def test_golden_equals_reference_quantizer_and_dequantizer(name):
 
 def test_spec_and_registry():
     for codec, name, lossless in ((LOSSLESS, "q2_0", True), (LOSSY, "q2_0-fp16", False)):
-        s = codec.SPEC
+        s = codec.spec
         assert (s.name, s.ggml_type, s.file_type, s.block_elems, s.block_bytes, s.tail_bytes,
                 s.lossless, s.d_first) == (name, 42, 41, 64, 18, 0, lossless, True)
-        assert get_format(name) is codec and FORMATS[name] is codec
+        assert get_codec(name) is codec and CODECS[name] is codec
         assert codec.sidecar([("blk.0.attn_q.weight", (64, 64))]) is None
     parts = LOSSLESS.parts("blk.3.ffn_down.weight", (256, 512))
     assert [(p.name, p.ggml_type, p.shape, p.nbytes) for p in parts] == [
@@ -153,7 +154,7 @@ def test_spec_and_registry():
 
 def test_cli_knows_the_formats():
     from bitconv.cli import FORMAT_NAMES
-    assert {"q2_0", "q2_0-fp16"} <= set(FORMAT_NAMES) and set(FORMAT_NAMES) == set(FORMATS)
+    assert {"q2_0", "q2_0-fp16"} <= set(FORMAT_NAMES) and set(FORMAT_NAMES) == {*CODECS, "hf"}
 
 
 @pytest.mark.parametrize("ggml_type, want", [(42, "q2_0"), (35, "tq2_0"), (36, "i2s"),
@@ -164,14 +165,14 @@ def test_identified_by_tensor_type_and_companions(ggml_type, want):
     name = "blk.0.attn_q.weight"
     got = codec_for(ggml_type, name, (256, 256), {name, "blk.0.attn_q.scale"},
                     {"general.architecture": "bitnet", "bitconv.tl.kernel_config": ""})
-    assert (got.SPEC.name if got else None) == want
+    assert (got.spec.name if got else None) == want
     if ggml_type == 42:
         assert codec_for(42, name, (256, 256), {name}) is LOSSY
 
 
 @pytest.mark.parametrize("shape, n", [((2560, 2560), 1_843_200), ((1, 64), 18), ((3, 3200), 2_700)])
 def test_nbytes(shape, n):
-    assert q2_0.nbytes(shape) == n
+    assert q2_0.CODEC.nbytes(shape) == n
     assert sum(p.nbytes for p in LOSSY.parts("w", shape)) == n
 
 
@@ -242,7 +243,7 @@ def test_check_shape_rejects_k_not_multiple_of_64(k):
     for codec in (LOSSLESS, LOSSY):
         with pytest.raises(PackError) as e:
             codec.check_shape((4, k))
-        assert str(e.value) == f"{codec.SPEC.name} needs in_features % 64 == 0, got {k}"
+        assert str(e.value) == f"{codec.spec.name} needs in_features % 64 == 0, got {k}"
     with pytest.raises(PackError) as e:
         list(LOSSLESS.encode(1.0, [np.zeros((2, k), np.int8)]))
     assert str(e.value) == f"q2_0 needs in_features % 64 == 0, got {k}"
@@ -252,7 +253,7 @@ def test_check_shape_accepts_every_published_shape():
     for k in (64, 1536, 2560, 3200, 4096, 6912, 8640, 14336):  # 3200/8640: bitnet_b1_58-3B
         LOSSLESS.check_shape((3, k))
     with pytest.raises(PackError) as e:
-        tq2_0.check_shape((3, 3200))  # ... which TQ2_0 cannot hold
+        tq2_0.CODEC.check_shape((3, 3200))  # ... which TQ2_0 cannot hold
     assert str(e.value) == "tq2_0 needs in_features % 256 == 0, got 3200"
     with pytest.raises(PackError) as e:
         LOSSLESS.check_shape((64,))
@@ -400,8 +401,8 @@ def test_inspect_labels(packed):
     assert rows["blk.0.attn_q.scale"]["type"] == "F32"
 
 
-@pytest.mark.parametrize("other", sorted(n for n, c in FORMATS.items()
-                                         if c.SPEC.lossless and 0 in c.SPEC.codes))
+@pytest.mark.parametrize("other", sorted(n for n, c in CODECS.items()
+                                         if c.spec.lossless and 0 in c.spec.codes))
 def test_repack_to_and_from_every_lossless_format(other, packed, tmp_path):
     # lossless in both directions: each output is byte for byte what pack writes
     name = "Llama3-8B-1.58-100B-tokens"

@@ -133,7 +133,7 @@ def test_llama_cpp_quantizer_writes_our_q2_0_fp16_values(name, packed, tmp_path)
     for n in ternary:
         shape = o_by[n].shape
         start = tg.data_offset + tg.infos[n][2]
-        a = np.frombuffer(raw, np.uint8, q2_0.nbytes(shape), start).reshape(-1, 18)
+        a = np.frombuffer(raw, np.uint8, q2_0.CODEC.nbytes(shape), start).reshape(-1, 18)
         b = np.asarray(tensor_bytes(og, o_by[n])).reshape(-1, 18)
         ca, da = q2_0.unpack(a.reshape(-1), shape)
         cb, db = q2_0.unpack(b.reshape(-1), shape)
@@ -166,7 +166,7 @@ def test_llama_cpp_converter_then_quantizer_writes_our_values(fixtures_root, pac
     ours = {t.name: t for t in og.tensors if t.ggml_type == Q2_0}
     assert sorted(n for n, i in tg.infos.items() if i[1] == Q2_0) == sorted(ours)
     for n, t in ours.items():
-        a = np.frombuffer(raw, np.uint8, q2_0.nbytes(t.shape), tg.data_offset + tg.infos[n][2])
+        a = np.frombuffer(raw, np.uint8, q2_0.CODEC.nbytes(t.shape), tg.data_offset + tg.infos[n][2])
         ca, da = q2_0.unpack(a, t.shape)
         cb, db = q2_0.unpack(np.asarray(tensor_bytes(og, t)), t.shape)
         np.testing.assert_array_equal(ca, cb, err_msg=n)

@@ -13,7 +13,7 @@ import pytest
 
 from bitconv.containers.gguf_reader import read_gguf
 from bitconv.errors import OutputError, PackError
-from bitconv.formats import FORMATS
+from bitconv.formats.registry import CODECS
 from bitconv.runtime.weights import load_gguf
 from bitconv.stages.pack import pack
 from bitconv.stages.repack import repack
@@ -23,8 +23,8 @@ from tests.support.cli import cli
 
 FAMILIES = sorted(FIXTURES)
 # ternary fixtures: formats that hold a 0 code (q1_0 is binary only: tests/test_q1_0.py)
-LOSSLESS = sorted(n for n, c in FORMATS.items()
-                  if c.SPEC.lossless and c.SPEC.container == "gguf" and 0 in c.SPEC.codes)
+LOSSLESS = sorted(n for n, c in CODECS.items()
+                  if c.spec.lossless and 0 in c.spec.codes)
 SIDECAR = ".kernel_config.ini"
 
 

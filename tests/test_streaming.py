@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from bitconv.errors import InputError
-from bitconv.formats import FORMATS
+from bitconv.formats import hf
+from bitconv.formats.registry import CODECS
 from bitconv.model import ternary
 from bitconv.model.dense import dense_part
 from bitconv.stages.pack import pack
@@ -71,10 +72,10 @@ def test_hf_unpack_equals_the_quarter_block_definition():
     for i in range(4):                                                  # hf.md §1.1
         packed |= ((codes[i * 37:(i + 1) * 37] + 1).astype(np.uint8) << (2 * i))
     for start, stop in [(0, 148), (30, 80), (36, 38), (111, 148), (5, 6)]:
-        assert np.array_equal(ternary.unpack_hf_rows(packed, start, stop), codes[start:stop])
+        assert np.array_equal(hf.unpack_rows(packed, start, stop), codes[start:stop])
     packed[20, 9] |= 0b11 << 4                                          # a code 3 in quarter 2
     with pytest.raises(InputError, match=r"row 20 \(bits 4-5\), column 9"):
-        ternary.unpack_hf_rows(packed, 70, 100, "w")
+        hf.unpack_rows(packed, 70, 100, "w")
 
 
 def test_workers_map_keeps_order_and_raises_the_first_failure():
@@ -117,14 +118,14 @@ def test_output_bytes_do_not_depend_on_the_thread_count(name, fmt, tmp_path, mon
     assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
 
 
-@pytest.mark.parametrize("fmt", sorted(n for n, c in FORMATS.items()
-                                       if c.SPEC.container == "gguf" and c.SPEC.row_local))
+@pytest.mark.parametrize("fmt", sorted(n for n, c in CODECS.items()
+                                       if c.spec.row_local))
 def test_row_local_codecs_encode_chunk_by_chunk(fmt):
     """The promise `pack` relies on to encode chunks in parallel (FormatSpec.row_local): the
     stream equals each chunk encoded alone, then what encode gives for no rows."""
-    codec = FORMATS[fmt]
+    codec = CODECS[fmt]
     rng = np.random.default_rng(5)
-    codes = rng.choice(np.array(codec.SPEC.codes, np.int8), size=(24, 512))  # binary for q1_0
+    codes = rng.choice(np.array(codec.spec.codes, np.int8), size=(24, 512))  # binary for q1_0
     m = np.float32(0.75)  # exact in fp16 too
     whole = b"".join(a.tobytes() for a in codec.encode(m, iter([codes[:8], codes[8:16], codes[16:]])))
     trailer = b"".join(a.tobytes() for a in codec.encode(m, iter(())))

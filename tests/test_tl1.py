@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from bitconv.containers.gguf_reader import read_gguf
 from bitconv.containers.gguf_writer import TL1, tensor_nbytes
 from bitconv.errors import InputError, PackError
-from bitconv.formats import FORMATS, get_format, tiling, tl1
+from bitconv.formats import tiling, tl1
+from bitconv.formats.registry import CODECS, get_codec
 from bitconv.formats.tiling import Tiling
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.synth.checkpoints import FIXTURES
@@ -62,7 +63,7 @@ def _case(name):
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_golden_pack(name):
     codes, t, multiplier, expected = _case(name)
-    assert len(expected) == tl1.nbytes(codes.shape)
+    assert len(expected) == tl1.CODEC.nbytes(codes.shape)
     assert tl1.pack(codes, multiplier, t).tobytes() == expected
 
 
@@ -78,7 +79,7 @@ def test_golden_unpack(name):
 def test_golden_a_is_the_default_tiling_and_encode_matches():
     codes, _, multiplier, expected = _case("a_default")
     assert tiling.choose("tl1", codes.shape) == Tiling("tl1", 32, 16, 32, 16, 32)
-    streamed = b"".join(c.tobytes() for c in tl1.encode(multiplier, [codes[:7], codes[7:]]))
+    streamed = b"".join(c.tobytes() for c in tl1.CODEC.encode(multiplier, [codes[:7], codes[7:]]))
     assert streamed == expected
 
 
@@ -91,8 +92,8 @@ def test_golden_b_default_tiling_differs():
 
 def test_spec_and_registry():
     assert (tl1.SPEC.name, tl1.SPEC.ggml_type, tl1.SPEC.file_type) == ("tl1", 38, 38)
-    assert get_format("tl1") is tl1 and FORMATS["tl1"] is tl1
-    (part,) = tl1.parts("blk.0.attn_q.weight", (2560, 2560))
+    assert get_codec("tl1") is tl1.CODEC and CODECS["tl1"] is tl1.CODEC
+    (part,) = tl1.CODEC.parts("blk.0.attn_q.weight", (2560, 2560))
     assert (part.name, part.ggml_type, part.shape, part.nbytes) == (
         "blk.0.attn_q.weight", TL1, (2560, 2560), 1_638_432)  # reference/bitnet-cpp.md §1.1
 
@@ -100,7 +101,7 @@ def test_spec_and_registry():
 @pytest.mark.parametrize("shape", [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912),
                                    (3200, 8640), (32, 16)])
 def test_nbytes_is_ggml_nbytes(shape):
-    assert tl1.nbytes(shape) == tensor_nbytes(TL1, shape) == shape[0] * shape[1] // 4 + 32
+    assert tl1.CODEC.nbytes(shape) == tensor_nbytes(TL1, shape) == shape[0] * shape[1] // 4 + 32
 
 
 # --- 2. properties over random admissible shapes and tilings ---
@@ -125,7 +126,7 @@ def test_roundtrip_any_tiling(case, multiplier):
     codes, t = case
     assert tiling.problem(t) is None
     data = tl1.pack(codes, multiplier, t)
-    assert data.dtype == np.uint8 and data.size == tl1.nbytes(codes.shape)
+    assert data.dtype == np.uint8 and data.size == tl1.CODEC.nbytes(codes.shape)
     got, m = tl1.unpack(data, codes.shape, t)
     np.testing.assert_array_equal(got, codes)
     assert m == np.float32(multiplier)
@@ -144,7 +145,7 @@ def test_encode_any_chunking_equals_pack(case, data):
                   if codes.shape[0] > 1 else [])
     bounds = [0, *cuts, codes.shape[0]]
     chunks = [codes[a:b] for a, b in itertools.pairwise(bounds) if b > a]
-    streamed = b"".join(c.tobytes() for c in tl1.encode(0.75, chunks))
+    streamed = b"".join(c.tobytes() for c in tl1.CODEC.encode(0.75, chunks))
     assert streamed == tl1.pack(codes, 0.75).tobytes()
     assert tl1.pack(np.asfortranarray(codes), 0.75).tobytes() == streamed
 
@@ -182,7 +183,7 @@ def test_unpack_wrong_length(size):
 
 def test_check_shape_and_pack_errors():
     with pytest.raises(PackError) as e:
-        tl1.check_shape((2048, 5460))
+        tl1.CODEC.check_shape((2048, 5460))
     assert str(e.value) == ("tl1 cannot tile shape (2048, 5460): in_features must be a multiple "
                             "of 16, got 5460")
     codes = np.zeros((32, 16), np.int8)
@@ -208,7 +209,7 @@ def test_pack_fixture_writes_gguf_and_kernel_config(name, packed, fixtures_root)
     gf = read_gguf(path)
     ternary = [t for t in gf.tensors if t.ggml_type == TL1]
     assert len(ternary) == 14 and gf.kvs["general.file_type"] == 38
-    assert all(t.nbytes == tl1.nbytes(t.shape) for t in ternary)
+    assert all(t.nbytes == tl1.CODEC.nbytes(t.shape) for t in ternary)
     side = path.with_name(path.name + ".kernel_config.ini")
     assert side.read_bytes() == tiling.kernel_config("tl1", [t.shape for t in ternary])
     got = load_gguf(path)

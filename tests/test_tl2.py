@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from bitconv.containers.gguf_reader import read_gguf
 from bitconv.containers.gguf_writer import TL2, tensor_nbytes
 from bitconv.errors import InputError, PackError
-from bitconv.formats import FORMATS, get_format, tiling, tl2
+from bitconv.formats import tiling, tl2
+from bitconv.formats.registry import CODECS, get_codec
 from bitconv.formats.tiling import Tiling
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.synth.checkpoints import FIXTURES
@@ -78,9 +79,9 @@ def test_golden_c_pack_and_unpack():
     codes = _golden_c()
     expected = bytes.fromhex(GOLDEN_C)
     assert tiling.choose("tl2", codes.shape) == Tiling("tl2", 32, 256, 32, 96, 32)
-    assert len(expected) == tl2.nbytes(codes.shape) == 2080
+    assert len(expected) == tl2.CODEC.nbytes(codes.shape) == 2080
     assert tl2.pack(codes, 0.0123).tobytes() == expected
-    streamed = b"".join(c.tobytes() for c in tl2.encode(0.0123, [codes[:5], codes[5:]]))
+    streamed = b"".join(c.tobytes() for c in tl2.CODEC.encode(0.0123, [codes[:5], codes[5:]]))
     assert streamed == expected
     got, m = tl2.unpack(np.frombuffer(expected, np.uint8), codes.shape)  # read-only input
     assert got.dtype == np.int8
@@ -90,8 +91,8 @@ def test_golden_c_pack_and_unpack():
 
 def test_spec_and_registry():
     assert (tl2.SPEC.name, tl2.SPEC.ggml_type, tl2.SPEC.file_type) == ("tl2", 39, 39)
-    assert get_format("tl2") is tl2 and FORMATS["tl2"] is tl2
-    (part,) = tl2.parts("blk.0.ffn_down.weight", (3200, 8640))
+    assert get_codec("tl2") is tl2.CODEC and CODECS["tl2"] is tl2.CODEC
+    (part,) = tl2.CODEC.parts("blk.0.ffn_down.weight", (3200, 8640))
     # reference/bitnet-cpp.md §2.1: 3B ffn_down, 5,760,000 B payload, ggml_nbytes 5,794,176
     assert (part.ggml_type, part.shape, part.nbytes) == (TL2, (3200, 8640), 5_794_176)
     assert sum(tl2.payload(tiling.choose("tl2", (3200, 8640)))) == 5_760_000
@@ -100,8 +101,8 @@ def test_spec_and_registry():
 @pytest.mark.parametrize("shape", [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912),
                                    (3200, 3200), (32, 256), (96, 1000)])
 def test_nbytes_is_ggml_nbytes(shape):
-    assert tl2.nbytes(shape) == tensor_nbytes(TL2, shape)
-    assert sum(tl2.payload(tiling.choose("tl2", shape))) <= tl2.nbytes(shape) - 32
+    assert tl2.CODEC.nbytes(shape) == tensor_nbytes(TL2, shape)
+    assert sum(tl2.payload(tiling.choose("tl2", shape))) <= tl2.CODEC.nbytes(shape) - 32
 
 
 # --- 2. properties over random admissible shapes and tilings ---
@@ -122,7 +123,7 @@ def tiled_codes(draw):
 def test_roundtrip_any_tiling(case, multiplier):
     codes, t = case
     data = tl2.pack(codes, multiplier, t)
-    assert data.dtype == np.uint8 and data.size == tl2.nbytes(codes.shape)
+    assert data.dtype == np.uint8 and data.size == tl2.CODEC.nbytes(codes.shape)
     got, m = tl2.unpack(data, codes.shape, t)
     np.testing.assert_array_equal(got, codes)
     assert m == np.float32(multiplier)
@@ -137,7 +138,7 @@ def test_encode_any_chunking_equals_pack(case, data):
                   if codes.shape[0] > 1 else [])
     bounds = [0, *cuts, codes.shape[0]]
     chunks = [codes[a:b] for a, b in itertools.pairwise(bounds) if b > a]
-    streamed = b"".join(c.tobytes() for c in tl2.encode(1.5, chunks))
+    streamed = b"".join(c.tobytes() for c in tl2.CODEC.encode(1.5, chunks))
     assert streamed == tl2.pack(codes, 1.5).tobytes()
 
 
@@ -179,14 +180,14 @@ def test_non_zero_padding_is_refused():
 def test_decode_needs_the_files_tiling():
     data = np.frombuffer(bytes.fromhex(GOLDEN_C), np.uint8)
     with pytest.raises(InputError) as e:
-        tl2.decode([data], (32, 256))
+        tl2.CODEC.decode([data], (32, 256))
     assert str(e.value) == ("tl2: no tiling (BM, BK, bm) given for shape (32, 256): a TL tensor "
                             "cannot be decoded without the kernel configuration it was written "
                             "with")
-    got, _ = tl2.decode([data], (32, 256), Tiling("tl2", 32, 256, 32, 96, 32))
+    got, _ = tl2.CODEC.decode([data], (32, 256), Tiling("tl2", 32, 256, 32, 96, 32))
     np.testing.assert_array_equal(got, _golden_c())
     with pytest.raises(InputError, match="in_features % BK must be a multiple of 32"):
-        tl2.decode([data], (32, 256), Tiling("tl2", 32, 256, 32, 48, 32))
+        tl2.CODEC.decode([data], (32, 256), Tiling("tl2", 32, 256, 32, 48, 32))
 
 
 # --- 3. errors (exact text) ---
@@ -214,10 +215,10 @@ def test_unpack_wrong_length(size):
 
 def test_shape_errors():
     with pytest.raises(PackError) as e:
-        tl2.check_shape((32, 80))
+        tl2.CODEC.check_shape((32, 80))
     assert str(e.value) == "tl2 needs in_features >= 256 (ggml_nbytes' TL2 size formula), got 80"
     with pytest.raises(PackError) as e:
-        tl2.check_shape((5460, 2048))
+        tl2.CODEC.check_shape((5460, 2048))
     assert str(e.value) == ("tl2 cannot tile shape (5460, 2048): out_features must be a multiple "
                             "of 32, got 5460")
     with pytest.raises(PackError) as e:
@@ -227,7 +228,7 @@ def test_shape_errors():
     codes = np.zeros((32, 256), np.int8)
     codes[1, 2] = -2
     with pytest.raises(PackError) as e:
-        list(tl2.encode(1.0, [codes]))
+        list(tl2.CODEC.encode(1.0, [codes]))
     assert str(e.value) == "tl2 codes must be -1, 0 or +1, got -2 at element 258"
 
 
@@ -239,7 +240,7 @@ def test_pack_fixture_writes_gguf_and_kernel_config(name, packed, fixtures_root)
     gf = read_gguf(path)
     ternary = [t for t in gf.tensors if t.ggml_type == TL2]
     assert len(ternary) == 14 and gf.kvs["general.file_type"] == 39
-    assert all(t.nbytes == tl2.nbytes(t.shape) for t in ternary)
+    assert all(t.nbytes == tl2.CODEC.nbytes(t.shape) for t in ternary)
     side = path.with_name(path.name + ".kernel_config.ini")
     assert side.read_bytes() == tiling.kernel_config("tl2", [t.shape for t in ternary])
     got = load_gguf(path)

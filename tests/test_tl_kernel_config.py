@@ -23,7 +23,8 @@ from bitconv.containers.gguf_reader import kv_records, read_gguf, tensor_bytes
 from bitconv.containers.gguf_writer import GGUFWriter, TensorInfo
 from bitconv.containers.kernel_config import KernelConfigError, file_tilings
 from bitconv.errors import InputError
-from bitconv.formats import get_format, tiling, tl1, tl2
+from bitconv.formats import tiling, tl1, tl2
+from bitconv.formats.registry import get_codec
 from bitconv.formats.tiling import Tiling
 from bitconv.formats.tl_common import KV_KEY, SIDECAR_SUFFIX
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
@@ -46,7 +47,7 @@ def write_like_bitnet_cpp(own: Path, out: Path, tiles: dict, key: str | None = N
     """`own` (a bitconv TL file) rewritten with `tiles` where given (bitconv's choice elsewhere)
     and metadata key `key` instead of bitconv's (none: bitnet.cpp's file)."""
     gf, w = read_gguf(own), load_gguf(own)
-    codec = get_format(w.format)
+    codec = get_codec(w.format)
     kvs = [kv for kv in kv_records(gf) if kv.key != KV_KEY]
     if key is not None:
         at = next(i for i, kv in enumerate(kvs) if kv.key.startswith("tokenizer."))
@@ -56,9 +57,9 @@ def write_like_bitnet_cpp(own: Path, out: Path, tiles: dict, key: str | None = N
         gw = GGUFWriter(f, kvs, [TensorInfo(t.name, t.shape, t.ggml_type, t.nbytes)
                                  for t in gf.tensors], alignment=gf.alignment)
         for t in gf.tensors:
-            if t.ggml_type == codec.SPEC.ggml_type:
+            if t.ggml_type == codec.spec.ggml_type:
                 tt = w.tensors[t.name]
-                gw.write(codec.pack(tt.codes, tt.multiplier, tiles.get(tuple(t.shape))))
+                gw.write((tl1 if w.format == "tl1" else tl2).pack(tt.codes, tt.multiplier, tiles.get(tuple(t.shape))))
             else:
                 gw.write(tensor_bytes(gf, t))
             gw.end_tensor()
@@ -75,7 +76,7 @@ def files(request, fixtures_root, packed, tmp_path_factory):
     bnc = write_like_bitnet_cpp(own, root / "bnc" / f"m-{fmt}.gguf", other(fmt))
     ini = root / "include" / "kernel_config.ini"
     ini.parent.mkdir()
-    tl = get_format(fmt).SPEC.ggml_type
+    tl = get_codec(fmt).spec.ggml_type
     shapes = [t.shape for t in read_gguf(own).tensors if t.ggml_type == tl]
     ini.write_bytes(tiling.kernel_config(fmt, shapes, other(fmt)))
     return {"fmt": fmt, "src": src, "own": own, "bnc": bnc, "ini": ini,
@@ -283,13 +284,13 @@ def test_missing_kernel_config_file_is_one_line(files, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["tl1", "tl2"])
 def test_encode_with_an_explicit_tiling_is_pack_with_it(fmt):
-    codec = tl1 if fmt == "tl1" else tl2
+    module = tl1 if fmt == "tl1" else tl2
     codes = np.random.default_rng(1).integers(-1, 2, (256, 512)).astype(np.int8)
     t = other(fmt)[(256, 512)]
-    streamed = b"".join(c.tobytes() for c in codec.encode(0.5, [codes[:64], codes[64:]], t))
-    assert streamed == codec.pack(codes, 0.5, t).tobytes()
-    assert streamed != codec.pack(codes, 0.5).tobytes()
-    got, m = codec.decode([np.frombuffer(streamed, np.uint8)], codes.shape, t)
+    streamed = b"".join(c.tobytes() for c in module.CODEC.encode(0.5, [codes[:64], codes[64:]], t))
+    assert streamed == module.pack(codes, 0.5, t).tobytes()
+    assert streamed != module.pack(codes, 0.5).tobytes()
+    got, m = module.CODEC.decode([np.frombuffer(streamed, np.uint8)], codes.shape, t)
     assert np.array_equal(got, codes) and m == np.float32(0.5)
 
 

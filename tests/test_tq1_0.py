@@ -10,14 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats import FORMATS, codec_for, get_format, tq1_0
+from bitconv.formats import tq1_0
+from bitconv.formats.registry import CODECS, codec_for, get_codec
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.synth.checkpoints import FIXTURES
 from bitconv.types import TernaryTensor
 from tests.support.cli import cli
 
 QT = GGMLQuantizationType.TQ1_0
-LOSSLESS, LOSSY = tq1_0, tq1_0.fp16
+LOSSLESS, LOSSY = tq1_0.CODEC, tq1_0.FP16
 ZERO = "80" * 48 + "7f" * 4
 
 
@@ -99,10 +100,10 @@ def test_golden_equals_gguf_py_quantizer(name):
 
 def test_spec_and_registry():
     for codec, name, lossless in ((LOSSLESS, "tq1_0", True), (LOSSY, "tq1_0-fp16", False)):
-        s = codec.SPEC
+        s = codec.spec
         assert (s.name, s.ggml_type, s.file_type, s.block_elems, s.block_bytes, s.tail_bytes,
                 s.lossless) == (name, 34, 36, 256, 54, 0, lossless)
-        assert get_format(name) is codec and FORMATS[name] is codec
+        assert get_codec(name) is codec and CODECS[name] is codec
     parts = LOSSLESS.parts("blk.0.attn_output.weight", (256, 256))
     assert [(p.name, p.ggml_type, p.shape, p.nbytes) for p in parts] == [
         ("blk.0.attn_output.weight", 34, (256, 256), 256 * 54),
@@ -114,7 +115,7 @@ def test_spec_and_registry():
 
 @pytest.mark.parametrize("shape, n", [((2560, 2560), 1_382_400), ((1, 256), 54)])
 def test_nbytes(shape, n):
-    assert tq1_0.nbytes(shape) == n
+    assert tq1_0.CODEC.nbytes(shape) == n
 
 
 # --- 2. properties over random shapes: rows 1..6, K = 256 * (1..4) ---
@@ -164,7 +165,7 @@ def test_check_shape_rejects_k_not_multiple_of_256(k):
     for codec in (LOSSLESS, LOSSY):
         with pytest.raises(PackError) as e:
             codec.check_shape((4, k))
-        assert str(e.value) == f"{codec.SPEC.name} needs in_features % 256 == 0, got {k}"
+        assert str(e.value) == f"{codec.spec.name} needs in_features % 256 == 0, got {k}"
 
 
 def test_lossy_refuses_multiplier_fp16_cannot_hold():

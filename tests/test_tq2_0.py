@@ -10,14 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats import FORMATS, codec_for, get_format, tq2_0
+from bitconv.formats import tq2_0
+from bitconv.formats.registry import CODECS, codec_for, get_codec
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.synth.checkpoints import FIXTURES, Shape, make_fixture
 from bitconv.types import TernaryTensor
 from tests.support.cli import cli
 
 QT = GGMLQuantizationType.TQ2_0
-LOSSLESS, LOSSY = tq2_0, tq2_0.fp16
+LOSSLESS, LOSSY = tq2_0.CODEC, tq2_0.FP16
 
 
 def encode(codec, codes, m, rows_per_chunk=None):
@@ -104,10 +105,10 @@ def test_golden_equals_gguf_py_quantizer(name):
 
 def test_spec_and_registry():
     for codec, name, lossless in ((LOSSLESS, "tq2_0", True), (LOSSY, "tq2_0-fp16", False)):
-        s = codec.SPEC
+        s = codec.spec
         assert (s.name, s.ggml_type, s.file_type, s.block_elems, s.block_bytes, s.tail_bytes,
                 s.lossless) == (name, 35, 37, 256, 66, 0, lossless)
-        assert get_format(name) is codec and FORMATS[name] is codec
+        assert get_codec(name) is codec and CODECS[name] is codec
         assert codec.sidecar([("blk.0.attn_q.weight", (256, 256))]) is None
     parts = LOSSLESS.parts("blk.3.ffn_down.weight", (256, 512))
     assert [(p.name, p.ggml_type, p.shape, p.nbytes) for p in parts] == [
@@ -125,7 +126,7 @@ def test_codec_for_picks_variant_by_companion():
 
 @pytest.mark.parametrize("shape, n", [((2560, 2560), 1_689_600), ((1, 256), 66), ((3, 512), 396)])
 def test_nbytes(shape, n):
-    assert tq2_0.nbytes(shape) == n
+    assert tq2_0.CODEC.nbytes(shape) == n
     assert sum(p.nbytes for p in LOSSY.parts("w", shape)) == n
 
 
@@ -197,7 +198,7 @@ def test_check_shape_rejects_k_not_multiple_of_256(k):
     for codec in (LOSSLESS, LOSSY):
         with pytest.raises(PackError) as e:
             codec.check_shape((4, k))
-        assert str(e.value) == f"{codec.SPEC.name} needs in_features % 256 == 0, got {k}"
+        assert str(e.value) == f"{codec.spec.name} needs in_features % 256 == 0, got {k}"
     with pytest.raises(PackError) as e:
         list(LOSSLESS.encode(1.0, [np.zeros((2, k), np.int8)]))
     assert str(e.value) == f"tq2_0 needs in_features % 256 == 0, got {k}"

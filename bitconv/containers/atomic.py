@@ -22,16 +22,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bitconv.errors import OutputError
-from bitconv.formats import get_format
+from bitconv.formats import HF
 
 
 def default_output(stem: str, fmt: str) -> Path:
     """The one rule that names an output: `<stem>-<format>.gguf` for a GGUF, `<stem>-<format>`
     for a directory (the `hf` checkpoint), in the current directory. pack, repack and release
     all name their outputs here."""
-    if get_format(fmt).SPEC.container == "gguf":
-        return Path(f"{stem}-{fmt}.gguf")
-    return Path(f"{stem}-{fmt}")
+    if fmt == HF:
+        return Path(f"{stem}-{fmt}")
+    return Path(f"{stem}-{fmt}.gguf")
 
 
 def check_writable(out: Path, force: bool) -> None:

@@ -2,7 +2,8 @@
 
 Stock gguf-py cannot read type 36 (I2_S): its reader does `GGMLQuantizationType(36)` and raises,
 and n/4 + 32 bytes fits no (block_size, type_size) pair. So bitconv owns the container code and
-takes only the value-type enum and block sizes from gguf-py. References: reference/llama-cpp.md
+takes only the value-type enum from gguf-py; the packed types' sizes are the codecs'
+(bitconv/formats). References: reference/llama-cpp.md
 §2.5-2.6, reference/bitnet-cpp.md §1.1 and §2.1.
 
 Layout (little-endian; `str` = u64 byte length + UTF-8 bytes, no NUL):
@@ -31,6 +32,7 @@ import numpy.typing as npt
 from gguf import GGUFValueType
 
 from bitconv.errors import InputError, PackError
+from bitconv.formats.registry import SIZES
 from bitconv.types import KV
 
 GGUF_MAGIC = b"GGUF"
@@ -45,14 +47,11 @@ MAX_NAME_BYTES = 63  # GGML_MAX_NAME = 64 counts the C string's NUL (ggml/src/gg
 # fork; 40 (mainline NVFP4) is neither's ternary type and stays unknown (DESIGN.md §5b).
 F32, F16, I8, BF16, TQ1_0, TQ2_0, I2_S, TL1, TL2, Q1_0, Q2_0 = (0, 1, 24, 30, 34, 35, 36, 38, 39,
                                                               41, 42)
-TYPE_NAMES: dict[int, str] = {
-    F32: "F32", F16: "F16", I8: "I8", BF16: "BF16", TQ1_0: "TQ1_0", TQ2_0: "TQ2_0",
-    I2_S: "I2_S", TL1: "TL1", TL2: "TL2", Q1_0: "Q1_0", Q2_0: "Q2_0",
-}
-# (block elements, block bytes) of the fp16-d block types. Written out: gguf 0.19.0 from PyPI
-# knows TQ1_0/TQ2_0/Q1_0 but not Q2_0 (the gguf-py vendored in llama.cpp 0c1e57098 does).
-_BLOCK_SIZES = {TQ1_0: (256, 54), TQ2_0: (256, 66), Q1_0: (128, 18), Q2_0: (64, 18)}
 _PLAIN_SIZES = {F32: 4, F16: 2, I8: 1, BF16: 2}
+# The packed types' names and sizes are the codecs' (formats/registry.py SIZES): gguf 0.19.0
+# from PyPI knows TQ1_0/TQ2_0/Q1_0 but not Q2_0, and none of bitnet.cpp's types.
+TYPE_NAMES: dict[int, str] = {F32: "F32", F16: "F16", I8: "I8", BF16: "BF16"} | {
+    t: c.spec.type_name for t, c in sorted(SIZES.items())}
 _ARRAY_DTYPES = {F32: np.dtype("<f4"), F16: np.dtype("<f2"), I8: np.dtype("i1")}
 
 _V = GGUFValueType
@@ -77,21 +76,7 @@ def tensor_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int:
         return n * _PLAIN_SIZES[ggml_type]
     if n == 0:
         return 0  # ggml_nbytes returns 0 as soon as one ne[i] <= 0, even for I2_S
-    name, ne0 = TYPE_NAMES[ggml_type], shape[-1]
-    if ggml_type in _BLOCK_SIZES:
-        block, type_size = _BLOCK_SIZES[ggml_type]
-        if ne0 % block:
-            raise InputError(f"{name} needs the last dimension to be a multiple of {block}, "
-                             f"got shape {shape}")
-        return n // block * type_size
-    if ggml_type in (I2_S, TL1):
-        return n // 4 + 32  # packed 2-bit codes, then the float32 scale in a 32-byte tail
-    # TL2: bitnet.cpp ggml.c L3480-3487; integer arithmetic left to right, ne2/ne3 ignored as there.
-    ne1 = shape[-2] if len(shape) > 1 else 1
-    if ne0 < 256:
-        raise InputError(f"TL2 needs at least 256 columns, got shape {shape}")
-    nbytes = (ne0 - 256) * ne1 // 3 * 5 // 8 + 256 * ne1 // 2 * 4 // 8
-    return _pad_to(nbytes, 32) + 32
+    return SIZES[ggml_type].nbytes(shape)  # InputError for a shape the type cannot hold
 
 
 def _pad_to(n: int, alignment: int) -> int:

@@ -3,27 +3,24 @@
 Spec: formats/hf.md. Reference: huggingface/transformers v5.23.0
 src/transformers/integrations/bitnet.py (`pack_weights`, `unpack_weights`, `BitLinear`,
 `AutoBitLinear`), reference/hf.md §1.1-1.4. Container: safetensors (a checkpoint directory
-written by bitconv/stages/hf_export.py), so SPEC has no ggml type.
+written by bitconv/stages/hf_export.py, or by repack_hf.py from a GGUF): `--format hf` is a target
+of its own (formats/__init__.py HF), not a GGUF layout, so this module is no Codec. The checkpoint
+readers (model/tensors.py) unpack HF-packed sources with `unpack_rows` here too.
 
 Streaming: one byte row r holds rows r, r+R, r+2R, r+3R of the weight (R = out/4), so no row
 chunk of codes packs on its own. Writers allocate the packed tensor (out*in/4 bytes, a quarter
 of one tensor's int8 codes) and OR row chunks into it as they arrive (`pack_chunk_into`); the
-whole model is never held. `encode`, which is not told the shape, keeps the chunks' codes
-(out*in bytes) until the last one.
+whole model is never held.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats.base import FormatSpec, Part
-
-SPEC = FormatSpec(name="hf", ggml_type=-1, file_type=-1, block_elems=4, block_bytes=1,
-                  tail_bytes=0, container="safetensors")
+from bitconv.formats.base import check_codes
 
 # How a stored weight_scale gives the multiplier w = m * t (hf.md §1.4): one rule, two names.
 # bitconv's options, API and messages name the operation; config.json's
@@ -36,6 +33,7 @@ LINEAR_CLASS: dict[ScaleRule, str] = {"multiply": "autobitlinear", "divide": "bi
 #                      W[3R + r, c] | W[2R + r, c] | W[R + r, c] | W[r, c]
 # code = ternary + 1: -1 -> 0, 0 -> 1, +1 -> 2; code 3 is never written.
 _SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8)
+_STEP = 1 << 16  # elements per unpack step: temporaries stay in L2
 
 
 def check_shape(shape: tuple[int, ...]) -> None:
@@ -54,16 +52,8 @@ def packed_shape(shape: tuple[int, int]) -> tuple[int, int]:
 
 def _codes_plus_one(codes: npt.NDArray[np.integer]) -> npt.NDArray[np.uint8]:
     """code = t + 1 as uint8, refusing anything outside {-1, 0, +1}."""
-    codes = np.asarray(codes)
-    if codes.dtype.kind not in "iu":
-        raise PackError(f"hf codes must be an integer array, got dtype {codes.dtype}")
-    bad = codes.size and (codes.min() < -1 or codes.max() > 1)
-    if bad:
-        flat = codes.reshape(-1)
-        first = int(np.argmax((flat < -1) | (flat > 1)))
-        raise PackError(f"hf codes must be -1, 0 or +1, got {int(flat[first])} at element {first}")
     # int8 -1 viewed as uint8 is 255, and 255 + 1 wraps to 0
-    return np.ascontiguousarray(codes, dtype=np.int8).view(np.uint8) + np.uint8(1)
+    return check_codes("hf", codes).view(np.uint8) + np.uint8(1)
 
 
 def pack_chunk_into(packed: npt.NDArray[np.uint8], start: int,
@@ -101,7 +91,30 @@ def pack(codes: npt.NDArray[np.int8]) -> npt.NDArray[np.uint8]:
     return packed
 
 
-def unpack(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.int8]:
+def unpack_rows(packed: npt.NDArray[np.uint8], start: int, stop: int,
+                name: str = "") -> npt.NDArray[np.int8]:
+    """Rows [start, stop) of the weight packed as uint8 (R, in), checking that no code is 3;
+    rows come from at most four quarter blocks, unpacked in cache-sized steps."""
+    R, cols = packed.shape
+    codes = np.empty((stop - start, cols), np.uint8)  # the 2-bit codes, then codes - 1 as int8
+    step = max(1, _STEP // max(cols, 1))  # rows per step: the three passes stay in cache
+    for i in range(start // R, (stop - 1) // R + 1):  # at most 4 quarter blocks
+        lo, hi = max(start, i * R) - i * R, min(stop, (i + 1) * R) - i * R
+        for r in range(lo, hi, step):
+            dst = codes[i * R + r - start:i * R + min(hi, r + step) - start]
+            np.right_shift(packed[r:r + len(dst)], 2 * i, out=dst)
+            np.bitwise_and(dst, 3, out=dst)
+    if codes.size and codes.max() > 2:
+        r, c = np.unravel_index(int(np.argmax(codes == 3)), codes.shape)
+        row = start + int(r)
+        raise InputError(f"{name or 'hf data'}: packed byte holds code 3 (not a ternary value) "
+                         f"at row {row % R} (bits {2 * (row // R)}-{2 * (row // R) + 1}), "
+                         f"column {c}")
+    np.subtract(codes, 1, out=codes)  # 0 -> 255, which is -1 as int8
+    return codes.view(np.int8)
+
+
+def unpack(packed: npt.NDArray[np.uint8], name: str = "") -> npt.NDArray[np.int8]:
     """Decode uint8 (R, in) into int8 codes (4R, in); InputError on a code 3.
 
     Example:
@@ -111,13 +124,7 @@ def unpack(packed: npt.NDArray[np.uint8]) -> npt.NDArray[np.int8]:
     packed = np.asarray(packed)
     if packed.dtype != np.uint8 or packed.ndim != 2:
         raise InputError(f"hf weight must be 2-D uint8, got {packed.dtype} {packed.shape}")
-    q = (packed[None] >> _SHIFTS[:, None, None]) & 3        # (quarter i, r, c) = row i*R + r
-    if q.size and q.max() > 2:
-        i, r, c = np.unravel_index(int(np.argmax(q == 3)), q.shape)
-        raise InputError(f"hf data holds code 3 (not a ternary value) at row "
-                         f"{i * packed.shape[0] + r}, column {c}")
-    q -= 1                                                   # 0 wraps to 255, i.e. int8 -1
-    return q.view(np.int8).reshape(4 * packed.shape[0], packed.shape[1])
+    return unpack_rows(packed, 0, 4 * packed.shape[0], name)
 
 
 # --- weight_scale: the two transformers conventions (hf.md §1.4) ---
@@ -157,33 +164,7 @@ def multiplier(ws: float | np.float32, rule: ScaleRule) -> np.float32:
     return s if rule == "multiply" else np.float32(1) / s
 
 
-# --- the registry contract (bitconv/formats/__init__.py), defaults: autobitlinear, F32 scale ---
-
-def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    """`<name>` uint8 (out/4, in) and `<name>_scale` (`...weight_scale`), one float32."""
-    rows, cols = packed_shape(shape)
-    return (Part(name, SPEC.ggml_type, (rows, cols), rows * cols),
-            Part(name + "_scale", SPEC.ggml_type, (1,), 4))
-
-
-def encode(multiplier: float | np.float32,
-           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
-    codes = [np.asarray(c) for c in chunks]
-    whole = np.concatenate(codes) if len(codes) != 1 else codes[0]
-    yield pack(whole).reshape(-1)
-    yield np.array([weight_scale(multiplier, "multiply")], "<f4").view(np.uint8)
-
-
-def decode(datas: Sequence[npt.NDArray[np.uint8]],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    rows, cols = packed_shape(shape)
-    data, scale = np.asarray(datas[0], np.uint8).reshape(-1), np.asarray(datas[1], np.uint8)
-    if data.size != rows * cols or scale.size != 4:
-        raise InputError(f"hf data is {data.size} + {scale.size} bytes, expected "
-                         f"{rows * cols} + 4 for shape {tuple(shape)}")
-    m = np.frombuffer(scale.tobytes(), "<f4")[0]
-    return unpack(data.reshape(rows, cols)), multiplier(m, "multiply")
-
-
-def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    return None
+def scale_name(name: str) -> str:
+    """`...q_proj.weight` -> `...q_proj.weight_scale`: the tensor transformers reads the scale
+    of a packed weight from (the `weight_scale` parameter of its BitLinear)."""
+    return name + "_scale"

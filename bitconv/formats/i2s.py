@@ -6,17 +6,29 @@ ggml/include/ggml.h L393-396 and include/llama.h L176-181.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from bitconv.errors import InputError, PackError
-from bitconv.formats.base import FormatSpec, Part
-
-SPEC = FormatSpec(
-    name="i2s", ggml_type=36, file_type=40, block_elems=128, block_bytes=32, tail_bytes=32
+from bitconv.formats.base import (
+    I8,
+    U8,
+    Codec,
+    FormatSpec,
+    Shape,
+    check_codes,
+    check_digits,
+    check_in_features,
+    check_length,
+    integer_codes,
+    refuse_codes,
 )
+from bitconv.formats.tiling import Tiling
+
+SPEC = FormatSpec(name="i2s", type_name="I2_S", ggml_type=36, file_type=40, block_elems=128,
+                  block_bytes=32, tail_bytes=32)
 
 # The tensor (out, in), flattened row-major, is cut into 128-element blocks; each -> 32 bytes.
 # Byte b of a block holds elements b, b+32, b+64, b+96; element j of a block sits in
@@ -28,32 +40,37 @@ SPEC = FormatSpec(
 _SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 4, 1)  # shift of group g, (1, 4, 1)
 
 
-def check_shape(shape: tuple[int, int]) -> None:
-    """Raise PackError unless `shape` (out_features, in_features) can be written as I2_S."""
-    if len(shape) != 2:
-        raise PackError(f"i2s packs 2-D weights, got shape {tuple(int(d) for d in shape)}")
-    # Blocks run over the flattened tensor; they only line up with rows (which is what the
-    # kernels assume, row start = row * K/4) when K is a whole number of blocks.
-    in_features = int(shape[1])
-    if in_features % SPEC.block_elems:
-        raise PackError(f"i2s needs in_features % 128 == 0, got {in_features}")
+class I2S(Codec):
+    """bitnet.cpp's I2_S in one of its two code orders (this module's x86 blocks, or i2s-arm's):
+    n/4 body bytes of 2-bit codes, then the 32-byte scale tail; one tensor, row-local."""
 
+    def __init__(self, spec: FormatSpec, pack_body: Callable[[I8], U8],
+                 unpack: Callable[[U8, Shape], tuple[I8, np.float32]],
+                 layout: str | None = None) -> None:
+        super().__init__(spec)
+        self._pack_body, self._unpack, self.layout = pack_body, unpack, layout
 
-def nbytes(shape: tuple[int, int]) -> int:
-    """Packed size: n/4 body bytes + the 32-byte tail (ggml_nbytes' I2_S special case)."""
-    return int(shape[0]) * int(shape[1]) // 4 + SPEC.tail_bytes
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        """n/4 body bytes + the 32-byte tail, whatever n (ggml_nbytes' I2_S special case)."""
+        return math.prod(shape) // 4 + self.spec.tail_bytes
+
+    def encode(self, multiplier: float | np.float32, chunks: Iterable[I8]) -> Iterator[U8]:
+        for c in chunks:
+            yield self._pack_body(c)
+        yield pack_tail(multiplier)
+
+    def decode(self, datas: Sequence[U8], shape: Shape,
+               tiling: Tiling | None = None) -> tuple[I8, np.float32]:
+        return self._unpack(datas[0], shape)
 
 
 def _pack_into(codes: npt.NDArray[np.int8], out: npt.NDArray[np.uint8]) -> None:
     """Pack whole rows of `codes` into `out` (length codes.size // 4)."""
     codes = np.asarray(codes)
-    check_shape(codes.shape)
-    if codes.dtype.kind not in "iu":
-        raise PackError(f"i2s codes must be an integer array, got dtype {codes.dtype}")
+    CODEC.check_shape(codes.shape)
+    codes = integer_codes(SPEC, codes)
     if codes.dtype != np.int8:
-        if codes.size and (codes.min() < -1 or codes.max() > 1):
-            _raise_not_ternary(codes)
-        codes = codes.astype(np.int8)
+        codes = check_codes(SPEC, codes)
     flat = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
     # Bytes never carry into each other (code <= 2, shift <= 6), so the four groups of a block
     # combine as 64-bit words: 8 bytes per operation instead of 1.
@@ -65,20 +82,13 @@ def _pack_into(codes: npt.NDArray[np.int8], out: npt.NDArray[np.uint8]) -> None:
         # One cheap reduction: a value outside {-1, 0, 1} would otherwise pack silently as
         # code 3 or spill into its neighbours' bits.
         if q.max() > 2:
-            _raise_not_ternary(codes)
+            refuse_codes(SPEC, codes)
         q = q.view(np.uint64).reshape(-1, 4, 4)  # (blocks, group g, word): elements 32g..32g+31
         dst = body[a // 128:(a + step) // 128]
         np.left_shift(q[:, 0], 6, out=dst)
         dst |= q[:, 1] << 4
         dst |= q[:, 2] << 2
         dst |= q[:, 3]
-
-
-def _raise_not_ternary(codes: npt.NDArray[np.integer]) -> None:
-    flat = codes.reshape(-1)
-    first = int(np.argmax((flat < -1) | (flat > 1)))
-    value = int(flat[first])
-    raise PackError(f"i2s codes must be -1, 0 or +1, got {value} at element {first}")
 
 
 def pack_body(codes: npt.NDArray[np.int8]) -> npt.NDArray[np.uint8]:
@@ -114,8 +124,8 @@ def pack(codes: npt.NDArray[np.int8], multiplier: float | np.float32) -> npt.NDA
         'aaaa'
     """
     shape = np.shape(codes)
-    check_shape(shape)
-    data = np.empty(nbytes(shape), dtype=np.uint8)
+    CODEC.check_shape(shape)
+    data = np.empty(CODEC.nbytes(shape), dtype=np.uint8)
     n_body = data.size - SPEC.tail_bytes
     _pack_into(codes, data[:n_body])         # written in place: no concatenate copy of the body
     data[n_body:] = pack_tail(multiplier)
@@ -138,45 +148,18 @@ def unpack(
         >>> unpack(pack(np.ones((1, 128), np.int8), 0.5), (1, 128))[1]
         np.float32(0.5)
     """
-    shape = (int(shape[0]), int(shape[1]))
-    if shape[1] % SPEC.block_elems:
-        raise InputError(f"i2s needs in_features % 128 == 0, got {shape[1]}")
-    data = np.asarray(data, dtype=np.uint8).reshape(-1)
-    expected = nbytes(shape)
-    if data.size != expected:
-        raise InputError(f"i2s data is {data.size} bytes, expected {expected} for shape {shape}")
+    shape = check_in_features(SPEC, shape)
+    expected = CODEC.nbytes(shape)
+    data = check_length(SPEC, data, shape, expected)
     n_body = expected - SPEC.tail_bytes
     body = data[:n_body].reshape(-1, 1, 32)                 # (n_blocks, 1, 32)
     q = np.empty((body.shape[0], 4, 32), dtype=np.uint8)   # (n_blocks, g, b) = element 32g + b
     np.right_shift(body, _SHIFTS, out=q)
     q &= 3
-    if q.size and q.max() > 2:
-        # q is in flat element order, so the first 3 in it is the first offending element.
-        first = int(np.argmax(q.reshape(-1) == 3))
-        raise InputError(f"i2s data holds code 3 (not a ternary value) at element {first}")
+    check_digits(SPEC, q)  # q is in flat element order
     q -= 1                                                   # 0 wraps to 255, i.e. int8 -1
     multiplier = np.frombuffer(data[n_body : n_body + 4].tobytes(), dtype="<f4")[0]
     return q.view(np.int8).reshape(shape), np.float32(multiplier)
 
 
-# --- the registry contract (bitconv/formats/__init__.py) ---
-
-def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    """I2_S is one tensor: the scale lives in the tail, never in a separate tensor."""
-    return (Part(name, SPEC.ggml_type, (int(shape[0]), int(shape[1])), nbytes(shape)),)
-
-
-def encode(multiplier: float | np.float32,
-           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
-    for c in chunks:
-        yield pack_body(c)
-    yield pack_tail(multiplier)
-
-
-def decode(datas: Sequence[npt.NDArray[np.uint8]],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    return unpack(datas[0], shape)
-
-
-def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    return None
+CODEC = I2S(SPEC, pack_body, unpack)

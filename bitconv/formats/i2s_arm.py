@@ -9,18 +9,20 @@ key `{arch}.tensor_data_layout` = "i2s-arm" (LAYOUT) and reads a file as this la
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-
 import numpy as np
 import numpy.typing as npt
 
-from bitconv.errors import InputError, PackError
 from bitconv.formats import i2s
-from bitconv.formats.base import FormatSpec, Part
-
-SPEC = FormatSpec(
-    name="i2s-arm", ggml_type=36, file_type=40, block_elems=64, block_bytes=16, tail_bytes=32
+from bitconv.formats.base import (
+    FormatSpec,
+    check_codes,
+    check_digits,
+    check_in_features,
+    check_length,
 )
+
+SPEC = FormatSpec(name="i2s-arm", type_name="I2_S", ggml_type=36, file_type=40, block_elems=64,
+                  block_bytes=16, tail_bytes=32)
 LAYOUT = "i2s-arm"  # value of `{arch}.tensor_data_layout` in files bitconv writes
 
 # The tensor (out, in), flattened row-major, is cut into 64-element blocks; each -> 16 bytes.
@@ -32,33 +34,13 @@ LAYOUT = "i2s-arm"  # value of `{arch}.tensor_data_layout` in files bitconv writ
 _SHIFTS = np.array([6, 4, 2, 0], dtype=np.uint8).reshape(1, 4, 1)  # shift of group g, (1, 4, 1)
 
 
-def check_shape(shape: tuple[int, ...]) -> None:
-    """Raise PackError unless `shape` (out_features, in_features) can be written as ARM I2_S."""
-    if len(shape) != 2:
-        raise PackError(f"i2s-arm packs 2-D weights, got shape {tuple(int(d) for d in shape)}")
-    # the NEON kernels start row r at byte r * K/4 and read K/64 whole blocks
-    if int(shape[1]) % SPEC.block_elems:
-        raise PackError(f"i2s-arm needs in_features % 64 == 0, got {int(shape[1])}")
-
-
-nbytes = i2s.nbytes          # n/4 body bytes + 32-byte tail, as x86 I2_S
-pack_tail = i2s.pack_tail    # float32 LE multiplier + 28 zero bytes
-
-
 def pack_body(codes: npt.NDArray[np.int8]) -> npt.NDArray[np.uint8]:
     """Pack ternary codes (rows, K), K % 64 == 0, into rows*K//4 body bytes (no tail); any
     whole-row chunk packs independently."""
     codes = np.asarray(codes)
-    check_shape(codes.shape)
-    if codes.dtype.kind not in "iu":
-        raise PackError(f"i2s-arm codes must be an integer array, got dtype {codes.dtype}")
-    if codes.size and (codes.min() < -1 or codes.max() > 1):
-        flat = codes.reshape(-1)
-        first = int(np.argmax((flat < -1) | (flat > 1)))
-        raise PackError(f"i2s-arm codes must be -1, 0 or +1, got {int(flat[first])} "
-                        f"at element {first}")
+    CODEC.check_shape(codes.shape)  # the NEON kernels start row r at byte r * K/4
     # int8 -1 viewed as uint8 is 255, and 255 + 1 wraps to 0
-    q = np.ascontiguousarray(codes, dtype=np.int8).view(np.uint8) + np.uint8(1)
+    q = check_codes(SPEC, codes).view(np.uint8) + np.uint8(1)
     q = q.reshape(-1, 4, 16)                    # (n_blocks, group g, byte b): element 16g + b
     body = (q[:, 0] << 6) | (q[:, 1] << 4) | (q[:, 2] << 2) | q[:, 3]   # (n_blocks, 16)
     return body.reshape(-1).astype(np.uint8, copy=False)
@@ -71,47 +53,23 @@ def pack(codes: npt.NDArray[np.int8], multiplier: float | np.float32) -> npt.NDA
         >>> pack(np.ones((1, 64), np.int8), 0.5)[:2].tobytes().hex()
         'aaaa'
     """
-    return np.concatenate([pack_body(codes), pack_tail(multiplier)])
+    return np.concatenate([pack_body(codes), i2s.pack_tail(multiplier)])
 
 
 def unpack(data: npt.NDArray[np.uint8],
            shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
     """Decode ARM I2_S tensor data into (codes int8 `shape`, float32 multiplier)."""
-    shape = (int(shape[0]), int(shape[1]))
-    if shape[1] % SPEC.block_elems:
-        raise InputError(f"i2s-arm needs in_features % 64 == 0, got {shape[1]}")
-    data = np.asarray(data, dtype=np.uint8).reshape(-1)
-    expected = nbytes(shape)
-    if data.size != expected:
-        raise InputError(f"i2s-arm data is {data.size} bytes, expected {expected} for shape {shape}")
+    shape = check_in_features(SPEC, shape)
+    expected = CODEC.nbytes(shape)
+    data = check_length(SPEC, data, shape, expected)
     n_body = expected - SPEC.tail_bytes
     body = data[:n_body].reshape(-1, 1, 16)                 # (n_blocks, 1, 16)
     q = (body >> _SHIFTS) & 3                                # (n_blocks, g, b) = element 16g + b
-    if q.size and q.max() > 2:
-        first = int(np.argmax(q.reshape(-1) == 3))
-        raise InputError(f"i2s-arm data holds code 3 (not a ternary value) at element {first}")
+    check_digits(SPEC, q)
     q -= 1                                                   # 0 wraps to 255, i.e. int8 -1
     multiplier = np.frombuffer(data[n_body: n_body + 4].tobytes(), dtype="<f4")[0]
     return q.view(np.int8).reshape(shape), np.float32(multiplier)
 
 
-# --- the registry contract (bitconv/formats/__init__.py) ---
-
-def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    return (Part(name, SPEC.ggml_type, (int(shape[0]), int(shape[1])), nbytes(shape)),)
-
-
-def encode(multiplier: float | np.float32,
-           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
-    for c in chunks:
-        yield pack_body(c)
-    yield pack_tail(multiplier)
-
-
-def decode(datas: Sequence[npt.NDArray[np.uint8]],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    return unpack(datas[0], shape)
-
-
-def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    return None
+# same sizes, tail and streaming as x86 I2_S; only the order of the codes (and the key) differ
+CODEC = i2s.I2S(SPEC, pack_body, unpack, layout=LAYOUT)

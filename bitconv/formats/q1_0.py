@@ -6,24 +6,22 @@ Spec: formats/q1_0.md. Reference: ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-com
 A Q1_0 value is +d (bit 1) or -d (bit 0): binary weights, codes in {-1, +1}; a ternary weight's
 0 has no bit and is refused (use q2_0). Two codecs, as for Q2_0:
     q1_0       (this module) lossless: d = 1 in every block + an F32 [1] `<name>.scale`
-    q1_0-fp16  (`fp16`) d = fp16(multiplier) in every block; reads back float32(fp16(m))
+    q1_0-fp16  (`FP16`) d = fp16(multiplier) in every block; reads back float32(fp16(m))
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 
-from bitconv.errors import PackError
 from bitconv.formats import tq_common as tq
-from bitconv.formats.base import FormatSpec, Part
+from bitconv.formats.base import FormatSpec
 
 QK1_0 = 128  # elements per block (ggml-common.h L180)
-SPEC = FormatSpec(name="q1_0", ggml_type=41, file_type=40, block_elems=QK1_0, block_bytes=18,
-                  tail_bytes=0, codes=(-1, 1), d_first=True)
-SPEC_FP16 = FormatSpec(name="q1_0-fp16", ggml_type=41, file_type=40, block_elems=QK1_0,
-                       block_bytes=18, tail_bytes=0, lossless=False, codes=(-1, 1), d_first=True)
+SPEC = FormatSpec(name="q1_0", type_name="Q1_0", ggml_type=41, file_type=40,
+                  block_elems=QK1_0, block_bytes=18, tail_bytes=0, codes=(-1, 1), d_first=True)
+SPEC_FP16 = replace(SPEC, name="q1_0-fp16", lossless=False)
 
 # One block of 128 signs -> d (fp16 LE) then qs[16]; element j is bit j % 8 of byte j / 8
 # (least significant first), 1 for +d and 0 for -d: numpy's packbits with bitorder="little".
@@ -31,28 +29,14 @@ SPEC_FP16 = FormatSpec(name="q1_0-fp16", ggml_type=41, file_type=40, block_elems
 
 
 def pack_qs(q: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """(n_blocks, 128) digits 0 or 2 -> (n_blocks, 16) qs bytes; PackError on a 0 code (digit 1)."""
-    zero = q == 1
-    if zero.any():
-        first = int(np.argmax(zero.reshape(-1)))
-        raise PackError(f"q1_0 holds binary weights (-1 or +1); got 0 at element {first} "
-                        "(a ternary weight: use --format q2_0)")
+    """(n_blocks, 128) digits 0 or 2 -> (n_blocks, 16) qs bytes (a 0 code, digit 1, is refused
+    before: SPEC.codes, formats/base.py `refuse_codes`)."""
     return np.packbits(q >> 1, axis=-1, bitorder="little")
 
 
 def unpack_qs(qs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """(n_blocks, 16) qs bytes -> (n_blocks, 128) digits 0 or 2, element order."""
     return np.unpackbits(qs, axis=-1, bitorder="little") << 1
-
-
-def check_shape(shape: tuple[int, int]) -> None:
-    """Raise PackError unless `shape` (out_features, in_features) has in_features % 128 == 0."""
-    tq.check_shape(SPEC, shape)
-
-
-def nbytes(shape: tuple[int, int]) -> int:
-    """18 bytes per 128 elements (the weight tensor only)."""
-    return tq.nbytes(SPEC, shape)
 
 
 def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
@@ -62,40 +46,15 @@ def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
         >>> pack(np.ones((1, 128), np.int8))[[0, 1, 2, 17]].tobytes().hex()
         '003cffff'
     """
-    return tq.pack_rows(SPEC, pack_qs, codes, tq.fp16_d(SPEC_FP16, d))
+    return CODEC.pack_rows(codes, tq.fp16_d(SPEC_FP16, d))
 
 
 def unpack(data: npt.NDArray[np.uint8],
            shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float16]]:
     """Q1_0 bytes -> (int8 codes in {-1, +1} of `shape`, each block's d as fp16)."""
-    codes, d_bits = tq.unpack_rows(SPEC, unpack_qs, data, shape)
+    codes, d_bits = CODEC.unpack_rows(data, shape)
     return codes, d_bits.view(np.float16)
 
 
-# --- the registry contract (bitconv/formats/__init__.py), lossless variant ---
-
-def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    """The weight, then its F32 [1] `.scale` companion."""
-    return tq.weight_part(SPEC, name, shape), tq.scale_part(name)
-
-
-def encode(multiplier: float | np.float32,
-           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
-    return tq.encode_lossless(SPEC, pack_qs, multiplier, chunks)
-
-
-def decode(datas: Sequence[npt.NDArray[np.uint8]],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    return tq.decode_lossless(SPEC, unpack_qs, datas, shape)
-
-
-def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    return None
-
-
-# --- the lossy variant, registered as "q1_0-fp16" ---
-
-fp16 = tq.lossy_codec(
-    f"{__name__}.fp16", "Q1_0 with d = fp16(multiplier) in every block (lossy); formats/q1_0.md",
-    SPEC_FP16, pack_qs, unpack_qs, nbytes=nbytes, pack=pack, unpack=unpack,
-)
+CODEC = tq.Blocks(SPEC, pack_qs, unpack_qs)    # registered as "q1_0"
+FP16 = tq.Blocks(SPEC_FP16, pack_qs, unpack_qs)  # registered as "q1_0-fp16"

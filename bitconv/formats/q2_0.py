@@ -7,24 +7,23 @@ A Q2_0 value is (q - 1)·d for q in 0..3; a ternary weight uses q = t + 1 in 0..
 never written, and refused when read). Two codecs live here, as for TQ2_0:
     q2_0       (this module) lossless: d = 1 in every block, the exact float32 multiplier in an
                F32 [1] companion `<name>.scale` that llama.cpp multiplies in after the matmul
-    q2_0-fp16  (`fp16`) llama.cpp's own form: d = fp16(multiplier) in every block, no companion;
+    q2_0-fp16  (`FP16`) llama.cpp's own form: d = fp16(multiplier) in every block, no companion;
                reads back float32(fp16(m)), so SPEC.lossless=False
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.formats import tq_common as tq
-from bitconv.formats.base import FormatSpec, Part
+from bitconv.formats.base import FormatSpec
 
 QK2_0 = 64  # elements per block (ggml-common.h L187)
-SPEC = FormatSpec(name="q2_0", ggml_type=42, file_type=41, block_elems=QK2_0, block_bytes=18,
-                  tail_bytes=0, d_first=True)
-SPEC_FP16 = FormatSpec(name="q2_0-fp16", ggml_type=42, file_type=41, block_elems=QK2_0,
-                       block_bytes=18, tail_bytes=0, lossless=False, d_first=True)
+SPEC = FormatSpec(name="q2_0", type_name="Q2_0", ggml_type=42, file_type=41, block_elems=QK2_0,
+                  block_bytes=18, tail_bytes=0, d_first=True)
+SPEC_FP16 = replace(SPEC, name="q2_0-fp16", lossless=False)
 
 # One block of 64 digits q -> d (fp16 LE) then qs[16]; element j in byte j // 4 at shift
 # 2·(j % 4), lowest bits first:
@@ -48,16 +47,6 @@ def unpack_qs(qs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return ((qs[:, :, None] >> _SHIFTS) & np.uint8(3)).reshape(-1, QK2_0)
 
 
-def check_shape(shape: tuple[int, int]) -> None:
-    """Raise PackError unless `shape` (out_features, in_features) has in_features % 64 == 0."""
-    tq.check_shape(SPEC, shape)
-
-
-def nbytes(shape: tuple[int, int]) -> int:
-    """18 bytes per 64 elements (the weight tensor only)."""
-    return tq.nbytes(SPEC, shape)
-
-
 def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
     """Pack ternary codes (rows, K), K % 64 == 0, into Q2_0 blocks that all carry fp16(d).
 
@@ -65,40 +54,15 @@ def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
         >>> pack(np.zeros((1, 64), np.int8))[[0, 1, 2, 17]].tobytes().hex()
         '003c5555'
     """
-    return tq.pack_rows(SPEC, pack_qs, codes, tq.fp16_d(SPEC_FP16, d))
+    return CODEC.pack_rows(codes, tq.fp16_d(SPEC_FP16, d))
 
 
 def unpack(data: npt.NDArray[np.uint8],
            shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float16]]:
     """Q2_0 bytes -> (int8 codes of `shape`, each block's d as fp16); InputError on code 3."""
-    codes, d_bits = tq.unpack_rows(SPEC, unpack_qs, data, shape)
+    codes, d_bits = CODEC.unpack_rows(data, shape)
     return codes, d_bits.view(np.float16)
 
 
-# --- the registry contract (bitconv/formats/__init__.py), lossless variant ---
-
-def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    """The weight, then its F32 [1] `.scale` companion."""
-    return tq.weight_part(SPEC, name, shape), tq.scale_part(name)
-
-
-def encode(multiplier: float | np.float32,
-           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
-    return tq.encode_lossless(SPEC, pack_qs, multiplier, chunks)
-
-
-def decode(datas: Sequence[npt.NDArray[np.uint8]],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    return tq.decode_lossless(SPEC, unpack_qs, datas, shape)
-
-
-def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    return None
-
-
-# --- the lossy variant, registered as "q2_0-fp16" ---
-
-fp16 = tq.lossy_codec(
-    f"{__name__}.fp16", "Q2_0 with d = fp16(multiplier) in every block (lossy); formats/q2_0.md",
-    SPEC_FP16, pack_qs, unpack_qs, nbytes=nbytes, pack=pack, unpack=unpack,
-)
+CODEC = tq.Blocks(SPEC, pack_qs, unpack_qs)    # registered as "q2_0"
+FP16 = tq.Blocks(SPEC_FP16, pack_qs, unpack_qs)  # registered as "q2_0-fp16"

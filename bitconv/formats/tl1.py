@@ -7,21 +7,19 @@ Type ids: Eddie-Wang1120/llama.cpp@406a503 ggml/include/ggml.h L393-396, include
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats import tiling
 from bitconv.formats import tl_common as tl
-from bitconv.formats.base import FormatSpec, Part
+from bitconv.formats.base import I8, U8, FormatSpec, check_length
 from bitconv.formats.tiling import Tiling
-from bitconv.types import KV
 
-SPEC = FormatSpec(name="tl1", ggml_type=38, file_type=38, block_elems=4, block_bytes=1,
-                  tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiling needs every row
-TILED = True  # decode needs the file's tiling (formats/__init__.py `decode`)
+# n/4 bytes + the 32-byte tail: ggml_nbytes' I2_S rule (Codec.nbytes with 4 elements per byte)
+SPEC = FormatSpec(name="tl1", type_name="TL1", ggml_type=38, file_type=38, block_elems=4,
+                  block_bytes=1, tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiles span rows
 
 # Index of the pair (t0, t1) = (W[m, 2p], W[m, 2p+1]): idx = 3*t0 + t1 + 4, in 0..8, the slot of
 # lut_ctor's table [-b0-b1, -b0, -b0+b1, -b1, 0, b1, b0-b1, b0, b0+b1]. Two indices per byte.
@@ -35,18 +33,6 @@ _TO_FILE = (0, 4, 1, 5, 2, 6, 3, 7)    # (iBM, ibm, i16b, r, iBK, iby, ip, h) ->
 _FROM_FILE = (0, 2, 4, 6, 1, 3, 5, 7)  # its inverse
 
 
-def check_shape(shape: tuple[int, int]) -> None:
-    """Raise PackError unless `shape` (out_features, in_features) has a TL1 tiling."""
-    if len(shape) != 2:
-        raise PackError(f"tl1 packs 2-D weights, got shape {tuple(int(d) for d in shape)}")
-    tiling.choose("tl1", (int(shape[0]), int(shape[1])))
-
-
-def nbytes(shape: tuple[int, int]) -> int:
-    """ggml_nbytes for TL1: M*K/4 index bytes + the 32-byte tail (the I2_S rule)."""
-    return int(shape[0]) * int(shape[1]) // 4 + tl.TAIL_BYTES
-
-
 def _dims(t: Tiling, rows: int) -> tuple[int, ...]:
     # pair indices (rows, K/2) seen as (iBM, ibm, i16b, r, iBK, iby, ip, h)
     return (rows // t.BM, t.BM // t.bm, t.bm // 16, 16, t.K // t.BK, t.BK // t.by, t.by // 4, 2)
@@ -55,7 +41,7 @@ def _dims(t: Tiling, rows: int) -> tuple[int, ...]:
 def pack_body(codes: npt.NDArray[np.int8], t: Tiling) -> npt.NDArray[np.uint8]:
     """Index bytes of whole BM-row tiles of codes (rows % BM == 0, K columns) under tiling `t`.
     Consecutive tiles pack independently: the bytes of rows [a, b) are body[a*K/4 : b*K/4]."""
-    codes = tl.as_codes("tl1", codes)
+    codes = tl.as_codes(SPEC, codes)
     rows, k = codes.shape
     if rows % t.BM or k != t.K:
         raise PackError(f"tl1 packs whole tiles of BM = {t.BM} rows and K = {t.K} columns, "
@@ -80,7 +66,7 @@ def pack(codes: npt.NDArray[np.int8], multiplier: float | np.float32,
         >>> pack(np.zeros((32, 16), np.int8), 1.0)[:2].tobytes().hex()
         '4444'
     """
-    codes = tl.as_codes("tl1", codes)
+    codes = tl.as_codes(SPEC, codes)
     t = tl.resolve("tl1", codes.shape, t)
     return np.concatenate([pack_body(codes, t), tl.tail(multiplier)])
 
@@ -96,7 +82,7 @@ def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
         t = tl.resolve("tl1", shape, t)
     except PackError as e:
         raise InputError(str(e)) from None
-    data = tl.check_length("tl1", data, shape, nbytes(shape))
+    data = check_length(SPEC, data, shape, CODEC.nbytes(shape))
     n_body = shape[0] * shape[1] // 4
     file_dims = tuple(_dims(t, shape[0])[i] for i in _TO_FILE[:-1])
     nib = tl.split_nibbles(data[:n_body].reshape(file_dims))      # file order, h last
@@ -105,35 +91,17 @@ def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
     return tl.pair_codes(idx), tl.read_multiplier(data, n_body)
 
 
-# --- the registry contract (bitconv/formats/__init__.py) ---
-
-def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    """One tensor: bitnet.cpp's hidden `<name>_scale` is, on disk, the weight's 32-byte tail."""
-    return (Part(name, SPEC.ggml_type, (int(shape[0]), int(shape[1])), nbytes(shape)),)
-
-
-def encode(multiplier: float | np.float32, chunks: Iterable[npt.NDArray[np.int8]],
-           t: Tiling | None = None) -> Iterator[npt.NDArray[np.uint8]]:
-    """The tensor's bytes from its row chunks. The tiling depends on M, which only the last
-    chunk reveals, so the codes are gathered first (M*K bytes), then packed a few tiles at a time."""
-    codes = tl.gather("tl1", chunks)
-    t = tl.resolve("tl1", codes.shape, t)  # default: bitconv's choice, as the sidecar says
-    for rows in tl.tile_groups(t):
-        yield pack_body(codes[rows], t)
-    yield tl.tail(multiplier)
+class TL1(tl.Tiled):
+    def encode(self, multiplier: float | np.float32, chunks: Iterable[I8],
+               t: Tiling | None = None) -> Iterator[U8]:
+        """The tensor's bytes from its row chunks. The tiling depends on M, which only the last
+        chunk reveals, so the codes are gathered first (M*K bytes), then packed a few tiles at
+        a time. `t`: another tiling than bitconv's (one bitnet.cpp chose)."""
+        codes = tl.gather(SPEC, chunks)
+        t = tl.resolve("tl1", codes.shape, t)  # default: bitconv's choice, as the sidecar says
+        for rows in tl.tile_groups(t):
+            yield pack_body(codes[rows], t)
+        yield tl.tail(multiplier)
 
 
-def decode(datas: Sequence[npt.NDArray[np.uint8]], shape: tuple[int, int],
-           t: Tiling | None = None) -> tuple[npt.NDArray[np.int8], np.float32]:
-    """The registry's decode, with the file's tiling (InputError without one: never a guess)."""
-    return unpack(datas[0], shape, tl.file_tiling("tl1", shape, t))
-
-
-def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    """`.kernel_config.ini`: the TL1 tiling of every distinct weight shape (tiling.kernel_config)."""
-    return tl.sidecar("tl1", weights)
-
-
-def kvs(weights: Sequence[tuple[str, tuple[int, int]]]) -> list[KV]:
-    """The metadata key with the same tilings as the sidecar (tl_common.KV_KEY)."""
-    return tl.kvs("tl1", weights)
+CODEC = TL1(SPEC, unpack)

@@ -9,22 +9,19 @@ Type ids: Eddie-Wang1120/llama.cpp@406a503 ggml/include/ggml.h L393-396, include
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats import tiling
 from bitconv.formats import tl_common as tl
-from bitconv.formats.base import FormatSpec, Part
+from bitconv.formats.base import I8, U8, FormatSpec, check_2d, check_length
 from bitconv.formats.tiling import Tiling
-from bitconv.types import KV
 
 # 24 weights -> 8 magnitude nibbles (4 bytes) + 8 sign bits (1 byte): ggml_nbytes' "/ 3 * 5 / 8"
-SPEC = FormatSpec(name="tl2", ggml_type=39, file_type=39, block_elems=24, block_bytes=5,
-                  tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiling needs every row
-TILED = True  # decode needs the file's tiling (formats/__init__.py `decode`)
+SPEC = FormatSpec(name="tl2", type_name="TL2", ggml_type=39, file_type=39, block_elems=24,
+                  block_bytes=5, tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiles span rows
 MIN_K = 256  # bitconv sizes TL2 tensors by ggml_nbytes' formula, which starts at K = 256
 
 # Columns [0, three_k): triple g = (W[m,3g], W[m,3g+1], W[m,3g+2]) -> v = 9*t0 + 3*t1 + t2 in
@@ -46,28 +43,6 @@ _SIGN_TO_FILE = (0, 4, 1, 5, 3, 6, 2)     # (iBM, ibm, rh, w, iBK, ic, q) -> (..
 _SIGN_FROM_FILE = (0, 2, 6, 4, 1, 3, 5)
 
 
-def check_shape(shape: tuple[int, int]) -> None:
-    """Raise PackError unless `shape` (out_features, in_features) has a TL2 tiling."""
-    if len(shape) != 2:
-        raise PackError(f"tl2 packs 2-D weights, got shape {tuple(int(d) for d in shape)}")
-    if int(shape[1]) < MIN_K:
-        raise PackError(f"tl2 needs in_features >= {MIN_K} (ggml_nbytes' TL2 size formula), "
-                        f"got {int(shape[1])}")
-    tiling.choose("tl2", (int(shape[0]), int(shape[1])))
-
-
-def nbytes(shape: tuple[int, int]) -> int:
-    """ggml_nbytes for TL2: (K-256)*M/3*5/8 + 256*M/2*4/8 in C integer arithmetic (truncating),
-    rounded up to 32, + 32 for the tail."""
-    m, k = int(shape[0]), int(shape[1])
-    n = _cdiv(_cdiv((k - 256) * m, 3) * 5, 8) + 256 * m // 2 * 4 // 8
-    return -(-n // 32) * 32 + tl.TAIL_BYTES
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b) if a < 0 else a // b  # C division truncates toward zero
-
-
 def payload(t: Tiling) -> tuple[int, int, int]:
     """Bytes of the magnitude, sign and pair sections."""
     return t.three_k * t.M // 6, t.three_k * t.M // 24, t.two_k * t.M // 4
@@ -81,7 +56,7 @@ def _row_dims(t: Tiling, rows: int, width: int, per_row: int) -> tuple[int, ...]
 def pack_sections(codes: npt.NDArray[np.int8], t: Tiling) -> tuple[npt.NDArray[np.uint8], ...]:
     """(magnitudes, signs, pairs) of whole BM-row tiles of `codes` under tiling `t`; consecutive
     tiles pack independently, each section tile-major."""
-    codes = tl.as_codes("tl2", codes)
+    codes = tl.as_codes(SPEC, codes)
     rows, k = codes.shape
     if rows % t.BM or k != t.K:
         raise PackError(f"tl2 packs whole tiles of BM = {t.BM} rows and K = {t.K} columns, "
@@ -116,15 +91,15 @@ def pack(codes: npt.NDArray[np.int8], multiplier: float | np.float32,
         >>> pack(np.zeros((32, 256), np.int8), 1.0).size
         2080
     """
-    codes = tl.as_codes("tl2", codes)
-    check_shape(codes.shape)
+    codes = tl.as_codes(SPEC, codes)
+    CODEC.check_shape(codes.shape)
     t = tl.resolve("tl2", codes.shape, t)
     return np.concatenate([*pack_sections(codes, t), _end(t, multiplier)])
 
 
 def _end(t: Tiling, multiplier: float | np.float32) -> npt.NDArray[np.uint8]:
     """Zeros from the payload to pad32(formula), then the tail."""
-    pad = nbytes((t.M, t.K)) - tl.TAIL_BYTES - sum(payload(t))
+    pad = CODEC.nbytes((t.M, t.K)) - tl.TAIL_BYTES - sum(payload(t))
     return np.concatenate([np.zeros(pad, np.uint8), tl.tail(multiplier)])
 
 
@@ -137,11 +112,11 @@ def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
     bitconv's choice (the inverse of `pack`); readers of files pass the file's (`decode`)."""
     shape = (int(shape[0]), int(shape[1]))
     try:
-        check_shape(shape)
+        CODEC.check_shape(shape)
         t = tl.resolve("tl2", shape, t)
     except PackError as e:
         raise InputError(str(e)) from None
-    data = tl.check_length("tl2", data, shape, nbytes(shape))
+    data = check_length(SPEC, data, shape, CODEC.nbytes(shape))
     n_mag, n_sign, n_two = payload(t)
     m, nslab = shape[0], t.three_k // t.BK
     dims = _row_dims(t, m, nslab, t.BK // 6)
@@ -161,49 +136,49 @@ def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
     pairs = tl.split_nibbles(two.reshape([dims[i] for i in _ROW_TO_FILE[:-1]]))
     pairs = pairs.transpose(_ROW_FROM_FILE)[:, :, GROUPS].reshape(m, -1)   # (M, two_k/2)
     tl.bad_index("tl2", "index", pairs, 8, 2, col0=t.three_k)
-    tl.check_zeros("tl2", data, n_mag + n_sign + n_two, nbytes(shape) - tl.TAIL_BYTES)
+    tl.check_zeros("tl2", data, n_mag + n_sign + n_two, CODEC.nbytes(shape) - tl.TAIL_BYTES)
     codes = np.concatenate([tri.reshape(m, -1), tl.pair_codes(pairs)], axis=1)
-    return codes, tl.read_multiplier(data, nbytes(shape) - tl.TAIL_BYTES)
+    return codes, tl.read_multiplier(data, CODEC.nbytes(shape) - tl.TAIL_BYTES)
 
 
-# --- the registry contract (bitconv/formats/__init__.py) ---
+class TL2(tl.Tiled):
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """PackError unless `shape` (out_features, in_features) has a TL2 tiling."""
+        check_2d(SPEC, shape)
+        if int(shape[1]) < MIN_K:
+            raise PackError(f"tl2 needs in_features >= {MIN_K} (ggml_nbytes' TL2 size formula), "
+                            f"got {int(shape[1])}")
+        super().check_shape(shape)
 
-def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    """One tensor: bitnet.cpp's hidden `<name>_scale` is, on disk, the weight's 32-byte tail."""
-    return (Part(name, SPEC.ggml_type, (int(shape[0]), int(shape[1])), nbytes(shape)),)
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        """ggml_nbytes for TL2 (bitnet.cpp ggml.c L3480-3487): (K-256)*M/3*5/8 + 256*M/2*4/8,
+        integer arithmetic left to right, rounded up to 32, + 32 for the tail; K = ne0, M = ne1
+        (ne2, ne3 ignored, as there). InputError below 256 columns, where it has no size."""
+        k, m = int(shape[-1]), int(shape[-2]) if len(shape) > 1 else 1
+        if k < MIN_K:
+            raise InputError(f"TL2 needs at least 256 columns, got shape {shape}")
+        n = (k - 256) * m // 3 * 5 // 8 + 256 * m // 2 * 4 // 8
+        return -(-n // 32) * 32 + tl.TAIL_BYTES
+
+    def encode(self, multiplier: float | np.float32, chunks: Iterable[I8],
+               t: Tiling | None = None) -> Iterator[U8]:
+        """The tensor's bytes from its row chunks. The tiling depends on M, which only the last
+        chunk reveals, so the codes are gathered first (M*K bytes); magnitudes then go out a few
+        tiles at a time while the sign and pair sections (about a fifth of the output) wait for
+        the end. `t`: another tiling than bitconv's (one bitnet.cpp chose)."""
+        codes = tl.gather(SPEC, chunks)
+        self.check_shape(codes.shape)
+        t = tl.resolve("tl2", codes.shape, t)  # default: bitconv's choice, as the sidecar says
+        later: list[U8] = []
+        signs: list[U8] = []
+        for rows in tl.tile_groups(t):
+            mag, sign, two = pack_sections(codes[rows], t)
+            signs.append(sign)
+            later.append(two)
+            yield mag
+        yield from signs
+        yield from later
+        yield _end(t, multiplier)
 
 
-def encode(multiplier: float | np.float32, chunks: Iterable[npt.NDArray[np.int8]],
-           t: Tiling | None = None) -> Iterator[npt.NDArray[np.uint8]]:
-    """The tensor's bytes from its row chunks. The tiling depends on M, which only the last chunk
-    reveals, so the codes are gathered first (M*K bytes); magnitudes then go out a few tiles at a
-    time while the sign and pair sections (about a fifth of the output) wait for the end."""
-    codes = tl.gather("tl2", chunks)
-    check_shape(codes.shape)
-    t = tl.resolve("tl2", codes.shape, t)  # default: bitconv's choice, as the sidecar says
-    later: list[npt.NDArray[np.uint8]] = []
-    signs: list[npt.NDArray[np.uint8]] = []
-    for rows in tl.tile_groups(t):
-        mag, sign, two = pack_sections(codes[rows], t)
-        signs.append(sign)
-        later.append(two)
-        yield mag
-    yield from signs
-    yield from later
-    yield _end(t, multiplier)
-
-
-def decode(datas: Sequence[npt.NDArray[np.uint8]], shape: tuple[int, int],
-           t: Tiling | None = None) -> tuple[npt.NDArray[np.int8], np.float32]:
-    """The registry's decode, with the file's tiling (InputError without one: never a guess)."""
-    return unpack(datas[0], shape, tl.file_tiling("tl2", shape, t))
-
-
-def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    """`.kernel_config.ini`: the TL2 tiling of every distinct weight shape (tiling.kernel_config)."""
-    return tl.sidecar("tl2", weights)
-
-
-def kvs(weights: Sequence[tuple[str, tuple[int, int]]]) -> list[KV]:
-    """The metadata key with the same tilings as the sidecar (tl_common.KV_KEY)."""
-    return tl.kvs("tl2", weights)
+CODEC = TL2(SPEC, unpack)

@@ -9,7 +9,8 @@ metadata key KV_KEY as well as in the `<file>.kernel_config.ini` sidecar.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import ClassVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,16 @@ from gguf import GGUFValueType
 
 from bitconv.errors import InputError, PackError
 from bitconv.formats import tiling
+from bitconv.formats.base import (
+    I8,
+    U8,
+    Codec,
+    FormatSpec,
+    Shape,
+    Weights,
+    check_2d,
+    check_codes,
+)
 from bitconv.formats.tiling import Fmt, Tiling
 from bitconv.types import KV
 
@@ -26,23 +37,49 @@ SIDECAR_SUFFIX = ".kernel_config.ini"
 # GGUF STRING: the sections of the sidecar (tiling.body), so that a file describes itself
 KV_KEY = "bitconv.tl.kernel_config"
 
-U8 = npt.NDArray[np.uint8]
-I8 = npt.NDArray[np.int8]
+Unpack = Callable[[U8, Shape, Tiling], tuple[I8, np.float32]]
 
 
-def as_codes(fmt: Fmt, codes: npt.ArrayLike) -> I8:
+class Tiled(Codec):
+    """A TL layout: one tensor (bitnet.cpp's hidden `<name>_scale` is, on disk, the weight's
+    32-byte tail), whose bytes depend on the tiling (BM, BK, bm). Encoding uses bitconv's
+    tiling for the shape, recorded in the sidecar and the KV_KEY metadata; decoding takes the
+    file's and refuses None, since guessing one decodes other weights without any error."""
+
+    tiled: ClassVar[bool] = True
+
+    def __init__(self, spec: FormatSpec, unpack: Unpack) -> None:
+        super().__init__(spec)
+        self.fmt, self._unpack = cast(Fmt, spec.name), unpack
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """PackError unless `shape` (out_features, in_features) has a tiling (tiling.choose)."""
+        check_2d(self.spec, shape)
+        tiling.choose(self.fmt, (int(shape[0]), int(shape[1])))
+
+    def decode(self, datas: Sequence[U8], shape: Shape,
+               tiling: Tiling | None = None) -> tuple[I8, np.float32]:
+        return self._unpack(datas[0], shape, file_tiling(self.fmt, shape, tiling))
+
+    def sidecar(self, weights: Weights) -> tuple[str, bytes] | None:
+        """`.kernel_config.ini`: the tiling of every distinct weight shape (tiling.kernel_config)."""
+        if not weights:
+            return None
+        return SIDECAR_SUFFIX, tiling.kernel_config(self.fmt, [shape for _, shape in weights])
+
+    def kvs(self, arch: str, weights: Weights = ()) -> list[KV]:
+        """[KV_KEY = the sidecar's sections] for the weights bitconv packs, or [] without."""
+        if not weights:
+            return []
+        tiles = [tiling.choose(self.fmt, s) for s in tiling.model_shapes(s for _, s in weights)]
+        return [KV(KV_KEY, GGUFValueType.STRING, tiling.body(tiles))]
+
+
+def as_codes(spec: FormatSpec, codes: npt.ArrayLike) -> I8:
     """`codes` as a 2-D int8 array in {-1, 0, +1}, or PackError naming the first bad element."""
     arr = np.asarray(codes)
-    if arr.ndim != 2:
-        raise PackError(f"{fmt} packs 2-D weights, got shape {tuple(int(d) for d in arr.shape)}")
-    if arr.dtype.kind not in "iu":
-        raise PackError(f"{fmt} codes must be an integer array, got dtype {arr.dtype}")
-    bad = (arr < -1) | (arr > 1)
-    if bad.any():
-        first = int(np.argmax(bad.reshape(-1)))
-        raise PackError(f"{fmt} codes must be -1, 0 or +1, got {int(arr.reshape(-1)[first])} "
-                        f"at element {first}")
-    return np.ascontiguousarray(arr, dtype=np.int8)
+    check_2d(spec, arr.shape)
+    return check_codes(spec, arr)
 
 
 def pair_index(codes: I8) -> U8:
@@ -78,13 +115,6 @@ def read_multiplier(data: U8, offset: int) -> np.float32:
     return np.float32(np.frombuffer(data[offset:offset + 4].tobytes(), dtype="<f4")[0])
 
 
-def check_length(fmt: Fmt, data: npt.ArrayLike, shape: tuple[int, int], expected: int) -> U8:
-    arr = np.asarray(data, dtype=np.uint8).reshape(-1)
-    if arr.size != expected:
-        raise InputError(f"{fmt} data is {arr.size} bytes, expected {expected} for shape {shape}")
-    return arr
-
-
 def bad_index(fmt: Fmt, what: str, idx: npt.NDArray[np.integer], limit: int, group: int,
               col0: int = 0) -> None:
     """InputError for the first (row-major) index above `limit` in `idx`, whose column g covers
@@ -114,12 +144,12 @@ def check_zeros(fmt: Fmt, data: U8, start: int, stop: int) -> None:
                          "not what any tiling writes")
 
 
-def gather(fmt: Fmt, chunks: Iterable[npt.ArrayLike]) -> I8:
+def gather(spec: FormatSpec, chunks: Iterable[npt.ArrayLike]) -> I8:
     """All row chunks of one tensor as one array. The layout depends on (M, K), and encode() is
     not told M, so TL codecs hold one tensor's int8 codes (M*K bytes) before packing."""
-    parts = [as_codes(fmt, c) for c in chunks]
+    parts = [as_codes(spec, c) for c in chunks]
     if not parts:
-        raise PackError(f"{fmt}: no rows to pack")
+        raise PackError(f"{spec.name}: no rows to pack")
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
@@ -154,17 +184,3 @@ def file_tiling(fmt: Fmt, shape: tuple[int, int], t: Tiling | None) -> Tiling:
         return resolve(fmt, shape, t)
     except PackError as e:
         raise InputError(str(e)) from None
-
-
-def sidecar(fmt: Fmt, weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    if not weights:
-        return None
-    return SIDECAR_SUFFIX, tiling.kernel_config(fmt, [shape for _, shape in weights])
-
-
-def kvs(fmt: Fmt, weights: Sequence[tuple[str, tuple[int, int]]]) -> list[KV]:
-    """[KV_KEY = the sidecar's sections] for the weights bitconv packs, or [] without weights."""
-    if not weights:
-        return []
-    tiles = [tiling.choose(fmt, s) for s in tiling.model_shapes(s for _, s in weights)]
-    return [KV(KV_KEY, GGUFValueType.STRING, tiling.body(tiles))]

@@ -5,23 +5,22 @@ Spec: formats/tq1_0.md. Reference: ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-co
 
 Two codecs live here, as for TQ2_0:
     tq1_0       (this module) lossless: d = 1 in every block + an F32 [1] `<name>.scale`
-    tq1_0-fp16  (`fp16`) d = fp16(multiplier) in every block; reads back float32(fp16(m))
+    tq1_0-fp16  (`FP16`) d = fp16(multiplier) in every block; reads back float32(fp16(m))
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
 from bitconv.formats import tq_common as tq
-from bitconv.formats.base import FormatSpec, Part
+from bitconv.formats.base import FormatSpec
 
-SPEC = FormatSpec(name="tq1_0", ggml_type=34, file_type=36, block_elems=256, block_bytes=54,
-                  tail_bytes=0)
-SPEC_FP16 = FormatSpec(name="tq1_0-fp16", ggml_type=34, file_type=36, block_elems=256,
-                       block_bytes=54, tail_bytes=0, lossless=False)
+SPEC = FormatSpec(name="tq1_0", type_name="TQ1_0", ggml_type=34, file_type=36, block_elems=256,
+                  block_bytes=54, tail_bytes=0)
+SPEC_FP16 = replace(SPEC, name="tq1_0-fp16", lossless=False)
 
 # One block of 256 digits q = ternary + 1 -> qs[48] | qh[4] | d (fp16 LE). Five (qh: four)
 # digits per byte, the first the most significant base-3 digit, spaced like TQ2_0's groups:
@@ -76,16 +75,6 @@ def unpack_qs(b: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return q
 
 
-def check_shape(shape: tuple[int, int]) -> None:
-    """Raise PackError unless `shape` (out_features, in_features) has in_features % 256 == 0."""
-    tq.check_shape(SPEC, shape)
-
-
-def nbytes(shape: tuple[int, int]) -> int:
-    """54 bytes per 256 elements (the weight tensor only)."""
-    return tq.nbytes(SPEC, shape)
-
-
 def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
     """Pack ternary codes (rows, K), K % 256 == 0, into TQ1_0 blocks that all carry fp16(d).
 
@@ -93,41 +82,16 @@ def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
         >>> pack(np.zeros((1, 256), np.int8))[[0, 47, 48, 51, 52, 53]].tobytes().hex()
         '80807f7f003c'
     """
-    return tq.pack_rows(SPEC, pack_qs, codes, tq.fp16_d(SPEC_FP16, d))
+    return CODEC.pack_rows(codes, tq.fp16_d(SPEC_FP16, d))
 
 
 def unpack(data: npt.NDArray[np.uint8],
            shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float16]]:
     """TQ1_0 bytes -> (int8 codes of `shape`, each block's d as fp16); InputError on bytes that
     are no packing of ternary digits."""
-    codes, d_bits = tq.unpack_rows(SPEC, unpack_qs, data, shape)
+    codes, d_bits = CODEC.unpack_rows(data, shape)
     return codes, d_bits.view(np.float16)
 
 
-# --- the registry contract (bitconv/formats/__init__.py), lossless variant ---
-
-def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    """The weight, then its F32 [1] `.scale` companion."""
-    return tq.weight_part(SPEC, name, shape), tq.scale_part(name)
-
-
-def encode(multiplier: float | np.float32,
-           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
-    return tq.encode_lossless(SPEC, pack_qs, multiplier, chunks)
-
-
-def decode(datas: Sequence[npt.NDArray[np.uint8]],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    return tq.decode_lossless(SPEC, unpack_qs, datas, shape)
-
-
-def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    return None
-
-
-# --- the lossy variant, registered as "tq1_0-fp16" ---
-
-fp16 = tq.lossy_codec(
-    f"{__name__}.fp16", "TQ1_0 with d = fp16(multiplier) in every block (lossy); formats/tq1_0.md",
-    SPEC_FP16, pack_qs, unpack_qs, nbytes=nbytes, pack=pack, unpack=unpack,
-)
+CODEC = tq.Blocks(SPEC, pack_qs, unpack_qs)    # registered as "tq1_0"
+FP16 = tq.Blocks(SPEC_FP16, pack_qs, unpack_qs)  # registered as "tq1_0-fp16"

@@ -6,23 +6,22 @@ Spec: formats/tq2_0.md. Reference: ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-co
 Two codecs live here:
     tq2_0       (this module) lossless: d = 1 in every block, the exact float32 multiplier in an
                 F32 [1] companion `<name>.scale`, which llama.cpp multiplies in after the matmul
-    tq2_0-fp16  (`fp16`) llama.cpp's standard form: d = fp16(multiplier) in every block, no
+    tq2_0-fp16  (`FP16`) llama.cpp's standard form: d = fp16(multiplier) in every block, no
                 companion; the multiplier read back is float32(fp16(m)), so SPEC.lossless=False
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.formats import tq_common as tq
-from bitconv.formats.base import FormatSpec, Part
+from bitconv.formats.base import FormatSpec
 
-SPEC = FormatSpec(name="tq2_0", ggml_type=35, file_type=37, block_elems=256, block_bytes=66,
-                  tail_bytes=0)
-SPEC_FP16 = FormatSpec(name="tq2_0-fp16", ggml_type=35, file_type=37, block_elems=256,
-                       block_bytes=66, tail_bytes=0, lossless=False)
+SPEC = FormatSpec(name="tq2_0", type_name="TQ2_0", ggml_type=35, file_type=37, block_elems=256,
+                  block_bytes=66, tail_bytes=0)
+SPEC_FP16 = replace(SPEC, name="tq2_0-fp16", lossless=False)
 
 # One block of 256 digits q = ternary + 1 -> qs[64], then d (fp16 LE). Two halves j of 128;
 # byte m (0..31) of half j holds elements 128j + m + 32l at bit shift 2l:
@@ -48,16 +47,6 @@ def unpack_qs(qs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return q.reshape(-1, 256)
 
 
-def check_shape(shape: tuple[int, int]) -> None:
-    """Raise PackError unless `shape` (out_features, in_features) has in_features % 256 == 0."""
-    tq.check_shape(SPEC, shape)
-
-
-def nbytes(shape: tuple[int, int]) -> int:
-    """66 bytes per 256 elements (the weight tensor only)."""
-    return tq.nbytes(SPEC, shape)
-
-
 def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
     """Pack ternary codes (rows, K), K % 256 == 0, into TQ2_0 blocks that all carry fp16(d).
 
@@ -65,40 +54,15 @@ def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:
         >>> pack(np.zeros((1, 256), np.int8))[[0, 63, 64, 65]].tobytes().hex()
         '5555003c'
     """
-    return tq.pack_rows(SPEC, pack_qs, codes, tq.fp16_d(SPEC_FP16, d))
+    return CODEC.pack_rows(codes, tq.fp16_d(SPEC_FP16, d))
 
 
 def unpack(data: npt.NDArray[np.uint8],
            shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float16]]:
     """TQ2_0 bytes -> (int8 codes of `shape`, each block's d as fp16); InputError on code 3."""
-    codes, d_bits = tq.unpack_rows(SPEC, unpack_qs, data, shape)
+    codes, d_bits = CODEC.unpack_rows(data, shape)
     return codes, d_bits.view(np.float16)
 
 
-# --- the registry contract (bitconv/formats/__init__.py), lossless variant ---
-
-def parts(name: str, shape: tuple[int, int]) -> tuple[Part, ...]:
-    """The weight, then its F32 [1] `.scale` companion."""
-    return tq.weight_part(SPEC, name, shape), tq.scale_part(name)
-
-
-def encode(multiplier: float | np.float32,
-           chunks: Iterable[npt.NDArray[np.int8]]) -> Iterator[npt.NDArray[np.uint8]]:
-    return tq.encode_lossless(SPEC, pack_qs, multiplier, chunks)
-
-
-def decode(datas: Sequence[npt.NDArray[np.uint8]],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    return tq.decode_lossless(SPEC, unpack_qs, datas, shape)
-
-
-def sidecar(weights: Sequence[tuple[str, tuple[int, int]]]) -> tuple[str, bytes] | None:
-    return None
-
-
-# --- the lossy variant, registered as "tq2_0-fp16" ---
-
-fp16 = tq.lossy_codec(
-    f"{__name__}.fp16", "TQ2_0 with d = fp16(multiplier) in every block (lossy); formats/tq2_0.md",
-    SPEC_FP16, pack_qs, unpack_qs, nbytes=nbytes, pack=pack, unpack=unpack,
-)
+CODEC = tq.Blocks(SPEC, pack_qs, unpack_qs)    # registered as "tq2_0"
+FP16 = tq.Blocks(SPEC_FP16, pack_qs, unpack_qs)  # registered as "tq2_0-fp16"

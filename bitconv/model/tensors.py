@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
 from bitconv.containers.safetensors import MappedFiles, to_float32
 from bitconv.errors import PackError
+from bitconv.formats import hf
 from bitconv.formats.hf import ScaleRule
 from bitconv.model import ternary
 from bitconv.model.checkpoint import Checkpoint
@@ -29,12 +29,13 @@ SERIAL = Workers(1)
 KEEP_MAPPED = 128 << 20  # bytes of a latent tensor kept mapped from pass 1 to pass 2
 
 
-def check_shapes(codec: ModuleType, items: list[PlannedTensor]) -> None:
+def check_shapes(check_shape: Callable[[tuple[int, ...]], None],
+                 items: list[PlannedTensor]) -> None:
     """Every ternary weight fits the format, before anything is written (errors name the source)."""
     for t in items:
         if t.kind == "ternary":
             try:
-                codec.check_shape(t.shape)
+                check_shape(t.shape)
             except PackError as e:
                 raise PackError(f"{t.source}: {e}") from None
 
@@ -109,7 +110,7 @@ def ternary_rows(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: ScaleR
         m = multiplier(ck, mf, t, rule, checked)
         packed = mf.view(ref)
         return TernaryRows(m, rows, lambda rs: order(
-            ternary.unpack_hf_rows(packed, rs.start, rs.stop, t.source)))
+            hf.unpack_rows(packed, rs.start, rs.stop, t.source)))
     release = lambda rs: mf.release(ref, rs)
     if binary:
         alpha, beta = ternary.binary_stats(list(workers.map(

@@ -7,8 +7,8 @@ Three sources, one result:
   computed in two passes over row chunks so a tensor never has to be widened whole;
 - floats that already are ternary x a (|W| in {0, a}): kept as sign(W) with multiplier a; running
   absmean on them would shrink the scale by the fraction of non-zeros (bitnet-cpp.md §4);
-- HF-packed uint8 + weight_scale: unpacked and checked, never re-quantized; the scale is turned
-  into a multiplier by the declared rule (hf.md §1.4).
+- HF-packed uint8 + weight_scale: unpacked and checked (formats/hf.py `unpack_rows`), never
+  re-quantized; the scale is turned into a multiplier by the declared rule (hf.md §1.4).
 Pure numpy: no files, no families.
 """
 from __future__ import annotations
@@ -182,33 +182,6 @@ def ternarize(w: npt.NDArray[np.float32], name: str = "") -> tuple[npt.NDArray[n
     scan.add(w)
     m, tern = scan.result()
     return ternarize_chunk(w, m, tern, name), m
-
-
-# HF packing (transformers integrations/bitnet.py, hf.md §1.1): uint8 [R, in] holds 4R rows,
-#   bits 2i..2i+1 of packed[r, c] = code(W[i*R + r, c]),  code = t + 1  (LSB first, quarter blocks)
-def unpack_hf_rows(packed: npt.NDArray[np.uint8], start: int, stop: int,
-                   name: str = "") -> npt.NDArray[np.int8]:
-    """Unpacked rows [start, stop) of an HF-packed weight, checking that no code is 3."""
-    R, cols = packed.shape
-    codes = np.empty((stop - start, cols), np.uint8)  # the 2-bit codes, then codes - 1 as int8
-    step = max(1, BLOCK // max(cols, 1))  # rows per step: the three passes stay in cache
-    for i in range(start // R, (stop - 1) // R + 1):  # at most 4 quarter blocks
-        lo, hi = max(start, i * R) - i * R, min(stop, (i + 1) * R) - i * R
-        for r in range(lo, hi, step):
-            dst = codes[i * R + r - start:i * R + min(hi, r + step) - start]
-            np.right_shift(packed[r:r + len(dst)], 2 * i, out=dst)
-            np.bitwise_and(dst, 3, out=dst)
-    if codes.size and codes.max() > 2:
-        r, c = np.unravel_index(int(np.argmax(codes == 3)), codes.shape)
-        row = start + int(r)
-        raise InputError(f"{name}: packed byte holds code 3 (not a ternary value) at row "
-                         f"{row % R} (bits {2 * (row // R)}-{2 * (row // R) + 1}), column {c}")
-    np.subtract(codes, 1, out=codes)  # 0 -> 255, which is -1 as int8
-    return codes.view(np.int8)
-
-
-def unpack_hf(packed: npt.NDArray[np.uint8], name: str = "") -> npt.NDArray[np.int8]:
-    return unpack_hf_rows(packed, 0, 4 * packed.shape[0], name)
 
 
 def scale_rule(config: dict) -> ScaleRule:

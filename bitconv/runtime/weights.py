@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -34,8 +33,9 @@ from bitconv.containers.gguf_writer import F16, F32, TYPE_NAMES
 from bitconv.containers.kernel_config import FileTilings, file_tilings
 from bitconv.containers.safetensors import MappedFiles, to_float32
 from bitconv.errors import InputError
-from bitconv.formats import codec_for, decode, get_format
+from bitconv.formats.base import Codec
 from bitconv.formats.hf import ScaleRule
+from bitconv.formats.registry import codec_for, decode, get_codec
 from bitconv.model import ternary
 from bitconv.model.checkpoint import Checkpoint, load_checkpoint
 from bitconv.model.families import detect
@@ -100,7 +100,7 @@ def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weig
     gf = read_gguf(path)
     by_name = {t.name: t for t in gf.tensors}
     loaders: dict[str, Callable[[], Tensor]] = {}
-    packed: list[tuple[GGUFTensor, ModuleType, list[GGUFTensor]]] = []
+    packed: list[tuple[GGUFTensor, Codec, list[GGUFTensor]]] = []
     for t in gf.tensors:
         if t.ggml_type in (F32, F16):
             loaders[t.name] = lambda t=t: np.asarray(tensor_array(gf, t))
@@ -110,7 +110,7 @@ def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weig
             name = TYPE_NAMES.get(t.ggml_type, str(t.ggml_type))
             raise InputError(f"{path}: tensor {t.name!r} has type {name}, which bitconv cannot run")
         packed.append((t, codec, [by_name[p.name] for p in codec.parts(t.name, t.shape)]))
-    formats = sorted({codec.SPEC.name for _, codec, _ in packed})
+    formats = sorted({codec.spec.name for _, codec, _ in packed})
     if len(formats) > 1:
         raise InputError(f"{path}: ternary tensors in several formats ({', '.join(formats)})")
     tilings = file_tilings(path, gf.kvs, formats[0] if formats else "",
@@ -127,7 +127,7 @@ def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weig
                    formats[0] if formats else "i2s", {n: layout[n] for n in order})
 
 
-def _decode(gf: GGUFFile, t: GGUFTensor, codec: ModuleType, parts: list[GGUFTensor],
+def _decode(gf: GGUFFile, t: GGUFTensor, codec: Codec, parts: list[GGUFTensor],
             tilings: FileTilings) -> TernaryTensor:
     try:
         codes, m = decode(codec, [np.asarray(tensor_bytes(gf, p)) for p in parts], t.shape,
@@ -162,11 +162,11 @@ def load_checkpoint_weights(src: str | Path, scale_rule: ScaleRule | None = None
                 return latent_rows(ck, mf, t)
             if t.kind == "ternary":
                 m, chunks = ternary_codes(ck, mf, t, rule, scale_rule is None,
-                                          binary=0 not in codec.SPEC.codes)
+                                          binary=0 not in codec.spec.codes)
                 return TernaryTensor(t.gguf_name, _rows(chunks, t.shape), stored(codec, m))
             return _rows(dense_chunks(ck, mf, t), t.shape)
 
-    codec = get_format(format)
+    codec = get_codec(format)
     kvs = {kv.key: kv.value for kv in metadata(ck, fam, codec)}
     loaders = {t.gguf_name: (lambda t=t: load(t)) for t in items}
     layout = {t.gguf_name: Stored(t.shape, t.kind == "ternary", {"f16": 2, "f32": 4}.get(t.kind, 1))
@@ -187,12 +187,12 @@ def _rows(chunks: Iterator[npt.NDArray[Any]], shape: tuple[int, ...]) -> npt.NDA
     return out
 
 
-def stored(codec: ModuleType, m: np.float32) -> np.float32:
+def stored(codec: Codec, m: np.float32) -> np.float32:
     """The multiplier a file in this format gives back for `m`: `m` itself for a lossless
     codec; for a lossy one (an fp16 block scale) whatever one block round-trips to."""
-    if codec.SPEC.lossless:
+    if codec.spec.lossless:
         return m
-    one = np.ones((1, codec.SPEC.block_elems), np.int8)
+    one = np.ones((1, codec.spec.block_elems), np.int8)
     return np.float32(codec.decode(list(codec.encode(m, iter([one]))), one.shape)[1])
 
 

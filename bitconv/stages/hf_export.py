@@ -88,7 +88,7 @@ def export(src: str | Path, *, out: str | Path | None = None, force: bool = Fals
     ck = load_checkpoint(src)
     fam = detect(ck.config)
     items = plan(ck, fam)
-    check_shapes(hf, items)
+    check_shapes(hf.check_shape, items)
     rule = scale_rule or ternary.scale_rule(dict(ck.config))
     check_scales(ck, items, rule, scale_rule is None)
     # default: the convention the source's weight_scale is read by, so it is copied as it is
@@ -134,7 +134,7 @@ def _entries(ck: Checkpoint, fam: Family, items: list[PlannedTensor], rule: Scal
             continue
         t = replace(t, heads=0)  # HF rows stay in rotate_half order
         out.append(_Entry(name, "U8", hf.packed_shape((t.shape[0], t.shape[1])), "packed", t))
-        scale = name + "_scale"
+        scale = hf.scale_name(name)
         # the stored weight_scale already means what the target convention says: keep its bytes
         if t.scale_source and target == rule:
             ref = ck.ref(t.scale_source)

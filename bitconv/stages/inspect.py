@@ -2,7 +2,7 @@
 
 Shapes are shown in each container's own order: [out, in] for safetensors (numpy/torch),
 ne0-first for GGUF, as gguf-dump and llama.cpp print them. For a GGUF, each ternary weight and
-companion is labelled with the codec that reads it (formats/__init__.py `codec_for`), and the
+companion is labelled with the codec that reads it (formats/registry.py `codec_for`), and the
 summary says whether that format keeps the float32 multipliers; for a lossy one (an fp16 `d`)
 it bounds the weight error from the file alone: the exact multiplier is not stored, but it
 rounded to d, so it lies within half an fp16 ulp of it. For TL1/TL2 it names the kernel
@@ -15,7 +15,6 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,8 @@ import numpy as np
 from bitconv.containers.gguf_reader import GGUFFile, GGUFTensor, read_gguf, tensor_bytes
 from bitconv.containers.gguf_writer import F16, F32, TYPE_NAMES
 from bitconv.containers.kernel_config import file_tilings
-from bitconv.formats import codec_for, decode
+from bitconv.formats.base import Codec
+from bitconv.formats.registry import codec_for, decode
 from bitconv.model import ternary
 from bitconv.model.checkpoint import load_checkpoint
 from bitconv.model.families import detect
@@ -110,7 +110,7 @@ def _describe_gguf(path: Path, kernel_config: str | Path | None) -> Description:
         if tilings.by_shape:
             summary["kernel config"] = tilings.source
             summary["tiling"] = tilings.describe()
-        if not codec.SPEC.lossless:
+        if not codec.spec.lossless:
             summary["max weight error"] = _loss_bound(gf, codec, parts)
     if gf.kvs.get("tokenizer.ggml.model") == "gpt2":  # BPE: the pre name decides who loads it
         summary["tokenizer loads in"] = pre_runtimes(str(gf.kvs.get("tokenizer.ggml.pre")))
@@ -125,32 +125,32 @@ def _describe_gguf(path: Path, kernel_config: str | Path | None) -> Description:
 Parts = list[tuple[GGUFTensor, ...]]
 
 
-def _codecs(gf: GGUFFile) -> tuple[dict[str, str], dict[str, tuple[ModuleType, Parts]]]:
+def _codecs(gf: GGUFFile) -> tuple[dict[str, str], dict[str, tuple[Codec, Parts]]]:
     """Each ternary weight and companion -> its label; format -> (codec, every weight's parts)."""
     by_name = {t.name: t for t in gf.tensors}
     labels: dict[str, str] = {}
-    weights: dict[str, tuple[ModuleType, Parts]] = {}
+    weights: dict[str, tuple[Codec, Parts]] = {}
     for t in gf.tensors:
         if t.ggml_type in (F32, F16) or len(t.shape) != 2:
             continue
         codec = codec_for(t.ggml_type, t.name, (t.shape[0], t.shape[1]), set(by_name), gf.kvs)
         if codec is None:
             continue
-        fmt, parts = codec.SPEC.name, codec.parts(t.name, t.shape)
+        fmt, parts = codec.spec.name, codec.parts(t.name, t.shape)
         weights.setdefault(fmt, (codec, []))[1].append(tuple(by_name[p.name] for p in parts))
         labels[t.name] = fmt
         labels.update((p.name, f"{fmt} companion") for p in parts[1:])
     return labels, weights
 
 
-def _format_label(codec: ModuleType, n_parts: int) -> str:
-    if not codec.SPEC.lossless:
-        return f"{codec.SPEC.name} (lossy: each multiplier rounded to an fp16 d)"
+def _format_label(codec: Codec, n_parts: int) -> str:
+    if not codec.spec.lossless:
+        return f"{codec.spec.name} (lossy: each multiplier rounded to an fp16 d)"
     where = "in F32 companion tensors" if n_parts > 1 else "in the tensor data"
-    return f"{codec.SPEC.name} (lossless: float32 multipliers {where})"
+    return f"{codec.spec.name} (lossless: float32 multipliers {where})"
 
 
-def _loss_bound(gf: GGUFFile, codec: ModuleType, weights: Parts) -> str:
+def _loss_bound(gf: GGUFFile, codec: Codec, weights: Parts) -> str:
     """The largest relative weight error a lossy file can hold: its multipliers m are not
     stored, but each rounded to d = fp16(m), so |d - m| is at most half an fp16 ulp of d."""
     worst, where = 0.0, ""

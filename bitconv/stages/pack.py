@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from types import ModuleType
 
 import numpy.typing as npt
 from tqdm import tqdm
@@ -27,8 +26,10 @@ from bitconv.containers.gguf_writer import (
 )
 from bitconv.containers.safetensors import MappedFiles
 from bitconv.errors import InputError, PackError
-from bitconv.formats import get_format
+from bitconv.formats import HF
+from bitconv.formats.base import Codec
 from bitconv.formats.hf import ScaleRule
+from bitconv.formats.registry import get_codec
 from bitconv.model import ternary
 from bitconv.model.checkpoint import checkpoint_name, load_checkpoint
 from bitconv.model.families import detect
@@ -61,7 +62,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
 
     Args:
         src: Hugging Face checkpoint directory (config.json + safetensors).
-        format: a key of bitconv.formats.FORMATS.
+        format: one of bitconv.formats.FORMAT_NAMES.
         out: output path; default `<dir name>-<format>.gguf` in the current directory.
         force: overwrite an existing output.
         scale_rule: override the weight_scale convention (and skip its sanity check).
@@ -74,10 +75,10 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
         PosixPath('bitnet-b1.58-2B-4T-i2s.gguf')
     """
     src = Path(src)
-    codec = get_format(format)
+    codec = None if format == HF else get_codec(format)
     if scale_stat not in ("mean", "median"):
         raise InputError(f"scale statistic {scale_stat!r}: choose mean or median")
-    if codec.SPEC.container == "safetensors":  # a checkpoint directory, not a GGUF
+    if codec is None:  # hf: a checkpoint directory, not a GGUF
         if scale_stat != "mean":
             raise InputError("--scale-stat median writes GGUF formats only")
         from bitconv.stages import hf_export
@@ -88,7 +89,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     ck = load_checkpoint(src)
     fam = detect(ck.config)
     items = plan(ck, fam)
-    check_shapes(codec, items)
+    check_shapes(codec.check_shape, items)
     infos = [tensor_parts(codec, t) for t in items]
     # a format's extra file (e.g. TL kernel configuration) goes beside `out`, under the same rules
     extra = codec.sidecar([(t.gguf_name, t.shape) for t in items if t.kind == "ternary"])
@@ -109,8 +110,8 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
         for t, group in zip(items, infos):
             bar.set_postfix_str(t.gguf_name, refresh=False)
             chunks = (encoded(codec, ternary_rows(ck, mf, t, rule, scale_rule is None,
-                                                  codec.SPEC.row_multiple, workers,
-                                                  binary=0 not in codec.SPEC.codes,
+                                                  codec.spec.row_multiple, workers,
+                                                  binary=0 not in codec.spec.codes,
                                                   scale_stat=scale_stat), workers)
                       if t.kind == "ternary" else dense_chunks(ck, mf, t, workers))
             try:
@@ -126,7 +127,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     return PackResult(out, format, fam.name, len(items), total)
 
 
-def tensor_parts(codec: ModuleType, t: PlannedTensor) -> list[TensorInfo]:
+def tensor_parts(codec: Codec, t: PlannedTensor) -> list[TensorInfo]:
     """The GGUF tensors planned tensor `t` becomes: a ternary weight may bring companions."""
     if t.kind == "ternary":
         return [TensorInfo(p.name, p.shape, p.ggml_type, p.nbytes)
@@ -135,12 +136,12 @@ def tensor_parts(codec: ModuleType, t: PlannedTensor) -> list[TensorInfo]:
     return [TensorInfo(t.gguf_name, t.shape, gtype, tensor_nbytes(gtype, t.shape))]
 
 
-def encoded(codec: ModuleType, src: TernaryRows, workers: Workers) -> Iterator[npt.NDArray]:
+def encoded(codec: Codec, src: TernaryRows, workers: Workers) -> Iterator[npt.NDArray]:
     """The bytes of every part of one weight. A row-local codec encodes each chunk on the worker
     that made its codes, then what follows the blocks (tail, companions) is what it gives for
     no rows; other codecs (TL tiles span the tensor) encode as one stage beside the writer."""
     m = src.multiplier
-    if not codec.SPEC.row_local:
+    if not codec.spec.row_local:
         return workers.background(codec.encode(m, workers.map(src.codes, src.rows, src.done)))
     trailer = list(codec.encode(m, iter(())))
 

@@ -106,14 +106,14 @@ def load_recipe(path: str | Path) -> Recipe:
         raise bad("commit must be a 40-character lowercase hex sha")
     if raw["family"] not in FAMILIES:
         raise bad(f"family {raw['family']!r} is not one of: {', '.join(sorted(FAMILIES))}")
-    from bitconv.formats import FORMATS
+    from bitconv.formats import FORMAT_NAMES
 
     formats = raw.get("formats")
     if not isinstance(formats, list) or not formats or not all(isinstance(f, str) for f in formats):
         raise bad("formats must be a non-empty list of format names")
     for f in formats:
-        if f not in FORMATS:
-            raise bad(f"format {f!r} is not one of: {', '.join(sorted(FORMATS))}")
+        if f not in FORMAT_NAMES:
+            raise bad(f"format {f!r} is not one of: {', '.join(sorted(FORMAT_NAMES))}")
     if len(set(formats)) != len(formats):
         raise bad("formats lists a format twice")
     return Recipe(path, raw["name"], raw["repo"], raw["revision"], commit, raw["family"],

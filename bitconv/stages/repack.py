@@ -1,7 +1,7 @@
 """Stage `repack`: a packed model -> another registered format, without the source checkpoint.
 
 GGUF -> GGUF: the header keeps every key in order except `general.file_type` (the target's) and
-the layout and TL tiling keys (formats/__init__.py `layout_kvs`); then each tensor in file order: a
+the layout and TL tiling keys (formats/base.py `Codec.kvs`); then each tensor in file order: a
 ternary weight is decoded by the codec that wrote it (codes + float32 multiplier; its companions,
 such as a `.scale`, go with it; a TL input with its own tiling, bitconv/containers/kernel_config.py) and encoded by the target codec in row chunks; any other tensor is copied
 byte for byte. One tensor is in memory at a time. GGUF -> `hf`: repack_hf.py. A checkpoint
@@ -19,7 +19,6 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -46,7 +45,9 @@ from bitconv.containers.gguf_writer import (
 )
 from bitconv.containers.kernel_config import NONE, FileTilings, file_tilings
 from bitconv.errors import InputError, OutputError, PackError
-from bitconv.formats import codec_for, decode, get_format, layout_kvs
+from bitconv.formats import HF
+from bitconv.formats.base import Codec
+from bitconv.formats.registry import codec_for, decode, get_codec
 from bitconv.formats.tl_common import KV_KEY
 from bitconv.model.tensors import row_chunks
 from bitconv.types import KV
@@ -75,7 +76,7 @@ class Source:
     gf: GGUFFile
     format: str  # the codec of its ternary weights ("" when it has none)
     tensors: tuple[GGUFTensor, ...]
-    codecs: Mapping[str, ModuleType]  # ternary weight name -> the codec that wrote it
+    codecs: Mapping[str, Codec]  # ternary weight name -> the codec that wrote it
     parts: Mapping[str, tuple[GGUFTensor, ...]]  # ternary weight name -> its stored parts
     tilings: FileTilings = NONE  # a TL file's tiling per shape (bitconv/containers/kernel_config.py)
 
@@ -104,7 +105,7 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
 
     Args:
         src: a GGUF file bitconv can read, or a checkpoint directory (packed as `pack` does).
-        format: a key of bitconv.formats.FORMATS.
+        format: one of bitconv.formats.FORMAT_NAMES.
         out: output file (directory for `hf`); default `<general.name>-<format>.gguf` (`-hf`)
             in the current directory.
         force: overwrite an existing output.
@@ -115,14 +116,14 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
         >>> repack("m-i2s.gguf", format="tq2_0", out="m-tq2_0.gguf").path
         PosixPath('m-tq2_0.gguf')
     """
-    src, codec = Path(src), get_format(format)
+    src, codec = Path(src), None if format == HF else get_codec(format)
     if src.is_dir():
-        return _pack_dir(src, codec, out, force, allow_lossy, progress)
+        return _pack_dir(src, format, codec, out, force, allow_lossy, progress)
     source = read_source(src, kernel_config)
     out = Path(out) if out is not None else default_output(output_stem(source), format)
     if os.path.realpath(out) == os.path.realpath(src):  # Path.resolve raises on a loop
         raise OutputError(f"{out}: is the input; choose another output")
-    if codec.SPEC.container == "safetensors":
+    if codec is None:
         from bitconv.stages.repack_hf import export_hf
         return export_hf(source, out, force=force, progress=progress)
     weights = source.weights()
@@ -152,7 +153,7 @@ def read_source(path: Path, kernel_config: str | Path | None = None) -> Source:
     if "general.architecture" not in gf.kvs:
         raise InputError(f"{path}: no general.architecture in the metadata")
     by_name = {t.name: t for t in gf.tensors}
-    codecs: dict[str, ModuleType] = {}
+    codecs: dict[str, Codec] = {}
     parts: dict[str, tuple[GGUFTensor, ...]] = {}
     for t in gf.tensors:
         if t.ggml_type in PLAIN:
@@ -168,7 +169,7 @@ def read_source(path: Path, kernel_config: str | Path | None = None) -> Source:
         codecs[t.name] = codec
         parts[t.name] = tuple(by_name[p.name] for p in codec.parts(t.name, t.shape))
     companions = {p.name for ps in parts.values() for p in ps[1:]}
-    names = sorted({c.SPEC.name for c in codecs.values()})
+    names = sorted({c.spec.name for c in codecs.values()})
     if len(names) > 1:
         raise InputError(f"{path}: ternary tensors in several formats ({', '.join(names)})")
     source = Source(gf, names[0] if names else "",
@@ -185,15 +186,15 @@ def output_stem(source: Source) -> str:
     return name
 
 
-def check_loss(multipliers: Iterable[tuple[str, np.float32]], codec: ModuleType,
+def check_loss(multipliers: Iterable[tuple[str, np.float32]], codec: Codec,
                allow_lossy: bool) -> tuple[float, str | None]:
     """The largest relative change the target makes to a multiplier, and where; PackError at
     the first inexact one unless `allow_lossy`. Lossless targets are not asked."""
-    if codec.SPEC.lossless:
+    if codec.spec.lossless:
         return 0.0, None
     from bitconv.runtime.weights import stored
 
-    fmt, worst, where = codec.SPEC.name, 0.0, None
+    fmt, worst, where = codec.spec.name, 0.0, None
     for name, m in multipliers:
         try:
             s = stored(codec, m)
@@ -211,12 +212,12 @@ def check_loss(multipliers: Iterable[tuple[str, np.float32]], codec: ModuleType,
     return worst, where
 
 
-def target_kvs(source: Source, codec: ModuleType) -> list[KV]:
+def target_kvs(source: Source, codec: Codec) -> list[KV]:
     """The source's metadata in order, with the target's general.file_type, layout key and TL
     tiling key (where `pack` puts them: before the tokenizer keys; the tiling is `pack`'s)."""
     gf = source.gf
     arch = str(gf.kvs["general.architecture"])
-    drop, pending = {f"{arch}.tensor_data_layout", KV_KEY}, layout_kvs(codec, arch, source.weights())
+    drop, pending = {f"{arch}.tensor_data_layout", KV_KEY}, codec.kvs(arch, source.weights())
     out: list[KV] = []
     for kv in kv_records(gf):
         if kv.key in drop:
@@ -224,26 +225,26 @@ def target_kvs(source: Source, codec: ModuleType) -> list[KV]:
         if kv.key.startswith("tokenizer.") and pending:
             out, pending = out + pending, []
         if kv.key == "general.file_type":
-            kv = KV(kv.key, T.UINT32, codec.SPEC.file_type)
+            kv = KV(kv.key, T.UINT32, codec.spec.file_type)
         out.append(kv)
     return out + pending
 
 
-def _write(source: Source, codec: ModuleType, out: Path, force: bool, progress: bool) -> int:
+def _write(source: Source, codec: Codec, out: Path, force: bool, progress: bool) -> int:
     groups = [[TensorInfo(p.name, p.shape, p.ggml_type, p.nbytes)
                for p in codec.parts(t.name, t.shape)] if t.name in source.codecs
               else [TensorInfo(t.name, t.shape, t.ggml_type, t.nbytes)] for t in source.tensors]
     flat = [i for g in groups for i in g]
     total = sum(i.nbytes for i in flat)
     with atomic_output(out, force) as f, \
-            tqdm(total=total, unit="B", unit_scale=True, desc=f"repack {codec.SPEC.name}",
+            tqdm(total=total, unit="B", unit_scale=True, desc=f"repack {codec.spec.name}",
                  file=sys.stderr, disable=not progress, leave=False) as bar:
         w = GGUFWriter(f, target_kvs(source, codec), flat, alignment=source.gf.alignment)
         for t, group in zip(source.tensors, groups):
             bar.set_postfix_str(t.name, refresh=False)
             if t.name in source.codecs:
                 codes, m = source.decode(t)
-                chunks = codec.encode(m, code_chunks(codes, codec.SPEC.row_multiple))
+                chunks = codec.encode(m, code_chunks(codes, codec.spec.row_multiple))
             else:
                 chunks = byte_chunks(tensor_bytes(source.gf, t))
             try:
@@ -266,7 +267,7 @@ def byte_chunks(data: npt.NDArray[np.uint8]) -> Iterator[npt.NDArray[np.uint8]]:
         yield data[a:a + BYTE_CHUNK]
 
 
-def _pack_dir(src: Path, codec: ModuleType, out: str | Path | None, force: bool,
+def _pack_dir(src: Path, format: str, codec: Codec | None, out: str | Path | None, force: bool,
               allow_lossy: bool, progress: bool) -> RepackResult:
     """A checkpoint directory: `pack` it, after the same lossy-target check."""
     from bitconv.model.checkpoint import load_checkpoint
@@ -276,17 +277,17 @@ def _pack_dir(src: Path, codec: ModuleType, out: str | Path | None, force: bool,
     from bitconv.stages.pack import pack
     from bitconv.types import TernaryTensor
 
-    if not codec.SPEC.lossless:
+    if codec is not None and not codec.spec.lossless:
         w = load_checkpoint_weights(src)
         tensors = ((n, w.tensors[n]) for n in w.order)
         pairs = ((n, t.multiplier) for n, t in tensors if isinstance(t, TernaryTensor))
         max_error, worst = check_loss(pairs, codec, allow_lossy)
     else:
         max_error, worst = 0.0, None
-    res = pack(src, format=codec.SPEC.name, out=out, force=force, progress=progress)
+    res = pack(src, format=format, out=out, force=force, progress=progress)
     ck = load_checkpoint(src)
     items = [t for t in plan(ck, detect(ck.config)) if t.kind == "ternary"]
-    extra = codec.sidecar([(t.gguf_name, t.shape) for t in items])
+    extra = codec.sidecar([(t.gguf_name, t.shape) for t in items]) if codec else None
     side = res.path.with_name(res.path.name + extra[0]) if extra else None
-    return RepackResult(res.path, "checkpoint", codec.SPEC.name, res.tensors, res.nbytes,
+    return RepackResult(res.path, "checkpoint", format, res.tensors, res.nbytes,
                         max_error, worst, side)

@@ -33,7 +33,8 @@ from bitconv.containers.gguf_reader import GGUFTensor, kv_records, tensor_bytes
 from bitconv.containers.gguf_writer import BF16, F16, F32
 from bitconv.containers.safetensors import to_float32, write_safetensors
 from bitconv.errors import InputError, PackError
-from bitconv.formats import get_format, hf
+from bitconv.formats import hf
+from bitconv.formats.registry import get_codec
 from bitconv.model.families import FAMILIES
 from bitconv.model.families.base import NORMS, TERNARY
 from bitconv.model.tensors import CHUNK_ELEMS as ROW_ELEMS
@@ -132,7 +133,7 @@ def export_hf(source: Source, out: Path, *, force: bool = False,
         write_json(tmp / "config.json", config)
         for fname, data in tok.files.items():
             (tmp / fname).write_bytes(data)
-        scales: dict[str, npt.NDArray[np.uint8]] = {}
+        scales: dict[str, npt.NDArray[np.float32]] = {}
 
         def chunks(e: _Entry) -> Iterator[npt.NDArray[Any]]:
             bar.set_postfix_str(e.name, refresh=False)
@@ -141,8 +142,8 @@ def export_hf(source: Source, out: Path, *, force: bool = False,
             elif e.src.name in source.codecs:
                 codes, m = source.decode(e.src)
                 n = heads.get(e.src.name.split(".")[-2], 0)
-                packed, scales[e.src.name] = hf.encode(m, [_unpermute(codes, n) if n else codes])
-                yield packed
+                scales[e.src.name] = np.array([hf.weight_scale(m, "multiply")], "<f4")
+                yield hf.pack(_unpermute(codes, n) if n else codes)
             else:
                 yield from _widened(source, e.src)
             bar.update(e.nbytes)
@@ -163,9 +164,9 @@ def _entries(source: Source) -> list[_Entry]:
                 hf.check_shape(t.shape)
             except PackError as e:
                 raise PackError(f"{t.name}: {e}") from None
-            weight, scale = hf.parts(name, (t.shape[0], t.shape[1]))
-            out += [_Entry(weight.name, "U8", weight.shape, weight.nbytes, t),
-                    _Entry(scale.name, "F32", scale.shape, scale.nbytes, t, scale=True)]
+            rows, cols = hf.packed_shape((t.shape[0], t.shape[1]))
+            out += [_Entry(name, "U8", (rows, cols), rows * cols, t),
+                    _Entry(hf.scale_name(name), "F32", (1,), 4, t, scale=True)]
         elif t.ggml_type in DTYPES:
             out.append(_Entry(name, "F32", t.shape, 4 * int(np.prod(t.shape)), t))
         else:
@@ -206,7 +207,7 @@ def _changed(tmp: Path, source: Source) -> tuple[str, ...]:
     ck = load_checkpoint(tmp)
     try:
         got = {kv.key: kv for kv in metadata(ck, detect(ck.config),
-                                                 get_format(source.format or "i2s"))}
+                                                 get_codec(source.format or "i2s"))}
     except InputError as e:
         raise InputError(f"the rebuilt checkpoint cannot be packed again: {e}") from None
     want = {kv.key: kv for kv in kv_records(source.gf)}

@@ -32,8 +32,8 @@ import numpy as np
 
 from bitconv.containers.kernel_config import KernelConfigError
 from bitconv.errors import InputError
-from bitconv.formats import get_format
 from bitconv.formats.hf import ScaleRule
+from bitconv.formats.registry import get_codec
 from bitconv.runtime.memory import choose
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import (
@@ -127,13 +127,13 @@ def verify(packed: str | Path, *, source: str | Path | None = None, tokens: int 
 def lossless(fmt: str) -> str:
     """The lossless twin of a format (`tq2_0-fp16` -> `tq2_0`): the source's exact multipliers."""
     twin = fmt.removesuffix("-fp16")
-    return twin if get_format(twin).SPEC.lossless else fmt
+    return twin if get_codec(twin).spec.lossless else fmt
 
 
 def as_stored(ref: Weights, fmt: str) -> Weights:
     """`ref` with each multiplier as a file in `fmt` stores it (fp16-rounded for `-fp16`)."""
-    codec = get_format(fmt)
-    if codec.SPEC.lossless:
+    codec = get_codec(fmt)
+    if codec.spec.lossless:
         return replace(ref, format=fmt)
 
     def loader(name: str) -> Callable[[], Tensor]:
@@ -247,7 +247,7 @@ def _multiplier(name: str, m: np.float32, s: np.float32, fmt: str) -> Finding | 
     nums = {"multiplier": float(m), "source": float(s), "ratio": float(m) / float(s),
             "ulps": abs(float(m) - float(s)) / ulp}
     what = f"{name}: multiplier {float(m)!r}, the source's {float(s)!r}"
-    if not get_format(fmt).SPEC.lossless:
+    if not get_codec(fmt).spec.lossless:
         bound = float(np.spacing(abs(np.float16(s)))) / 2 + ulp
         if abs(float(m) - float(s)) <= bound:
             return Finding(LOSS, "tensors", f"{what}: {fmt} rounds it to fp16", name,
