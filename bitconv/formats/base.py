@@ -42,8 +42,10 @@ from bitconv.types import KV
 
 U8 = npt.NDArray[np.uint8]
 I8 = npt.NDArray[np.int8]
-Shape = tuple[int, int]
-Weights = Sequence[tuple[str, Shape]]  # (GGUF name, (out_features, in_features)) of each weight
+# (out_features, in_features), numpy order; typed loosely as readers hand it over (a GGUF
+# tensor's shape), and checked to be 2-D by check_shape / check_in_features
+Shape = tuple[int, ...]
+Weights = Sequence[tuple[str, Shape]]  # (GGUF name, shape) of each ternary weight
 
 
 @dataclass(frozen=True)
@@ -207,7 +209,7 @@ def check_length(spec: FormatSpec, data: npt.ArrayLike, shape: tuple[int, ...],
     return arr
 
 
-def check_in_features(spec: FormatSpec, shape: tuple[int, ...]) -> Shape:
+def check_in_features(spec: FormatSpec, shape: tuple[int, ...]) -> tuple[int, int]:
     """decode's shape check: (out, in) as ints, InputError unless whole blocks per row."""
     out = (int(shape[0]), int(shape[1]))
     if out[1] % spec.block_elems:

@@ -105,8 +105,8 @@ def unpack_rows(packed: npt.NDArray[np.uint8], start: int, stop: int,
             np.right_shift(packed[r:r + len(dst)], 2 * i, out=dst)
             np.bitwise_and(dst, 3, out=dst)
     if codes.size and codes.max() > 2:
-        r, c = np.unravel_index(int(np.argmax(codes == 3)), codes.shape)
-        row = start + int(r)
+        r, c = (int(x) for x in np.unravel_index(int(np.argmax(codes == 3)), codes.shape))
+        row = start + r
         raise InputError(f"{name or 'hf data'}: packed byte holds code 3 (not a ternary value) "
                          f"at row {row % R} (bits {2 * (row // R)}-{2 * (row // R) + 1}), "
                          f"column {c}")

@@ -64,12 +64,12 @@ class I2S(Codec):
         return self._unpack(datas[0], shape)
 
 
-def _pack_into(codes: npt.NDArray[np.int8], out: npt.NDArray[np.uint8]) -> None:
-    """Pack whole rows of `codes` into `out` (length codes.size // 4)."""
-    codes = np.asarray(codes)
+def _pack_into(given: npt.ArrayLike, out: npt.NDArray[np.uint8]) -> None:
+    """Pack whole rows of codes `given` into `out` (length size // 4)."""
+    codes = np.asarray(given)
     CODEC.check_shape(codes.shape)
     codes = integer_codes(SPEC, codes)
-    if codes.dtype != np.int8:
+    if codes.dtype != np.int8:  # else range-checked below, in the packing loop
         codes = check_codes(SPEC, codes)
     flat = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
     # Bytes never carry into each other (code <= 2, shift <= 6), so the four groups of a block
@@ -133,7 +133,7 @@ def pack(codes: npt.NDArray[np.int8], multiplier: float | np.float32) -> npt.NDA
 
 
 def unpack(
-    data: npt.NDArray[np.uint8], shape: tuple[int, int]
+    data: npt.NDArray[np.uint8], shape: tuple[int, ...]
 ) -> tuple[npt.NDArray[np.int8], np.float32]:
     """Decode I2_S tensor data back into ternary codes and the multiplier.
 

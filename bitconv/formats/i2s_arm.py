@@ -57,14 +57,14 @@ def pack(codes: npt.NDArray[np.int8], multiplier: float | np.float32) -> npt.NDA
 
 
 def unpack(data: npt.NDArray[np.uint8],
-           shape: tuple[int, int]) -> tuple[npt.NDArray[np.int8], np.float32]:
+           shape: tuple[int, ...]) -> tuple[npt.NDArray[np.int8], np.float32]:
     """Decode ARM I2_S tensor data into (codes int8 `shape`, float32 multiplier)."""
     shape = check_in_features(SPEC, shape)
     expected = CODEC.nbytes(shape)
     data = check_length(SPEC, data, shape, expected)
     n_body = expected - SPEC.tail_bytes
     body = data[:n_body].reshape(-1, 1, 16)                 # (n_blocks, 1, 16)
-    q = (body >> _SHIFTS) & 3                                # (n_blocks, g, b) = element 16g + b
+    q = (body >> _SHIFTS) & np.uint8(3)                      # (n_blocks, g, b) = element 16g + b
     check_digits(SPEC, q)
     q -= 1                                                   # 0 wraps to 255, i.e. int8 -1
     multiplier = np.frombuffer(data[n_body: n_body + 4].tobytes(), dtype="<f4")[0]

@@ -36,7 +36,7 @@ def pack_qs(q: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
 
 def unpack_qs(qs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """(n_blocks, 16) qs bytes -> (n_blocks, 128) digits 0 or 2, element order."""
-    return np.unpackbits(qs, axis=-1, bitorder="little") << 1
+    return np.unpackbits(qs, axis=-1, bitorder="little") << np.uint8(1)
 
 
 def pack(codes: npt.NDArray[np.int8], d: float = 1.0) -> npt.NDArray[np.uint8]:

@@ -71,7 +71,7 @@ def pack(codes: npt.NDArray[np.int8], multiplier: float | np.float32,
     return np.concatenate([pack_body(codes, t), tl.tail(multiplier)])
 
 
-def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
+def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, ...],
            t: Tiling | None = None) -> tuple[npt.NDArray[np.int8], np.float32]:
     """Decode TL1 tensor data (nbytes(shape) bytes, may be a read-only memmap) into int8 codes of
     `shape` and the float32 multiplier; InputError on a wrong length or an index above 8.

@@ -103,7 +103,7 @@ def _end(t: Tiling, multiplier: float | np.float32) -> npt.NDArray[np.uint8]:
     return np.concatenate([np.zeros(pad, np.uint8), tl.tail(multiplier)])
 
 
-def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, int],
+def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, ...],
            t: Tiling | None = None) -> tuple[npt.NDArray[np.int8], np.float32]:
     """Decode TL2 tensor data (nbytes(shape) bytes, may be a read-only memmap) into int8 codes of
     `shape` and the float32 multiplier; InputError on what no tiling writes: a wrong length, a

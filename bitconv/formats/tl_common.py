@@ -65,14 +65,18 @@ class Tiled(Codec):
         """`.kernel_config.ini`: the tiling of every distinct weight shape (tiling.kernel_config)."""
         if not weights:
             return None
-        return SIDECAR_SUFFIX, tiling.kernel_config(self.fmt, [shape for _, shape in weights])
+        return SIDECAR_SUFFIX, tiling.kernel_config(self.fmt, _shapes(weights))
 
     def kvs(self, arch: str, weights: Weights = ()) -> list[KV]:
         """[KV_KEY = the sidecar's sections] for the weights bitconv packs, or [] without."""
         if not weights:
             return []
-        tiles = [tiling.choose(self.fmt, s) for s in tiling.model_shapes(s for _, s in weights)]
+        tiles = [tiling.choose(self.fmt, s) for s in tiling.model_shapes(_shapes(weights))]
         return [KV(KV_KEY, GGUFValueType.STRING, tiling.body(tiles))]
+
+
+def _shapes(weights: Weights) -> list[tuple[int, int]]:
+    return [(int(s[0]), int(s[1])) for _, s in weights]
 
 
 def as_codes(spec: FormatSpec, codes: npt.ArrayLike) -> I8:
@@ -173,7 +177,7 @@ def resolve(fmt: Fmt, shape: tuple[int, int], t: Tiling | None) -> Tiling:
     return t
 
 
-def file_tiling(fmt: Fmt, shape: tuple[int, int], t: Tiling | None) -> Tiling:
+def file_tiling(fmt: Fmt, shape: tuple[int, ...], t: Tiling | None) -> Tiling:
     """decode's tiling: the file's, checked against `shape`. None is refused: the tiling is not in
     the tensor data, and guessing one decodes other weights without any error."""
     shape = (int(shape[0]), int(shape[1]))
