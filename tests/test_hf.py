@@ -138,7 +138,7 @@ def test_streamed_round_trip():
     np.testing.assert_array_equal(packed, hf.pack(codes))
     np.testing.assert_array_equal(hf.unpack_rows(packed, 2, 9), codes[2:9])
     assert hf.scale_name("m.q_proj.weight") == "m.q_proj.weight_scale"
-    assert hf.multiplier(hf.weight_scale(np.float32(0.75), "autobitlinear"), "autobitlinear") \
+    assert hf.multiplier(hf.weight_scale(np.float32(0.75), "multiply"), "multiply") \
         == np.float32(0.75)
 
 

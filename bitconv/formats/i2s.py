@@ -158,8 +158,13 @@ def unpack(
     q &= 3
     check_digits(SPEC, q)  # q is in flat element order
     q -= 1                                                   # 0 wraps to 255, i.e. int8 -1
-    multiplier = np.frombuffer(data[n_body : n_body + 4].tobytes(), dtype="<f4")[0]
-    return q.view(np.int8).reshape(shape), np.float32(multiplier)
+    return q.view(np.int8).reshape(shape), read_tail(data, n_body)
+
+
+def read_tail(data: npt.NDArray[np.uint8], offset: int) -> np.float32:
+    """The multiplier of a 32-byte tail starting at `offset` (the 28 bytes after it are
+    don't-care to every reader, DESIGN.md §5b)."""
+    return np.float32(np.frombuffer(data[offset:offset + 4].tobytes(), dtype="<f4")[0])
 
 
 CODEC = I2S(SPEC, pack_body, unpack)

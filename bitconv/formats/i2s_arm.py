@@ -67,8 +67,7 @@ def unpack(data: npt.NDArray[np.uint8],
     q = (body >> _SHIFTS) & np.uint8(3)                      # (n_blocks, g, b) = element 16g + b
     check_digits(SPEC, q)
     q -= 1                                                   # 0 wraps to 255, i.e. int8 -1
-    multiplier = np.frombuffer(data[n_body: n_body + 4].tobytes(), dtype="<f4")[0]
-    return q.view(np.int8).reshape(shape), np.float32(multiplier)
+    return q.view(np.int8).reshape(shape), i2s.read_tail(data, n_body)
 
 
 # same sizes, tail and streaming as x86 I2_S; only the order of the codes (and the key) differ

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError, PackError
+from bitconv.formats import i2s
 from bitconv.formats import tl_common as tl
 from bitconv.formats.base import I8, U8, FormatSpec, check_length
 from bitconv.formats.tiling import Tiling
@@ -68,7 +69,7 @@ def pack(codes: npt.NDArray[np.int8], multiplier: float | np.float32,
     """
     codes = tl.as_codes(SPEC, codes)
     t = tl.resolve("tl1", codes.shape, t)
-    return np.concatenate([pack_body(codes, t), tl.tail(multiplier)])
+    return np.concatenate([pack_body(codes, t), i2s.pack_tail(multiplier)])
 
 
 def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, ...],
@@ -88,7 +89,7 @@ def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, ...],
     nib = tl.split_nibbles(data[:n_body].reshape(file_dims))      # file order, h last
     idx = nib.transpose(_FROM_FILE).reshape(shape[0], shape[1] // 2)
     tl.bad_index("tl1", "index", idx, 8, 2)
-    return tl.pair_codes(idx), tl.read_multiplier(data, n_body)
+    return tl.pair_codes(idx), i2s.read_tail(data, n_body)
 
 
 class TL1(tl.Tiled):
@@ -101,7 +102,7 @@ class TL1(tl.Tiled):
         t = tl.resolve("tl1", codes.shape, t)  # default: bitconv's choice, as the sidecar says
         for rows in tl.tile_groups(t):
             yield pack_body(codes[rows], t)
-        yield tl.tail(multiplier)
+        yield i2s.pack_tail(multiplier)
 
 
 CODEC = TL1(SPEC, unpack)

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError, PackError
+from bitconv.formats import i2s
 from bitconv.formats import tl_common as tl
 from bitconv.formats.base import I8, U8, FormatSpec, check_2d, check_length
 from bitconv.formats.tiling import Tiling
@@ -100,7 +101,7 @@ def pack(codes: npt.NDArray[np.int8], multiplier: float | np.float32,
 def _end(t: Tiling, multiplier: float | np.float32) -> npt.NDArray[np.uint8]:
     """Zeros from the payload to pad32(formula), then the tail."""
     pad = CODEC.nbytes((t.M, t.K)) - tl.TAIL_BYTES - sum(payload(t))
-    return np.concatenate([np.zeros(pad, np.uint8), tl.tail(multiplier)])
+    return np.concatenate([np.zeros(pad, np.uint8), i2s.pack_tail(multiplier)])
 
 
 def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, ...],
@@ -138,7 +139,7 @@ def unpack(data: npt.NDArray[np.uint8], shape: tuple[int, ...],
     tl.bad_index("tl2", "index", pairs, 8, 2, col0=t.three_k)
     tl.check_zeros("tl2", data, n_mag + n_sign + n_two, CODEC.nbytes(shape) - tl.TAIL_BYTES)
     codes = np.concatenate([tri.reshape(m, -1), tl.pair_codes(pairs)], axis=1)
-    return codes, tl.read_multiplier(data, CODEC.nbytes(shape) - tl.TAIL_BYTES)
+    return codes, i2s.read_tail(data, CODEC.nbytes(shape) - tl.TAIL_BYTES)
 
 
 class TL2(tl.Tiled):

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from gguf import GGUFValueType
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats import tiling
+from bitconv.formats import i2s, tiling
 from bitconv.formats.base import (
     I8,
     U8,
@@ -31,7 +31,7 @@ from bitconv.formats.base import (
 from bitconv.formats.tiling import Fmt, Tiling
 from bitconv.types import KV
 
-TAIL_BYTES = 32  # float32 LE multiplier + 28 zero bytes: the "+ 32" of ggml_nbytes
+TAIL_BYTES = i2s.SPEC.tail_bytes  # I2_S's tail (i2s.pack_tail): the "+ 32" of ggml_nbytes
 GROUP_ELEMS = 1 << 22  # codes packed per step of encode(), in whole BM-row tiles
 SIDECAR_SUFFIX = ".kernel_config.ini"
 # GGUF STRING: the sections of the sidecar (tiling.body), so that a file describes itself
@@ -107,16 +107,6 @@ def join_nibbles(x: U8) -> U8:
 def split_nibbles(b: U8) -> U8:
     """(...) bytes -> (..., 2): high nibble first."""
     return np.stack([b >> 4, b & 15], axis=-1).astype(np.uint8)
-
-
-def tail(multiplier: float | np.float32) -> U8:
-    out = np.zeros(TAIL_BYTES, dtype=np.uint8)
-    out[:4] = np.array([multiplier], dtype="<f4").view(np.uint8)
-    return out
-
-
-def read_multiplier(data: U8, offset: int) -> np.float32:
-    return np.float32(np.frombuffer(data[offset:offset + 4].tobytes(), dtype="<f4")[0])
 
 
 def bad_index(fmt: Fmt, what: str, idx: npt.NDArray[np.integer], limit: int, group: int,
