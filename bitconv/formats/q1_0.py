@@ -5,7 +5,7 @@ Spec: formats/q1_0.md. Reference: ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-com
 
 A Q1_0 value is +d (bit 1) or -d (bit 0): binary weights, codes in {-1, +1}; a ternary weight's
 0 has no bit and is refused (use q2_0). Two codecs, as for Q2_0:
-    q1_0       (this module) lossless: d = 1 in every block + an F32 [1] `<name>.scale`
+    q1_0       (`CODEC`) lossless: d = 1 in every block + an F32 [1] `<name>.scale`
     q1_0-fp16  (`FP16`) d = fp16(multiplier) in every block; reads back float32(fp16(m))
 """
 from __future__ import annotations

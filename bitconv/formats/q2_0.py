@@ -5,7 +5,7 @@ Spec: formats/q2_0.md. Reference: ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-com
 
 A Q2_0 value is (q - 1)·d for q in 0..3; a ternary weight uses q = t + 1 in 0..2 (3 = +2d is
 never written, and refused when read). Two codecs live here, as for TQ2_0:
-    q2_0       (this module) lossless: d = 1 in every block, the exact float32 multiplier in an
+    q2_0       (`CODEC`) lossless: d = 1 in every block, the exact float32 multiplier in an
                F32 [1] companion `<name>.scale` that llama.cpp multiplies in after the matmul
     q2_0-fp16  (`FP16`) llama.cpp's own form: d = fp16(multiplier) in every block, no companion;
                reads back float32(fp16(m)), so SPEC.lossless=False

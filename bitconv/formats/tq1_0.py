@@ -4,7 +4,7 @@ Spec: formats/tq1_0.md. Reference: ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-co
 (block_tq1_0), ggml/src/ggml-quants.c L2316 (quantize_row_tq1_0_ref), L2428 (dequantize).
 
 Two codecs live here, as for TQ2_0:
-    tq1_0       (this module) lossless: d = 1 in every block + an F32 [1] `<name>.scale`
+    tq1_0       (`CODEC`) lossless: d = 1 in every block + an F32 [1] `<name>.scale`
     tq1_0-fp16  (`FP16`) d = fp16(multiplier) in every block; reads back float32(fp16(m))
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ Spec: formats/tq2_0.md. Reference: ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-co
 (block_tq2_0), ggml/src/ggml-quants.c L2382 (quantize_row_tq2_0_ref), L2467 (dequantize).
 
 Two codecs live here:
-    tq2_0       (this module) lossless: d = 1 in every block, the exact float32 multiplier in an
+    tq2_0       (`CODEC`) lossless: d = 1 in every block, the exact float32 multiplier in an
                 F32 [1] companion `<name>.scale`, which llama.cpp multiplies in after the matmul
     tq2_0-fp16  (`FP16`) llama.cpp's standard form: d = fp16(multiplier) in every block, no
                 companion; the multiplier read back is float32(fp16(m)), so SPEC.lossless=False

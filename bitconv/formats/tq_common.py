@@ -1,8 +1,9 @@
 """What llama.cpp's fp16-d block types share (TQ1_0, TQ2_0: 256 elements, d stored last; Q2_0:
-64 elements, d stored first), and the two ways bitconv writes the per-tensor multiplier (exact
-in an F32 `.scale` companion with d = 1, or rounded into every block's d).
+64 elements and Q1_0: 128, d stored first), and the two ways bitconv writes the per-tensor
+multiplier (exact in an F32 `.scale` companion with d = 1, or rounded into every block's d):
+one codec class, Blocks, whose two instances per type are the `<type>` and `<type>-fp16` names.
 
-Specs: formats/tq1_0.md, formats/tq2_0.md, formats/q2_0.md. Reference:
+Specs: formats/tq1_0.md, formats/tq2_0.md, formats/q2_0.md, formats/q1_0.md. Reference:
 ggml-org/llama.cpp@0c1e57098 ggml/src/ggml-common.h L180-192, L272-288 (block structs),
 ggml/src/ggml-quants.c L74-110, L2316-2470. The block size and where d sits come from the
 codec's FormatSpec (block_elems, d_first). A codec module supplies its block-body packers; this
