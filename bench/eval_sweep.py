@@ -98,7 +98,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from bitconv.errors import BitconvError
-    from bitconv.formats import get_format
+    from bitconv.formats.registry import get_codec
     from bitconv.stages.eval import evaluate
     from bitconv.stages.pack import pack
 
@@ -107,7 +107,7 @@ def main() -> None:
     text.write_text(held_out_text(args.cache), encoding="utf-8")
     rows = []
     for fmt in FORMATS:
-        spec = get_format(fmt).SPEC
+        spec = get_codec(fmt).spec
         bpw = 8 * spec.block_bytes / spec.block_elems
         try:
             path = pack(MODEL, format=fmt, out=args.out / f"tiny-{fmt}.gguf", force=True).path

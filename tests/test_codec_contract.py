@@ -7,6 +7,9 @@ the parts' declared sizes, the element index of the code planted out of range.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -78,6 +81,14 @@ def split(codec: Codec, name: str, shape: tuple[int, int], out: list[np.ndarray]
 
 
 # --- the registry ---
+
+def test_cli_takes_its_format_choices_from_the_names_without_loading_numpy():
+    code = ("import sys, click, bitconv.cli as c, bitconv.formats as f; "
+            "opt = next(p for p in c.pack.params if p.name == 'fmt'); "
+            "assert tuple(opt.type.choices) == f.FORMAT_NAMES, opt.type.choices; "
+            "assert 'numpy' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
 
 def test_registry_names_are_the_cli_choices_but_hf():
     assert list(CODECS) == [n for n in FORMAT_NAMES if n != HF]

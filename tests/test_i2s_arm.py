@@ -153,7 +153,7 @@ def test_codec_for_reads_the_layout_key(kvs, want):
     assert codec_for(36, "blk.0.attn_q.weight", (256, 256), set(), kvs) is want.CODEC
 
 
-def test_layout_kvs():
+def test_layout_key_kvs():
     assert i2s_arm.CODEC.kvs("llama") == [
         KV("llama.tensor_data_layout", GGUFValueType.STRING, "i2s-arm")]
     assert i2s.CODEC.kvs("llama") == []
