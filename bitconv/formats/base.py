@@ -151,9 +151,10 @@ class Codec(ABC):
 
 # --- the checks every layout shares ---
 
-def check_2d(spec: FormatSpec, shape: tuple[int, ...]) -> None:
+def check_2d(layout: FormatSpec | str, shape: tuple[int, ...]) -> None:
     if len(shape) != 2:
-        raise PackError(f"{spec.name} packs 2-D weights, got shape {tuple(int(d) for d in shape)}")
+        raise PackError(f"{_name_codes(layout)[0]} packs 2-D weights, got shape "
+                        f"{tuple(int(d) for d in shape)}")
 
 
 def _name_codes(layout: FormatSpec | str) -> tuple[str, tuple[int, ...]]:

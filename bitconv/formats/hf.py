@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError, PackError
-from bitconv.formats.base import check_codes
+from bitconv.formats.base import check_2d, check_codes
 
 # How a stored weight_scale gives the multiplier w = m * t (hf.md §1.4): one rule, two names.
 # bitconv's options, API and messages name the operation; config.json's
@@ -38,8 +38,7 @@ _STEP = 1 << 16  # elements per unpack step: temporaries stay in L2
 
 def check_shape(shape: tuple[int, ...]) -> None:
     """Raise PackError unless (out_features, in_features) can be written HF-packed."""
-    if len(shape) != 2:
-        raise PackError(f"hf packs 2-D weights, got shape {tuple(int(d) for d in shape)}")
+    check_2d("hf", shape)
     # transformers' buffer is (out // 4, in): padding rows would unpack to -1 (hf.md §1.1).
     if int(shape[0]) % 4 or int(shape[0]) == 0:
         raise PackError(f"hf needs out_features % 4 == 0, got {int(shape[0])}")
