@@ -17,7 +17,7 @@ of a layout:
                                             the inverse, given each part's bytes in parts() order;
                                             InputError on malformed data. A `tiled` codec (TL1,
                                             TL2) needs the tiling the file was written with and
-                                            refuses None; the others take no tiling
+                                            refuses None; the others have none and ignore it
     sidecar(weights) -> (suffix, bytes) | None
                                             an extra file written next to the output (a kernel
                                             configuration), from [(name, shape)] of every weight
@@ -135,7 +135,8 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, datas: Sequence[U8], shape: Shape,
                tiling: Tiling | None = None) -> tuple[I8, np.float32]:
-        """(codes int8 `shape`, float32 multiplier) from each part's bytes in parts() order."""
+        """(codes int8 `shape`, float32 multiplier) from each part's bytes in parts() order;
+        `tiling`: the file's, for a `tiled` codec (which refuses None); others ignore it."""
 
     def sidecar(self, weights: Weights) -> tuple[str, bytes] | None:
         """An extra file beside the output: (suffix, bytes), or None (the default)."""
