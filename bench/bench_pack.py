@@ -50,7 +50,7 @@ INPUTS = {  # bench name -> synthetic fixture (bitconv.synth) = recipe with the 
 JOBS = [  # (input, format, cold run too, llama.cpp --outtype or None)
     ("2b4t", "i2s", True, None), ("2b4t", "i2s-arm", False, None), ("2b4t", "tl1", False, None),
     ("2b4t", "tl2", False, None), ("2b4t", "tq1_0", False, None), ("2b4t", "tq2_0", False, None),
-    ("2b4t", "hf", False, None),
+    ("2b4t", "q2_0", False, None), ("2b4t", "hf", False, None),
     ("2b4t-bf16", "i2s", True, None), ("2b4t-bf16", "tq2_0", False, None),
     ("1bitllm-large", "tq2_0", True, "tq2_0"), ("1bitllm-large", "tq1_0", False, "tq1_0"),
     ("1bitllm-large", "i2s", False, None),
