@@ -3,8 +3,9 @@
 Both paths give the same form: GGUF tensor names, ternary tensors as TernaryTensor (codes +
 float32 multiplier), dense tensors as float arrays in the precision the file stores (float16 for
 F16 embeddings, float32 otherwise; the model widens them). The checkpoint path goes through the
-very plan, ternarization and f16 rounding that `pack` uses, so a lossless packed file and its
-source load to identical weights.
+plan `pack` uses, but computes each tensor by the textbook definitions (model/reference.py), not
+pack's fast paths: a lossless packed file and its source load to identical weights only when
+pack ternarized right, which is what `verify` proves.
 
 Tensors are lazy: each access decodes (or ternarizes) that one tensor from a memory map and
 nothing is kept, so a full-size model is never held whole; callers cache what they reuse. A
@@ -14,7 +15,7 @@ touch on the machines we measured (perf-anchors.md §1), and a 2B4T embedding is
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,12 @@ from bitconv.errors import InputError
 from bitconv.formats.base import Codec
 from bitconv.formats.hf import ScaleRule
 from bitconv.formats.registry import codec_for, decode, get_codec
-from bitconv.model import ternary
+from bitconv.model import reference, ternary
 from bitconv.model.checkpoint import Checkpoint, load_checkpoint
 from bitconv.model.families import detect
 from bitconv.model.families.base import PlannedTensor, plan
 from bitconv.model.metadata import metadata
-from bitconv.model.tensors import dense_chunks, permute_heads, ternary_codes
+from bitconv.model.tensors import permute_heads
 from bitconv.types import TernaryTensor
 
 Tensor = TernaryTensor | npt.NDArray[np.floating]
@@ -155,36 +156,23 @@ def load_checkpoint_weights(src: str | Path, scale_rule: ScaleRule | None = None
     fam = detect(ck.config)
     items = plan(ck, fam)
     rule = scale_rule or ternary.scale_rule(dict(ck.config))
+    codec = get_codec(format)
+    binary = 0 not in codec.spec.codes
 
     def load(t: PlannedTensor) -> Tensor:
-        with MappedFiles() as mf:
-            if t.kind == "ternary" and latent and not t.scale_source:
+        if t.kind == "ternary" and latent and not t.scale_source:
+            with MappedFiles() as mf:
                 return latent_rows(ck, mf, t)
-            if t.kind == "ternary":
-                m, chunks = ternary_codes(ck, mf, t, rule, scale_rule is None,
-                                          binary=0 not in codec.spec.codes)
-                return TernaryTensor(t.gguf_name, _rows(chunks, t.shape), stored(codec, m))
-            return _rows(dense_chunks(ck, mf, t), t.shape)
+        got = reference.tensor(ck, t, rule, scale_rule is None, binary)
+        if isinstance(got, TernaryTensor):
+            return replace(got, multiplier=stored(codec, got.multiplier))
+        return got
 
-    codec = get_codec(format)
     kvs = {kv.key: kv.value for kv in metadata(ck, fam, codec)}
     loaders = {t.gguf_name: (lambda t=t: load(t)) for t in items}
     layout = {t.gguf_name: Stored(t.shape, t.kind == "ternary", {"f16": 2, "f32": 4}.get(t.kind, 1))
               for t in items}
     return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items), format, layout)
-
-
-def _rows(chunks: Iterator[npt.NDArray[Any]], shape: tuple[int, ...]) -> npt.NDArray[Any]:
-    """Row chunks copied into one array as they come (one allocation, no list + concatenate)."""
-    out: npt.NDArray[Any] | None = None
-    row = 0
-    for c in chunks:
-        if out is None:
-            out = np.empty(shape, c.dtype)
-        out[row:row + len(c)] = c
-        row += len(c)
-    assert out is not None and row == shape[0], "chunks do not cover the tensor"
-    return out
 
 
 def stored(codec: Codec, m: np.float32) -> np.float32:
