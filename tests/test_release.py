@@ -102,7 +102,7 @@ def test_a_failing_verify_publishes_nothing(hub, tmp_path, monkeypatch):
             return verify_mod.Report(rep.path, rep.source, (*rep.findings[:1], bad))
         return rep
 
-    monkeypatch.setattr(verify_mod, "verify", broken)
+    monkeypatch.setattr("bitconv.stages.release.verify", broken)  # the name release calls
     out = tmp_path / "rel"
     r = cli("release", RECIPE, "--out", out)
     assert r.exit_code == 3

@@ -23,20 +23,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bitconv.containers.gguf_reader import (
-    GGUFFile,
-    GGUFTensor,
-    read_gguf,
-    tensor_array,
-    tensor_bytes,
-)
-from bitconv.containers.gguf_writer import F16, F32, TYPE_NAMES
-from bitconv.containers.kernel_config import FileTilings, file_tilings
+from bitconv.containers.gguf_reader import GGUFTensor, read_gguf, tensor_array
+from bitconv.containers.gguf_writer import F16, F32
+from bitconv.containers.packed_gguf import PackedGGUF, read_packed
 from bitconv.containers.safetensors import MappedFiles, to_float32
-from bitconv.errors import InputError
 from bitconv.formats.base import Codec
 from bitconv.formats.hf import ScaleRule
-from bitconv.formats.registry import codec_for, decode, get_codec
+from bitconv.formats.registry import get_codec
 from bitconv.model import reference, ternary
 from bitconv.model.checkpoint import Checkpoint, load_checkpoint
 from bitconv.model.families import detect
@@ -98,44 +91,22 @@ def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weig
     companion tensors (e.g. a separate scale) are folded into its TernaryTensor. TL1/TL2 tensors
     are decoded with the file's tiling (bitconv/containers/kernel_config.py: `kernel_config`, the sidecar,
     or the metadata key), found here, before any tensor is read: InputError without one."""
-    gf = read_gguf(path)
-    by_name = {t.name: t for t in gf.tensors}
+    src = read_packed(read_gguf(path), kernel_config, plain=(F32, F16), verb="run")
     loaders: dict[str, Callable[[], Tensor]] = {}
-    packed: list[tuple[GGUFTensor, Codec, list[GGUFTensor]]] = []
-    for t in gf.tensors:
-        if t.ggml_type in (F32, F16):
-            loaders[t.name] = lambda t=t: np.asarray(tensor_array(gf, t))
-            continue
-        codec = codec_for(t.ggml_type, t.name, t.shape, set(by_name), gf.kvs)
-        if codec is None:
-            name = TYPE_NAMES.get(t.ggml_type, str(t.ggml_type))
-            raise InputError(f"{path}: tensor {t.name!r} has type {name}, which bitconv cannot run")
-        packed.append((t, codec, [by_name[p.name] for p in codec.parts(t.name, t.shape)]))
-    formats = sorted({codec.spec.name for _, codec, _ in packed})
-    if len(formats) > 1:
-        raise InputError(f"{path}: ternary tensors in several formats ({', '.join(formats)})")
-    tilings = file_tilings(path, gf.kvs, formats[0] if formats else "",
-                           [(t.name, (t.shape[0], t.shape[1])) for t, _, _ in packed],
-                           kernel_config)
-    for t, codec, parts in packed:
-        loaders[t.name] = partial(_decode, gf, t, codec, parts, tilings)
-    companions = {p.name for _, _, parts in packed for p in parts[1:]}
-    order = tuple(t.name for t in gf.tensors if t.name not in companions)
+    for t in src.tensors:
+        if t.name in src.codecs:
+            loaders[t.name] = partial(_decode, src, t)
+        else:
+            loaders[t.name] = lambda t=t: np.asarray(tensor_array(src.gf, t))
+    order = tuple(t.name for t in src.tensors)
     layout = {t.name: Stored(t.shape, t.ggml_type not in (F32, F16), 2 if t.ggml_type == F16
-                             else 4 if t.ggml_type == F32 else 1)
-              for t in gf.tensors if t.name in loaders}
-    return Weights(dict(gf.kvs), LazyTensors({n: loaders[n] for n in order}), order,
-                   formats[0] if formats else "i2s", {n: layout[n] for n in order})
+                             else 4 if t.ggml_type == F32 else 1) for t in src.tensors}
+    return Weights(dict(src.gf.kvs), LazyTensors(loaders), order, src.format or "i2s", layout)
 
 
-def _decode(gf: GGUFFile, t: GGUFTensor, codec: Codec, parts: list[GGUFTensor],
-            tilings: FileTilings) -> TernaryTensor:
-    try:
-        codes, m = decode(codec, [np.asarray(tensor_bytes(gf, p)) for p in parts], t.shape,
-                          tilings.by_shape)
-    except InputError as e:
-        raise InputError(f"{t.name}: {e}") from None
-    return TernaryTensor(t.name, codes, np.float32(m))
+def _decode(src: PackedGGUF, t: GGUFTensor) -> TernaryTensor:
+    codes, m = src.decode(t)
+    return TernaryTensor(t.name, codes, m)
 
 
 def load_any(path: str | Path, kernel_config: str | Path | None = None) -> Weights:

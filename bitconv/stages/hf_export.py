@@ -37,7 +37,7 @@ from bitconv.model.checkpoint import Checkpoint, checkpoint_name, load_checkpoin
 from bitconv.model.families import detect
 from bitconv.model.families.base import Family, PlannedTensor, plan
 from bitconv.model.tensors import check_scales, check_shapes, row_chunks, ternary_codes
-from bitconv.stages.pack import PackResult
+from bitconv.types import PackResult
 
 # transformers' BitNetForCausalLM names the two sub-norms so (hf.md §1.6, §1.7)
 HF_SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")

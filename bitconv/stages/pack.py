@@ -1,57 +1,16 @@
-"""Stage `pack`: checkpoint directory -> packed GGUF, streamed tensor by tensor.
-
-The GGUF header goes out first (every packed size follows from the shapes), then each tensor
-is read through an mmap in row chunks, converted, written and its pages released, so memory
-stays near one chunk whatever the model size.
+"""Stage `pack`: a checkpoint directory -> a packed GGUF file (gguf_export.py) or an `hf`
+checkpoint directory (hf_export.py), as the format says.
 """
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 
-import numpy.typing as npt
-from tqdm import tqdm
-
-from bitconv.containers.atomic import atomic_output, check_writable, default_output
-from bitconv.containers.gguf_writer import (
-    F16,
-    F32,
-    GGUFWriter,
-    TensorInfo,
-    tensor_nbytes,
-    write_parts,
-)
-from bitconv.containers.safetensors import MappedFiles
-from bitconv.errors import InputError, PackError
+from bitconv.errors import InputError
 from bitconv.formats import HF
-from bitconv.formats.base import Codec
 from bitconv.formats.hf import ScaleRule
 from bitconv.formats.registry import get_codec
-from bitconv.model import ternary
-from bitconv.model.checkpoint import checkpoint_name, load_checkpoint
-from bitconv.model.families import detect
-from bitconv.model.families.base import PlannedTensor, plan
-from bitconv.model.metadata import metadata
-from bitconv.model.tensors import (
-    TernaryRows,
-    check_scales,
-    check_shapes,
-    dense_chunks,
-    ternary_rows,
-)
-from bitconv.workers import Workers
-
-
-@dataclass(frozen=True)
-class PackResult:
-    path: Path
-    format: str
-    family: str
-    tensors: int
-    nbytes: int
+from bitconv.stages import gguf_export, hf_export
+from bitconv.types import PackResult
 
 
 def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
@@ -81,73 +40,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     if codec is None:  # hf: a checkpoint directory, not a GGUF
         if scale_stat != "mean":
             raise InputError("--scale-stat median writes GGUF formats only")
-        from bitconv.stages import hf_export
         return hf_export.export(src, out=out, force=force, scale_rule=scale_rule,
                                 progress=progress)
-    out = Path(out) if out is not None else default_output(checkpoint_name(src), format)
-    check_writable(out, force)
-    ck = load_checkpoint(src)
-    fam = detect(ck.config)
-    items = plan(ck, fam)
-    check_shapes(codec.check_shape, items)
-    infos = [tensor_parts(codec, t) for t in items]
-    # a format's extra file (e.g. TL kernel configuration) goes beside `out`, under the same rules
-    extra = codec.sidecar([(t.gguf_name, t.shape) for t in items if t.kind == "ternary"])
-    side = out.with_name(out.name + extra[0]) if extra else out
-    check_writable(side, force)
-    kvs = metadata(ck, fam, codec)
-    rule = scale_rule or ternary.scale_rule(dict(ck.config))
-    check_scales(ck, items, rule, scale_rule is None)
-    if scale_stat != "mean" and any(t.scale_source for t in items if t.kind == "ternary"):
-        raise InputError(f"{src}: --scale-stat {scale_stat} needs latent (float) weights; this "
-                         "checkpoint stores packed codes and scales already")
-    flat = [i for group in infos for i in group]
-    total = sum(i.nbytes for i in flat)
-    with atomic_output(out, force) as f, MappedFiles() as mf, Workers(threads) as workers, \
-            tqdm(total=total, unit="B", unit_scale=True, desc=f"pack {format}", file=sys.stderr,
-                 disable=not progress, leave=False) as bar:
-        w = GGUFWriter(f, kvs, flat)
-        for t, group in zip(items, infos):
-            bar.set_postfix_str(t.gguf_name, refresh=False)
-            chunks = (encoded(codec, ternary_rows(ck, mf, t, rule, scale_rule is None,
-                                                  codec.spec.row_multiple, workers,
-                                                  binary=0 not in codec.spec.codes,
-                                                  scale_stat=scale_stat), workers)
-                      if t.kind == "ternary" else dense_chunks(ck, mf, t, workers))
-            try:
-                write_parts(w, group, chunks)
-            except PackError as e:  # codes the format cannot hold (a 0 in q1_0): name the weight
-                raise PackError(f"{t.source}: {e}") from None
-            mf.release(ck.ref(t.source))
-            bar.update(sum(i.nbytes for i in group))
-        w.close()
-    if extra is not None:
-        with atomic_output(side, force) as f:
-            f.write(extra[1])
-    return PackResult(out, format, fam.name, len(items), total)
-
-
-def tensor_parts(codec: Codec, t: PlannedTensor) -> list[TensorInfo]:
-    """The GGUF tensors planned tensor `t` becomes: a ternary weight may bring companions."""
-    if t.kind == "ternary":
-        return [TensorInfo(p.name, p.shape, p.ggml_type, p.nbytes)
-                for p in codec.parts(t.gguf_name, t.shape)]
-    gtype = F16 if t.kind == "f16" else F32
-    return [TensorInfo(t.gguf_name, t.shape, gtype, tensor_nbytes(gtype, t.shape))]
-
-
-def encoded(codec: Codec, src: TernaryRows, workers: Workers) -> Iterator[npt.NDArray]:
-    """The bytes of every part of one weight. A row-local codec encodes each chunk on the worker
-    that made its codes, then what follows the blocks (tail, companions) is what it gives for
-    no rows; other codecs (TL tiles span the tensor) encode as one stage beside the writer."""
-    m = src.multiplier
-    if not codec.spec.row_local:
-        return workers.background(codec.encode(m, workers.map(src.codes, src.rows, src.done)))
-    trailer = list(codec.encode(m, iter(())))
-
-    def blocks(rs: slice) -> list[npt.NDArray]:
-        out = list(codec.encode(m, iter([src.codes(rs)])))
-        return out[:len(out) - len(trailer)]
-    return chain(chain.from_iterable(workers.map(blocks, src.rows, src.done)), trailer)
-
-
+    return gguf_export.export(src, codec, out=out, force=force, scale_rule=scale_rule,
+                              progress=progress, threads=threads, scale_stat=scale_stat)

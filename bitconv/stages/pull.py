@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bitconv import __version__
 from bitconv.containers.atomic import replace_text
 from bitconv.errors import BitconvError, NetworkError, PullError
 from bitconv.stages.snapshot import (
@@ -184,8 +185,6 @@ class _Pull:
 
     def _listing(self) -> tuple[str, list[FileEntry]]:
         from huggingface_hub import HfApi
-
-        from bitconv import __version__
 
         api = HfApi(endpoint=self.s.endpoint, token=self.s.token, library_name="bitconv",
                     library_version=__version__)

@@ -42,6 +42,7 @@ from typing import Any
 
 from bitconv.containers.atomic import atomic_output
 from bitconv.errors import InputError
+from bitconv.formats import FORMAT_NAMES
 from bitconv.model.checkpoint import load_checkpoint
 from bitconv.model.families import FAMILIES, detect
 from bitconv.model.families.base import plan
@@ -106,8 +107,6 @@ def load_recipe(path: str | Path) -> Recipe:
         raise bad("commit must be a 40-character lowercase hex sha")
     if raw["family"] not in FAMILIES:
         raise bad(f"family {raw['family']!r} is not one of: {', '.join(sorted(FAMILIES))}")
-    from bitconv.formats import FORMAT_NAMES
-
     formats = raw.get("formats")
     if not isinstance(formats, list) or not formats or not all(isinstance(f, str) for f in formats):
         raise bad("formats must be a non-empty list of format names")

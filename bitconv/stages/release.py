@@ -23,9 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bitconv.containers.atomic import default_output, publish
+from bitconv import __version__
+from bitconv.containers.atomic import atomic_output, default_output, publish
 from bitconv.errors import InputError, VerifyError
+from bitconv.stages.pack import pack
+from bitconv.stages.pull import pull
 from bitconv.stages.recipes import check_facts, load_recipe
+from bitconv.stages.verify import verify
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,6 @@ def release(recipe: str | Path, *, out: str | Path | None = None, jobs: int = 1,
             progress: bool = False) -> ReleaseResult:
     """Run the recipe's whole pipeline into `out` (see the module doc). Raises VerifyError (exit
     3) when an artifact fails to verify, InputError when the source contradicts the recipe."""
-    from bitconv import __version__
-    from bitconv.stages.pull import pull
-
     r = load_recipe(recipe)
     out = Path(out) if out is not None else Path("release") / r.name
     snap = pull(r.repo, revision=r.commit or r.revision, progress=progress)
@@ -114,9 +115,6 @@ def release(recipe: str | Path, *, out: str | Path | None = None, jobs: int = 1,
 
 def _build(src: Path, staging: Path, fmt: str, rel: str) -> str | None:
     """Pack one format into staging and verify it; the first failure as text, or None."""
-    from bitconv.stages.pack import pack
-    from bitconv.stages.verify import verify
-
     path = pack(src, format=fmt, out=staging / rel).path
     report = verify(path, source=src, drift=False)
     return None if report.ok else report.first_failure
@@ -157,7 +155,5 @@ def _sha256_bytes(data: bytes) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    from bitconv.containers.atomic import atomic_output
-
     with atomic_output(path, force=True) as f:
         f.write(text.encode("utf-8"))

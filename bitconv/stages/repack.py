@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,75 +26,29 @@ from tqdm import tqdm
 
 from bitconv.containers.atomic import atomic_output, check_writable, default_output
 from bitconv.containers.gguf_reader import (
-    GGUFFile,
-    GGUFTensor,
     kv_records,
     read_gguf,
     tensor_bytes,
 )
-from bitconv.containers.gguf_writer import (
-    BF16,
-    F16,
-    F32,
-    I8,
-    TYPE_NAMES,
-    GGUFWriter,
-    TensorInfo,
-    write_parts,
-)
-from bitconv.containers.kernel_config import NONE, FileTilings, file_tilings
+from bitconv.containers.gguf_writer import GGUFWriter, TensorInfo, write_parts
+from bitconv.containers.packed_gguf import PackedGGUF, read_packed
+from bitconv.containers.safetensors import MappedFiles
 from bitconv.errors import InputError, OutputError, PackError
 from bitconv.formats import HF
 from bitconv.formats.base import Codec
-from bitconv.formats.registry import codec_for, decode, get_codec
+from bitconv.formats.registry import get_codec
 from bitconv.formats.tl_common import KV_KEY
-from bitconv.model.tensors import row_chunks
-from bitconv.types import KV
+from bitconv.model import ternary
+from bitconv.model.checkpoint import Checkpoint, load_checkpoint
+from bitconv.model.families import detect
+from bitconv.model.families.base import plan
+from bitconv.model.tensors import row_chunks, ternary_rows
+from bitconv.runtime.weights import stored
+from bitconv.stages import gguf_export, hf_export
+from bitconv.stages.repack_hf import export_hf
+from bitconv.types import KV, RepackResult
 
-PLAIN = (F32, F16, BF16, I8)  # copied as they are
 BYTE_CHUNK = 1 << 24
-
-
-@dataclass(frozen=True)
-class RepackResult:
-    path: Path
-    source_format: str  # the codec of the input's ternary weights, or "checkpoint"
-    format: str
-    tensors: int  # tensors written
-    nbytes: int  # tensor bytes written
-    max_error: float = 0.0  # largest relative change of a multiplier (lossy targets only)
-    worst: str | None = None  # the tensor with that change
-    sidecar: Path | None = None  # the format's extra file (TL kernel configuration)
-    changed: tuple[str, ...] = ()  # GGUF keys that packing an `hf` output would not give back
-
-
-@dataclass(frozen=True)
-class Source:
-    """A packed GGUF as repack reads it: tensors in file order, a weight's companions folded in."""
-
-    gf: GGUFFile
-    format: str  # the codec of its ternary weights ("" when it has none)
-    tensors: tuple[GGUFTensor, ...]
-    codecs: Mapping[str, Codec]  # ternary weight name -> the codec that wrote it
-    parts: Mapping[str, tuple[GGUFTensor, ...]]  # ternary weight name -> its stored parts
-    tilings: FileTilings = NONE  # a TL file's tiling per shape (bitconv/containers/kernel_config.py)
-
-    def weights(self) -> list[tuple[str, tuple[int, int]]]:
-        """(name, shape) of every ternary weight, in file order."""
-        return [(t.name, (t.shape[0], t.shape[1])) for t in self.tensors if t.name in self.codecs]
-
-    def decode(self, t: GGUFTensor) -> tuple[npt.NDArray[np.int8], np.float32]:
-        datas = [np.asarray(tensor_bytes(self.gf, p)) for p in self.parts[t.name]]
-        try:
-            codes, m = decode(self.codecs[t.name], datas, t.shape, self.tilings.by_shape)
-        except InputError as e:
-            raise InputError(f"{self.gf.path}: {t.name}: {e}") from None
-        return codes, np.float32(m)
-
-    def multipliers(self) -> Iterator[tuple[str, np.float32]]:
-        for t in self.tensors:
-            if t.name in self.codecs:
-                yield t.name, self.decode(t)[1]
 
 
 def repack(src: str | Path, *, format: str, out: str | Path | None = None, force: bool = False,
@@ -119,12 +72,14 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
     src, codec = Path(src), None if format == HF else get_codec(format)
     if src.is_dir():
         return _pack_dir(src, format, codec, out, force, allow_lossy, progress)
-    source = read_source(src, kernel_config)
+    gf = read_gguf(src)
+    if "general.architecture" not in gf.kvs:
+        raise InputError(f"{src}: no general.architecture in the metadata")
+    source = read_packed(gf, kernel_config, prefix=f"{src}: ")
     out = Path(out) if out is not None else default_output(output_stem(source), format)
     if os.path.realpath(out) == os.path.realpath(src):  # Path.resolve raises on a loop
         raise OutputError(f"{out}: is the input; choose another output")
     if codec is None:
-        from bitconv.stages.repack_hf import export_hf
         return export_hf(source, out, force=force, progress=progress)
     weights = source.weights()
     for name, shape in weights:
@@ -146,39 +101,7 @@ def repack(src: str | Path, *, format: str, out: str | Path | None = None, force
                         side)
 
 
-def read_source(path: Path, kernel_config: str | Path | None = None) -> Source:
-    """Parse a packed GGUF and find the codec of each ternary weight (InputError if none fits)
-    and, for TL1/TL2, the file's tiling (InputError if it has none: file_tilings)."""
-    gf = read_gguf(path)
-    if "general.architecture" not in gf.kvs:
-        raise InputError(f"{path}: no general.architecture in the metadata")
-    by_name = {t.name: t for t in gf.tensors}
-    codecs: dict[str, Codec] = {}
-    parts: dict[str, tuple[GGUFTensor, ...]] = {}
-    for t in gf.tensors:
-        if t.ggml_type in PLAIN:
-            continue
-        kind = TYPE_NAMES.get(t.ggml_type, str(t.ggml_type))
-        if len(t.shape) != 2:
-            raise InputError(f"{path}: tensor {t.name!r} is {kind} of shape {list(t.shape)}; "
-                             "bitconv reads 2-D ternary weights")
-        codec = codec_for(t.ggml_type, t.name, (t.shape[0], t.shape[1]), set(by_name), gf.kvs)
-        if codec is None:
-            raise InputError(f"{path}: tensor {t.name!r} has type {kind}, which bitconv "
-                             "cannot repack")
-        codecs[t.name] = codec
-        parts[t.name] = tuple(by_name[p.name] for p in codec.parts(t.name, t.shape))
-    companions = {p.name for ps in parts.values() for p in ps[1:]}
-    names = sorted({c.spec.name for c in codecs.values()})
-    if len(names) > 1:
-        raise InputError(f"{path}: ternary tensors in several formats ({', '.join(names)})")
-    source = Source(gf, names[0] if names else "",
-                    tuple(t for t in gf.tensors if t.name not in companions), codecs, parts)
-    return replace(source, tilings=file_tilings(path, gf.kvs, source.format, source.weights(),
-                                                kernel_config))
-
-
-def output_stem(source: Source) -> str:
+def output_stem(source: PackedGGUF) -> str:
     """A packed file's name for its outputs: its `general.name` when that is a plain file name."""
     name = str(source.gf.kvs.get("general.name") or "")
     if not name or "/" in name or name.startswith("."):
@@ -192,8 +115,6 @@ def check_loss(multipliers: Iterable[tuple[str, np.float32]], codec: Codec,
     the first inexact one unless `allow_lossy`. Lossless targets are not asked."""
     if codec.spec.lossless:
         return 0.0, None
-    from bitconv.runtime.weights import stored
-
     fmt, worst, where = codec.spec.name, 0.0, None
     for name, m in multipliers:
         try:
@@ -212,7 +133,7 @@ def check_loss(multipliers: Iterable[tuple[str, np.float32]], codec: Codec,
     return worst, where
 
 
-def target_kvs(source: Source, codec: Codec) -> list[KV]:
+def target_kvs(source: PackedGGUF, codec: Codec) -> list[KV]:
     """The source's metadata in order, with the target's general.file_type, layout key and TL
     tiling key (where `pack` puts them: before the tokenizer keys; the tiling is `pack`'s)."""
     gf = source.gf
@@ -230,7 +151,7 @@ def target_kvs(source: Source, codec: Codec) -> list[KV]:
     return out + pending
 
 
-def _write(source: Source, codec: Codec, out: Path, force: bool, progress: bool) -> int:
+def _write(source: PackedGGUF, codec: Codec, out: Path, force: bool, progress: bool) -> int:
     groups = [[TensorInfo(p.name, p.shape, p.ggml_type, p.nbytes)
                for p in codec.parts(t.name, t.shape)] if t.name in source.codecs
               else [TensorInfo(t.name, t.shape, t.ggml_type, t.nbytes)] for t in source.tensors]
@@ -269,25 +190,25 @@ def byte_chunks(data: npt.NDArray[np.uint8]) -> Iterator[npt.NDArray[np.uint8]]:
 
 def _pack_dir(src: Path, format: str, codec: Codec | None, out: str | Path | None, force: bool,
               allow_lossy: bool, progress: bool) -> RepackResult:
-    """A checkpoint directory: `pack` it, after the same lossy-target check."""
-    from bitconv.model.checkpoint import load_checkpoint
-    from bitconv.model.families import detect
-    from bitconv.model.families.base import plan
-    from bitconv.runtime.weights import load_checkpoint_weights
-    from bitconv.stages.pack import pack
-    from bitconv.types import TernaryTensor
-
-    if codec is not None and not codec.spec.lossless:
-        w = load_checkpoint_weights(src)
-        tensors = ((n, w.tensors[n]) for n in w.order)
-        pairs = ((n, t.multiplier) for n, t in tensors if isinstance(t, TernaryTensor))
-        max_error, worst = check_loss(pairs, codec, allow_lossy)
-    else:
-        max_error, worst = 0.0, None
-    res = pack(src, format=format, out=out, force=force, progress=progress)
-    ck = load_checkpoint(src)
-    items = [t for t in plan(ck, detect(ck.config)) if t.kind == "ternary"]
-    extra = codec.sidecar([(t.gguf_name, t.shape) for t in items]) if codec else None
-    side = res.path.with_name(res.path.name + extra[0]) if extra else None
+    """A checkpoint directory: packed as `pack` packs it, after the same lossy-target check
+    (on the multipliers pack computes, from the one loaded checkpoint)."""
+    if codec is None:  # hf
+        res = hf_export.export(src, out=out, force=force, progress=progress)
+        return RepackResult(res.path, "checkpoint", format, res.tensors, res.nbytes)
+    ck, max_error, worst = None, 0.0, None
+    if not codec.spec.lossless:
+        ck = load_checkpoint(src)
+        max_error, worst = check_loss(_multipliers(ck, codec), codec, allow_lossy)
+    res = gguf_export.export(src, codec, out=out, force=force, progress=progress, ck=ck)
     return RepackResult(res.path, "checkpoint", format, res.tensors, res.nbytes,
-                        max_error, worst, side)
+                        max_error, worst, res.sidecar)
+
+
+def _multipliers(ck: Checkpoint, codec: Codec) -> Iterator[tuple[str, np.float32]]:
+    """(GGUF name, multiplier) of every ternary weight, as pack computes it (pass 1 only)."""
+    rule = ternary.scale_rule(dict(ck.config))
+    with MappedFiles() as mf:
+        for t in plan(ck, detect(ck.config)):
+            if t.kind == "ternary":
+                yield t.gguf_name, ternary_rows(ck, mf, t, rule,
+                                                binary=0 not in codec.spec.codes).multiplier

@@ -31,12 +31,15 @@ from tqdm import tqdm
 from bitconv.containers.atomic import atomic_dir, check_dir_writable
 from bitconv.containers.gguf_reader import GGUFTensor, kv_records, tensor_bytes
 from bitconv.containers.gguf_writer import BF16, F16, F32
+from bitconv.containers.packed_gguf import PackedGGUF
 from bitconv.containers.safetensors import to_float32, write_safetensors
 from bitconv.errors import InputError, PackError
 from bitconv.formats import hf
 from bitconv.formats.registry import get_codec
-from bitconv.model.families import FAMILIES
+from bitconv.model.checkpoint import load_checkpoint
+from bitconv.model.families import FAMILIES, detect
 from bitconv.model.families.base import NORMS, TERNARY
+from bitconv.model.metadata import metadata
 from bitconv.model.tensors import CHUNK_ELEMS as ROW_ELEMS
 from bitconv.model.tokenizer.to_files import tokenizer_files
 from bitconv.stages.hf_export import (
@@ -45,8 +48,7 @@ from bitconv.stages.hf_export import (
     export_config,
     write_json,
 )
-from bitconv.stages.repack import RepackResult, Source
-from bitconv.types import KV
+from bitconv.types import KV, RepackResult
 
 # GGUF arch -> (transformers class, model_type, hidden_act)
 CLASSES = {"bitnet": ("BitNetForCausalLM", "bitnet", "silu"),
@@ -115,7 +117,7 @@ def _f32(v: float) -> float:
     return float(str(np.float32(v)))
 
 
-def export_hf(source: Source, out: Path, *, force: bool = False,
+def export_hf(source: PackedGGUF, out: Path, *, force: bool = False,
               progress: bool = False) -> RepackResult:
     """Write packed GGUF `source` as an `hf` checkpoint directory `out` (see the module doc)."""
     check_dir_writable(out, force)
@@ -153,7 +155,7 @@ def export_hf(source: Source, out: Path, *, force: bool = False,
     return RepackResult(out, source.format, "hf", len(entries), total, changed=changed)
 
 
-def _entries(source: Source) -> list[_Entry]:
+def _entries(source: PackedGGUF) -> list[_Entry]:
     """Every tensor of model.safetensors, sorted by name (a weight right before its scale);
     PackError for a weight hf cannot hold, InputError for a dense type it should not."""
     out = []
@@ -175,7 +177,7 @@ def _entries(source: Source) -> list[_Entry]:
     return sorted(out, key=lambda e: e.name)
 
 
-def _widened(source: Source, t: GGUFTensor) -> Iterator[npt.NDArray[np.float32]]:
+def _widened(source: PackedGGUF, t: GGUFTensor) -> Iterator[npt.NDArray[np.float32]]:
     dtype, storage = DTYPES[t.ggml_type]
     data = tensor_bytes(source.gf, t).view(storage)
     for a in range(0, data.size, ROW_ELEMS):
@@ -197,13 +199,9 @@ def _unpermute(rows: npt.NDArray[np.int8], heads: int) -> npt.NDArray[np.int8]:
     return rows.reshape(heads, d // 2, 2, -1).swapaxes(1, 2).reshape(rows.shape)
 
 
-def _changed(tmp: Path, source: Source) -> tuple[str, ...]:
+def _changed(tmp: Path, source: PackedGGUF) -> tuple[str, ...]:
     """The source's metadata keys that packing `tmp` would not give back as they are (and keys
     it would add); general.name is the directory's, so it is left out."""
-    from bitconv.model.checkpoint import load_checkpoint
-    from bitconv.model.families import detect
-    from bitconv.model.metadata import metadata
-
     ck = load_checkpoint(tmp)
     try:
         got = {kv.key: kv for kv in metadata(ck, detect(ck.config),
