@@ -35,14 +35,16 @@ from bitconv.formats.hf import ScaleRule
 from bitconv.model import ternary
 from bitconv.model.checkpoint import Checkpoint, checkpoint_name, load_checkpoint
 from bitconv.model.families import detect
-from bitconv.model.families.base import Family, PlannedTensor, plan
+from bitconv.model.families.base import (
+    HF_SUB_NORMS,
+    REMOTE_CODE_KEYS,
+    Family,
+    PlannedTensor,
+    plan,
+)
 from bitconv.model.tensors import check_scales, check_shapes, row_chunks, ternary_codes
 from bitconv.types import PackResult
 
-# transformers' BitNetForCausalLM names the two sub-norms so (hf.md §1.6, §1.7)
-HF_SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
-# 1bitLLM's remote-code knobs; the export runs on transformers' own class instead
-REMOTE_CODE_KEYS = ("auto_map", "input_bits", "weight_bits")
 COPIED = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
           "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json",
           "chat_template.jinja", "chat_template.json", "LICENSE", "LICENSE.txt", "NOTICE")
@@ -183,8 +185,8 @@ def export_config(config: Mapping[str, Any], fam: Family, rule: ScaleRule,
     if fam.sub_norms:  # a BitNet graph: transformers' BitNetForCausalLM, ReLU² or SiLU
         for k in REMOTE_CODE_KEYS:
             c.pop(k, None)
-        c.update(architectures=["BitNetForCausalLM"], model_type="bitnet",
-                 hidden_act="relu2" if fam.arch == "bitnet-b1.58" else "silu")
+        cls, model_type, act = fam.hf_class
+        c.update(architectures=[cls], model_type=model_type, hidden_act=act)
     heads = c["num_attention_heads"]
     # BitNetConfig defaults kv heads to 5 and untied embeddings: say what the weights mean
     c.update(num_key_value_heads=c.get("num_key_value_heads") or heads, tie_word_embeddings=not lm_head)

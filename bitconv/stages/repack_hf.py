@@ -1,8 +1,8 @@
 """repack's GGUF -> `hf` writer: the transformers checkpoint directory that `pack --format hf`
 would write, rebuilt from a packed GGUF alone (formats/hf.md §5, formats/README.md §Repack).
 
-- config.json: the arch's transformers class (`bitnet` -> BitNetForCausalLM with SiLU,
-  `bitnet-b1.58` -> BitNetForCausalLM with ReLU², `llama` -> LlamaForCausalLM) and the
+- config.json: the arch's transformers class, its family's `hf_class` (`bitnet` ->
+  BitNetForCausalLM with SiLU, `bitnet-b1.58` -> with ReLU², `llama` -> LlamaForCausalLM) and the
   `{arch}.*` hyperparameters read back (the inverse of families/base.py `hparam_kvs`), through
   hf_export's `export_config`; multipliers as float32 autobitlinear weight_scales (always exact);
 - tokenizer files from the `tokenizer.*` keys (tokenizer_files.py);
@@ -17,7 +17,6 @@ with the file's: the keys it would not give back are returned (`RepackResult.cha
 """
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,28 +36,19 @@ from bitconv.errors import InputError, PackError
 from bitconv.formats import hf
 from bitconv.formats.registry import get_codec
 from bitconv.model.checkpoint import load_checkpoint
-from bitconv.model.families import FAMILIES, detect
-from bitconv.model.families.base import NORMS, TERNARY
+from bitconv.model.families import FAMILIES, detect, of_arch
+from bitconv.model.families.base import hf_name
 from bitconv.model.metadata import metadata
 from bitconv.model.tensors import CHUNK_ELEMS as ROW_ELEMS
 from bitconv.model.tokenizer.to_files import tokenizer_files
 from bitconv.stages.hf_export import (
-    HF_SUB_NORMS,
     WEIGHTS,
     export_config,
     write_json,
 )
 from bitconv.types import KV, RepackResult
 
-# GGUF arch -> (transformers class, model_type, hidden_act)
-CLASSES = {"bitnet": ("BitNetForCausalLM", "bitnet", "silu"),
-           "bitnet-b1.58": ("BitNetForCausalLM", "bitnet", "relu2"),
-           "llama": ("LlamaForCausalLM", "llama", "silu")}
 DTYPES = {F32: ("F32", "<f4"), F16: ("F16", "<f2"), BF16: ("BF16", "<u2")}  # name, storage
-_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-        "output.weight": "lm_head.weight"}
-_BLOCK = ({g: h for h, g in TERNARY.items()} | {g: h for h, g in NORMS.items()}
-          | dict(zip(("attn_sub_norm", "ffn_sub_norm"), HF_SUB_NORMS)))
 
 
 @dataclass(frozen=True)
@@ -71,28 +61,19 @@ class _Entry:
     scale: bool = False  # the weight_scale of a packed weight (which comes right before it)
 
 
-def hf_name(name: str) -> str:
-    """GGUF tensor name -> HF name (the inverse of families/base.py `plan`)."""
-    if name in _TOP:
-        return _TOP[name]
-    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", name)
-    if m is None or m[2] not in _BLOCK:
-        raise InputError(f"tensor {name!r} has no Hugging Face name (bitconv maps token_embd, "
-                         "output_norm, output and the blk.N.* weights it writes)")
-    return f"model.layers.{m[1]}.{_BLOCK[m[2]]}.weight"
-
-
 def hf_config(kvs: Mapping[str, Any], lm_head: bool) -> dict[str, Any]:
     """config.json for a GGUF of arch `bitnet`, `bitnet-b1.58` or `llama` (without token ids)."""
     arch = str(kvs["general.architecture"])
-    if arch not in CLASSES:
+    fam = of_arch(arch)
+    if fam is None:
+        archs = dict.fromkeys(f.arch for f in FAMILIES.values())
         raise InputError(f"general.architecture {arch!r} has no transformers class bitconv "
-                         f"writes ({', '.join(CLASSES)})")
+                         f"writes ({', '.join(archs)})")
     try:
         def g(key: str) -> Any:
             return kvs[f"{arch}.{key}"]
         heads = int(g("attention.head_count"))
-        cls, model_type, act = CLASSES[arch]
+        cls, model_type, act = fam.hf_class
         c = {"architectures": [cls], "model_type": model_type, "hidden_act": act,
              "hidden_size": int(g("embedding_length")),
              "intermediate_size": int(g("feed_forward_length")),
@@ -108,7 +89,6 @@ def hf_config(kvs: Mapping[str, Any], lm_head: bool) -> dict[str, Any]:
         raise InputError(f"metadata lacks {e.args[0]!r}") from None
     if f"{arch}.attention.key_length" in kvs:
         c["head_dim"] = int(kvs[f"{arch}.attention.key_length"])
-    fam = next(f for f in FAMILIES.values() if f.arch == arch)
     return export_config(c, fam, "multiply", lm_head)
 
 
@@ -185,9 +165,10 @@ def _widened(source: PackedGGUF, t: GGUFTensor) -> Iterator[npt.NDArray[np.float
 
 
 def _permuted_heads(kvs: Mapping[str, Any]) -> dict[str, int]:
-    """GGUF `llama` stores q/k rows permuted for its interleaved RoPE (pack.permute_heads)."""
+    """GGUF `llama` stores q/k rows permuted for its interleaved RoPE (tensors.permute_heads)."""
     arch = kvs["general.architecture"]
-    if arch != "llama":
+    fam = of_arch(arch)
+    if fam is None or not fam.permute_qk:
         return {}
     heads = int(kvs[f"{arch}.attention.head_count"])
     return {"attn_q": heads, "attn_k": int(kvs.get(f"{arch}.attention.head_count_kv", heads))}

@@ -18,6 +18,11 @@ KNOWN = ("BitnetForCausalLM (1bitLLM), BitNetForCausalLM (BitNet b1.58 2B4T, or 
          "hidden_act silu), LlamaForCausalLM with quant_method 'bitnet'")
 
 
+def of_arch(arch: str) -> Family | None:
+    """The first family that writes GGUF arch `arch` (the one a GGUF of that arch is read as)."""
+    return next((f for f in FAMILIES.values() if f.arch == arch), None)
+
+
 def detect(config: Mapping[str, Any]) -> Family:
     """The family of a checkpoint, from its config.json."""
     for fam in FAMILIES.values():

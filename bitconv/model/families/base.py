@@ -4,6 +4,7 @@ A family module only states how it differs (detection, sub-norm names, GGUF arch
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +24,15 @@ TERNARY = {
     "mlp.down_proj": "ffn_down",
 }
 NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+# The model-level tensors, HF name -> GGUF name
+TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+       "lm_head.weight": "output.weight"}
+# The sub-norms of a BitNet graph under blk.N. in GGUF, and as transformers' BitNetForCausalLM
+# names them under model.layers.N. (hf.md §1.6, §1.7): what every `hf` export writes
+SUB_NORMS = ("attn_sub_norm", "ffn_sub_norm")
+HF_SUB_NORMS = ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm")
+# 1bitLLM's remote-code knobs in config.json; an `hf` export runs on transformers' own class
+REMOTE_CODE_KEYS = ("auto_map", "input_bits", "weight_bits")
 IGNORED = ("self_attn.rotary_emb.inv_freq",)  # recomputed by every runtime from rope_theta
 
 
@@ -35,6 +45,8 @@ class Family:
     sub_norms: tuple[str, str] | None  # HF (attn, ffn) sub-norm suffixes, or None
     permute_qk: bool  # GGUF `llama` wants q/k rows in the interleaved RoPE order
     tied_output: bool  # the arch has no output.weight: lm_head is token_embd
+    # the transformers model an `hf` export is: (architectures entry, model_type, hidden_act)
+    hf_class: tuple[str, str, str]
     extra_kvs: Callable[[Mapping[str, Any], str], list[KV]] = lambda config, arch: []
 
 
@@ -163,6 +175,23 @@ def _ternary(ck: Checkpoint, prefix: str, name: str, shape: tuple[int, int],
     if scale in ck.tensors:
         raise InputError(f"{scale}: a weight_scale beside unpacked {ref.dtype} weights is ambiguous")
     return PlannedTensor(name, src, "ternary", shape, None, heads)
+
+
+_HF_NAMES = ({g: h for h, g in TERNARY.items()} | {g: h for h, g in NORMS.items()}
+             | dict(zip(SUB_NORMS, HF_SUB_NORMS)))
+
+
+def hf_name(name: str) -> str:
+    """GGUF tensor name -> the HF name an `hf` export gives it (the inverse of `plan`, with
+    transformers' sub-norm names)."""
+    top = {g: h for h, g in TOP.items()}
+    if name in top:
+        return top[name]
+    m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.weight", name)
+    if m is None or m[2] not in _HF_NAMES:
+        raise InputError(f"tensor {name!r} has no Hugging Face name (bitconv maps token_embd, "
+                         "output_norm, output and the blk.N.* weights it writes)")
+    return f"model.layers.{m[1]}.{_HF_NAMES[m[2]]}.weight"
 
 
 def hparam_kvs(config: Mapping[str, Any], arch: str) -> list[KV]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from gguf import GGUFValueType as T
 
-from bitconv.model.families.base import Family
+from bitconv.model.families.base import HF_SUB_NORMS, Family
 from bitconv.types import KV
 
 
@@ -40,11 +40,13 @@ FAMILY = Family(
     name="bitnet", arch="bitnet", title="1bitLLM bitnet_b1_58 (BitnetForCausalLM)",
     detect=_detect, sub_norms=("self_attn.inner_attn_ln", "mlp.ffn_layernorm"),
     permute_qk=False, tied_output=True, extra_kvs=_kvs,
+    hf_class=("BitNetForCausalLM", "bitnet", "silu"),
 )
 
 HF_FAMILY = Family(
     name="bitnet-hf", arch="bitnet",
     title="1bitLLM bitnet_b1_58 as transformers' BitNetForCausalLM (hidden_act silu)",
-    detect=_detect_hf, sub_norms=("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"),
+    detect=_detect_hf, sub_norms=HF_SUB_NORMS,
     permute_qk=False, tied_output=True, extra_kvs=_kvs,
+    hf_class=("BitNetForCausalLM", "bitnet", "silu"),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bitconv.model.families.base import Family
+from bitconv.model.families.base import HF_SUB_NORMS, Family
 
 
 def _detect(config: Mapping[str, Any]) -> bool:
@@ -20,6 +20,6 @@ def _detect(config: Mapping[str, Any]) -> bool:
 
 FAMILY = Family(
     name="bitnet-b1.58", arch="bitnet-b1.58", title="Microsoft BitNet b1.58 2B4T (BitNetForCausalLM)",
-    detect=_detect, sub_norms=("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"),
-    permute_qk=False, tied_output=True,
+    detect=_detect, sub_norms=HF_SUB_NORMS,
+    permute_qk=False, tied_output=True, hf_class=("BitNetForCausalLM", "bitnet", "relu2"),
 )

@@ -22,4 +22,5 @@ def _detect(config: Mapping[str, Any]) -> bool:
 FAMILY = Family(
     name="llama", arch="llama", title="Llama-family BitNet (LlamaForCausalLM, quant_method bitnet)",
     detect=_detect, sub_norms=None, permute_qk=True, tied_output=False,
+    hf_class=("LlamaForCausalLM", "llama", "silu"),
 )
