@@ -115,10 +115,8 @@ def pack(src: str, fmt: str, out: str | None, force: bool, scale_rule: str | Non
       bitconv pack ./Llama3-8B-1.58-100B-tokens -o llama3-i2s.gguf --force
     """
     from bitconv.stages.pack import pack as run
-    from bitconv.stages.pull import resolve_source
 
-    source = resolve_source(src, progress=not quiet and sys.stderr.isatty())  # owner/name: pull
-    res = run(source.path, format=fmt, out=out, force=force,
+    res = run(src, format=fmt, out=out, force=force,
               scale_rule=scale_rule,  # type: ignore[arg-type]
               progress=not quiet and sys.stderr.isatty(), threads=threads,
               scale_stat=scale_stat)

@@ -1,5 +1,6 @@
 """Stage `pack`: a checkpoint directory -> a packed GGUF file (gguf_export.py) or an `hf`
-checkpoint directory (hf_export.py), as the format says.
+checkpoint directory (hf_export.py), as the format says. A Hugging Face repo id is pulled first
+(stages/pull.py `resolve_source`): the one stage `pack` runs.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from bitconv.formats import HF
 from bitconv.formats.hf import ScaleRule
 from bitconv.formats.registry import get_codec
 from bitconv.stages import gguf_export, hf_export
+from bitconv.stages.pull import resolve_source
 from bitconv.types import PackResult
 
 
@@ -20,10 +22,12 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
     """Pack a BitNet checkpoint directory into a GGUF file of the given format.
 
     Args:
-        src: Hugging Face checkpoint directory (config.json + safetensors).
+        src: Hugging Face checkpoint directory (config.json + safetensors), or a repo id
+            (owner/name, not an existing path), pulled and verified first as by `pull`.
         format: one of bitconv.formats.FORMAT_NAMES.
         out: output path; default `<dir name>-<format>.gguf` in the current directory.
         force: overwrite an existing output.
+        progress: progress bars on stderr (the pull's too).
         scale_rule: override the weight_scale convention (and skip its sanity check).
         threads: worker threads (default: one per core); the output bytes do not depend on it.
         scale_stat: "mean" (absmean, BitNet b1.58) or "median" (BitNet b1.58 Reloaded: the
@@ -33,7 +37,7 @@ def pack(src: str | Path, *, format: str = "i2s", out: str | Path | None = None,
         >>> pack("tests/data/bitnet-b1.58-2B-4T", format="i2s").path
         PosixPath('bitnet-b1.58-2B-4T-i2s.gguf')
     """
-    src = Path(src)
+    src = resolve_source(src, progress=progress).path
     codec = None if format == HF else get_codec(format)
     if scale_stat not in ("mean", "median"):
         raise InputError(f"scale statistic {scale_stat!r}: choose mean or median")
