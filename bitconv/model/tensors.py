@@ -1,8 +1,9 @@
 """The planned tensor stream: a checkpoint's tensors as GGUF row chunks, read through an mmap.
 
-`pack` writes what this module yields; the runtime reads a checkpoint with the same plan. Packed
-sources are unpacked and checked, never re-quantized; latent ones are ternarized (or binarized)
-here with the fast exact paths of `ternary` (DESIGN.md §3). Row chunks are about CHUNK_ELEMS
+`pack` writes what this module yields. Packed sources are unpacked and checked, never
+re-quantized; latent ones are ternarized (or binarized) here with the fast exact paths of
+`ternary` (DESIGN.md §3). The runtime reads a checkpoint with the same plan but not these paths:
+model/reference.py computes each tensor by the textbook definitions, so `verify` checks them. Row chunks are about CHUNK_ELEMS
 elements, so memory stays near one chunk per worker whatever the model size.
 """
 from __future__ import annotations
