@@ -92,12 +92,8 @@ def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weig
     are decoded with the file's tiling (bitconv/containers/kernel_config.py: `kernel_config`, the sidecar,
     or the metadata key), found here, before any tensor is read: InputError without one."""
     src = read_packed(read_gguf(path), kernel_config, plain=(F32, F16), verb="run")
-    loaders: dict[str, Callable[[], Tensor]] = {}
-    for t in src.tensors:
-        if t.name in src.codecs:
-            loaders[t.name] = partial(_decode, src, t)
-        else:
-            loaders[t.name] = lambda t=t: np.asarray(tensor_array(src.gf, t))
+    loaders: dict[str, Callable[[], Tensor]] = {
+        t.name: partial(_decode if t.name in src.codecs else _dense, src, t) for t in src.tensors}
     order = tuple(t.name for t in src.tensors)
     layout = {t.name: Stored(t.shape, t.ggml_type not in (F32, F16), 2 if t.ggml_type == F16
                              else 4 if t.ggml_type == F32 else 1) for t in src.tensors}
@@ -107,6 +103,10 @@ def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weig
 def _decode(src: PackedGGUF, t: GGUFTensor) -> TernaryTensor:
     codes, m = src.decode(t)
     return TernaryTensor(t.name, codes, m)
+
+
+def _dense(src: PackedGGUF, t: GGUFTensor) -> Tensor:
+    return np.asarray(tensor_array(src.gf, t))
 
 
 def load_any(path: str | Path, kernel_config: str | Path | None = None) -> Weights:
@@ -140,7 +140,7 @@ def load_checkpoint_weights(src: str | Path, scale_rule: ScaleRule | None = None
         return got
 
     kvs = {kv.key: kv.value for kv in metadata(ck, fam, codec)}
-    loaders = {t.gguf_name: (lambda t=t: load(t)) for t in items}
+    loaders: dict[str, Callable[[], Tensor]] = {t.gguf_name: partial(load, t) for t in items}
     layout = {t.gguf_name: Stored(t.shape, t.kind == "ternary", {"f16": 2, "f32": 4}.get(t.kind, 1))
               for t in items}
     return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items), format, layout)
