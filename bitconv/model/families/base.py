@@ -24,7 +24,7 @@ TERNARY = {
     "mlp.down_proj": "ffn_down",
 }
 NORMS = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-# The model-level tensors, HF name -> GGUF name
+# The model-level tensors, HF name -> GGUF name: embedding, final norm, lm_head (in this order)
 TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
        "lm_head.weight": "output.weight"}
 # The sub-norms of a BitNet graph under blk.N. in GGUF, and as transformers' BitNetForCausalLM
@@ -116,27 +116,28 @@ def plan(ck: Checkpoint, fam: Family) -> list[PlannedTensor]:
               "mlp.gate_proj": (d.inter, d.hidden), "mlp.up_proj": (d.inter, d.hidden),
               "mlp.down_proj": (d.hidden, d.inter)}
     heads = {"self_attn.q_proj": d.heads, "self_attn.k_proj": d.kv_heads} if fam.permute_qk else {}
-    out = [_dense(ck, "model.embed_tokens.weight", "token_embd.weight", "f16", (d.vocab, d.hidden))]
-    used = {"model.embed_tokens.weight"}
+    emb, norm, head = TOP
+    out = [_dense(ck, emb, TOP[emb], "f16", (d.vocab, d.hidden))]
+    used = {emb}
     for i in range(d.layers):
         p = f"model.layers.{i}."
         for suffix, g in NORMS.items():
             out.append(_dense(ck, f"{p}{suffix}.weight", f"blk.{i}.{g}.weight", "f32", (d.hidden,)))
         if fam.sub_norms:
-            attn, ffn = fam.sub_norms
-            out.append(_dense(ck, f"{p}{attn}.weight", f"blk.{i}.attn_sub_norm.weight", "f32", (q,)))
-            out.append(_dense(ck, f"{p}{ffn}.weight", f"blk.{i}.ffn_sub_norm.weight", "f32",
+            (attn, ffn), (g_attn, g_ffn) = fam.sub_norms, SUB_NORMS
+            out.append(_dense(ck, f"{p}{attn}.weight", f"blk.{i}.{g_attn}.weight", "f32", (q,)))
+            out.append(_dense(ck, f"{p}{ffn}.weight", f"blk.{i}.{g_ffn}.weight", "f32",
                               (d.inter,)))
         for suffix, g in TERNARY.items():
             out.append(_ternary(ck, f"{p}{suffix}", f"blk.{i}.{g}.weight", out_in[suffix],
                                 heads.get(suffix, 0)))
         used.update(f"{p}{s}" for s in IGNORED)
-    out.append(_dense(ck, "model.norm.weight", "output_norm.weight", "f32", (d.hidden,)))
-    if "lm_head.weight" in ck.tensors:
+    out.append(_dense(ck, norm, TOP[norm], "f32", (d.hidden,)))
+    if head in ck.tensors:
         if fam.tied_output:
             raise InputError(f"{ck.path.name}: has an untied lm_head.weight, which GGUF arch "
                              f"{fam.arch!r} cannot hold")
-        out.append(_dense(ck, "lm_head.weight", "output.weight", "f16", (d.vocab, d.hidden)))
+        out.append(_dense(ck, head, TOP[head], "f16", (d.vocab, d.hidden)))
     used.update(t.source for t in out)
     used.update(t.scale_source for t in out if t.scale_source)
     extra = sorted(set(ck.tensors) - used)
