@@ -3,7 +3,9 @@
 Every check runs and every finding is reported with its class (DESIGN.md §5):
 (1) container: the file parses and every tensor unpacks; (2) metadata: each key against what
 the source gives, classed by bitconv/stages/audit.py; (3) tensors: each one against what the source
-ternarizes to (codes and multiplier) or converts to (dense tensors), bit for bit; (4) logits:
+ternarizes to (codes and multiplier) or converts to (dense tensors), bit for bit, computed by the
+textbook definitions (model/reference.py), not by pack's fast paths, so a file from a broken
+pack fails here like a file from anyone else's converter; (4) logits:
 the runtime's logits for a fixed token sequence from the file and from the source; (5) drift
 against the source's latent float weights, where it has them (information).
 
