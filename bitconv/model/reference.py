@@ -6,8 +6,9 @@ AbsmeanScan, threshold, ternarize_stored, unpack_hf_rows, binary_scan; model/den
 f16 on the bits; model/tensors.py's row chunks and workers), so a bug in any of them makes the
 file differ from the oracle and `verify` fails, instead of being reproduced on both sides.
 Clarity over speed: each tensor is widened whole to float32 (float64 for the means), as the
-definitions are written; a full 2B4T tensor is a few hundred MB at most, the 2B4T embedding
-(328 M bf16 values) about 2 GB at the peak.
+definitions are written: 9 bytes a weight at the peak (tracemalloc: the float32 values, |W|
+or the quotient, a mask or the codes). On full 2B4T shapes a 6912 x 2560 bf16 weight takes
+0.35 s; the 128256 x 2560 bf16 embedding 7 s and 2.6 GB (8 bytes a value) on its way to float16.
 
 Definitions (DESIGN.md §3, formats/hf.md §1, formats/q1_0.md §7):
 - stored values: bf16 is the top half of a float32 (shift left 16), f16/f32 widen by `.astype`
@@ -56,7 +57,7 @@ def ternarize(w: npt.NDArray[np.float32], stat: str = "mean",
         raise InputError(f"{name}: holds NaN or Inf values; refusing to ternarize")
     a = np.abs(w)
     top = a.max(initial=np.float32(0))
-    if top > 0 and np.all((a == 0) | (a == top)):  # already ternary: keep it
+    if top > 0 and np.count_nonzero(a == top) == np.count_nonzero(a):  # already ternary: kept
         return np.sign(w).astype(np.int8), np.float32(top)
     if stat == "median":
         beta = np.sort(a, axis=None)[(a.size - 1) // 2] if a.size else np.float32(0)
@@ -64,7 +65,10 @@ def ternarize(w: npt.NDArray[np.float32], stat: str = "mean",
         beta = np.float32(np.mean(a, dtype=np.float64)) if a.size else np.float32(0)
     beta = max(np.float32(beta), ternary.EPS)
     del a
-    return np.clip(np.rint(w / beta), -1, 1).astype(np.int8), beta
+    q = w / beta  # float32 / float32: the float32 quotient
+    np.rint(q, out=q)  # halves to even
+    np.clip(q, -1, 1, out=q)
+    return q.astype(np.int8), beta
 
 
 def binarize(w: npt.NDArray[np.float32], name: str = "") -> tuple[npt.NDArray[np.int8], np.float32]:
@@ -95,7 +99,7 @@ def dense(stored: npt.NDArray, dtype: str, f16: bool, name: str,
     if not np.isfinite(w).all():
         raise InputError(f"{name}: holds NaN or Inf values")
     if not f16:
-        return w
+        return np.array(w, dtype=np.float32)  # its own memory, not a view of the mapped file
     if w.size and max(float(w.max()), -float(w.min())) > F16_MAX:
         raise InputError(f"{name}: values exceed the float16 range of {gguf_name}")
     return w.astype(np.float16)
@@ -107,20 +111,20 @@ def tensor(ck: Checkpoint, t: PlannedTensor, rule: ScaleRule, checked: bool = Tr
     """Planned tensor `t` of checkpoint `ck` as `pack` must write it, in GGUF row order.
     `binary`: the target format has no 0 code (q1_0); `stat`: pack's --scale-stat."""
     ref = ck.ref(t.source)
-    with MappedFiles() as mf:  # copies: nothing keeps the map open
-        stored = np.array(mf.view(ref))
-        scale = (None if t.scale_source is None else
-                 float(to_float32(np.array(mf.view(ck.ref(t.scale_source))),
-                                  ck.ref(t.scale_source).dtype).reshape(-1)[0]))
-    if t.kind != "ternary":
-        return dense(stored, ref.dtype, t.kind == "f16", t.source, t.gguf_name)
-    if t.scale_source is not None and scale is not None:  # HF-packed: never re-quantized
-        m = ternary.multiplier_from_scale(t.scale_source, scale, rule, checked)
-        codes = unpack_hf(stored, t.source)
-    else:
-        w = to_float32(stored, ref.dtype)
+    with MappedFiles() as mf:  # what is computed from the mapped values is fresh memory
+        stored = mf.view(ref)
+        if t.kind != "ternary":
+            return dense(stored, ref.dtype, t.kind == "f16", t.source, t.gguf_name)
+        if t.scale_source is not None:  # HF-packed: unpacked and checked, never re-quantized
+            sref = ck.ref(t.scale_source)
+            scale = float(to_float32(mf.view(sref), sref.dtype).reshape(-1)[0])
+            m = ternary.multiplier_from_scale(t.scale_source, scale, rule, checked)
+            codes = unpack_hf(stored, t.source)
+        else:
+            w = to_float32(stored, ref.dtype)
+            codes, m = binarize(w, t.source) if binary else ternarize(w, stat, t.source)
+            del w
         del stored
-        codes, m = binarize(w, t.source) if binary else ternarize(w, stat, t.source)
     if t.heads:
         codes = np.ascontiguousarray(permute_heads(codes, t.shape[0] // t.heads))
     return TernaryTensor(t.gguf_name, codes, m)
