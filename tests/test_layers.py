@@ -67,7 +67,7 @@ def imports(path: Path) -> list[tuple[ast.stmt, str, bool]]:
                 names = [f"bitconv.{a.name}" for a in node.names]
             elif node.module.startswith("bitconv."):
                 # `from bitconv.stages import hf_export` names module bitconv.stages.hf_export
-                # (`from bitconv.formats import get_format` a name in it: same layer either way)
+                # (`from bitconv.formats import HF` a name in it: same layer either way)
                 pkg = PKG.parent.joinpath(*node.module.split("."))
                 names = ([f"{node.module}.{a.name}" for a in node.names] if pkg.is_dir()
                          else [node.module])

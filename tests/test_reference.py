@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import bitconv.model.ternary as ternary
-import bitconv.model.tensors as tensors
 from bitconv.cli import cli
 from bitconv.containers.safetensors import MappedFiles
 from bitconv.errors import InputError
-from bitconv.model import reference
+from bitconv.model import reference, tensors, ternary
 from bitconv.model.checkpoint import load_checkpoint
 from bitconv.model.families import detect
 from bitconv.model.families.base import plan
