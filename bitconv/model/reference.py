@@ -36,6 +36,8 @@ its second pass ("changed while being read"), never writes it.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -92,7 +94,7 @@ def unpack_hf(packed: npt.NDArray[np.uint8], name: str = "") -> npt.NDArray[np.i
     return bits.astype(np.int8) - 1
 
 
-def dense(stored: npt.NDArray, dtype: str, f16: bool, name: str,
+def dense(stored: npt.NDArray[Any], dtype: str, f16: bool, name: str,
           gguf_name: str) -> npt.NDArray[np.floating]:
     """A dense tensor as float32, or float16 for the F16 tensors, checked."""
     w = to_float32(stored, dtype)

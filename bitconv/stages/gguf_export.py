@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 
+import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
@@ -103,7 +104,7 @@ def tensor_parts(codec: Codec, t: PlannedTensor) -> list[TensorInfo]:
     return [TensorInfo(t.gguf_name, t.shape, gtype, tensor_nbytes(gtype, t.shape))]
 
 
-def encoded(codec: Codec, src: TernaryRows, workers: Workers) -> Iterator[npt.NDArray]:
+def encoded(codec: Codec, src: TernaryRows, workers: Workers) -> Iterator[npt.NDArray[np.uint8]]:
     """The bytes of every part of one weight. A row-local codec encodes each chunk on the worker
     that made its codes, then what follows the blocks (tail, companions) is what it gives for
     no rows; other codecs (TL tiles span the tensor) encode as one stage beside the writer."""
@@ -112,7 +113,7 @@ def encoded(codec: Codec, src: TernaryRows, workers: Workers) -> Iterator[npt.ND
         return workers.background(codec.encode(m, workers.map(src.codes, src.rows, src.done)))
     trailer = list(codec.encode(m, iter(())))
 
-    def blocks(rs: slice) -> list[npt.NDArray]:
+    def blocks(rs: slice) -> list[npt.NDArray[np.uint8]]:
         out = list(codec.encode(m, iter([src.codes(rs)])))
         return out[:len(out) - len(trailer)]
     return chain(chain.from_iterable(workers.map(blocks, src.rows, src.done)), trailer)

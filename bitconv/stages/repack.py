@@ -179,7 +179,8 @@ def _write(source: PackedGGUF, codec: Codec, out: Path, force: bool, progress: b
 
 def code_chunks(codes: npt.NDArray[np.int8], multiple: int = 1) -> Iterator[npt.NDArray[np.int8]]:
     """A decoded weight in the row chunks `pack` would stream it in."""
-    for rs in row_chunks(*codes.shape, multiple):
+    rows, cols = codes.shape
+    for rs in row_chunks(rows, cols, multiple):
         yield codes[rs]
 
 
