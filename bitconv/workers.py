@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8  # glibc malloc.h
 A = TypeVar("A")
@@ -56,7 +56,7 @@ class Workers:
         self.ahead = ahead or 2 * self.threads
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def __enter__(self) -> Workers:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -111,7 +111,7 @@ class Workers:
                         break
                     put((True, item))
                 put((False, None))
-            except BaseException as e:  # handed to the caller, raised there
+            except BaseException as e:  # noqa: BLE001 - any failure is handed to the caller, raised there
                 put((False, e))
             finally:
                 getattr(items, "close", lambda: None)()

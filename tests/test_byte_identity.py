@@ -55,7 +55,8 @@ def outputs(fixtures: Path, work: Path) -> dict[str, dict[str, dict[str, str]]]:
         for fmt in sorted(FORMAT_NAMES):
             out = work / "pack" / name / fmt / "out"
             out.parent.mkdir(parents=True)
-            got = _outcome(lambda: pack(src, format=fmt, out=out, threads=1), out)
+            got = _outcome(
+                lambda src=src, fmt=fmt, out=out: pack(src, format=fmt, out=out, threads=1), out)
             packed[f"{name} {fmt}"] = got
             if first is None and "refused" not in got and fmt != HF:
                 first = out
@@ -63,7 +64,8 @@ def outputs(fixtures: Path, work: Path) -> dict[str, dict[str, dict[str, str]]]:
             out = work / "repack" / name / fmt / "out"
             out.parent.mkdir(parents=True)
             repacked[f"{name} {fmt}"] = _outcome(
-                lambda: repack(first, format=fmt, out=out, allow_lossy=True), out)
+                lambda first=first, fmt=fmt, out=out: repack(
+                    first, format=fmt, out=out, allow_lossy=True), out)
     text = json.dumps({"pack": packed, "repack": repacked})
     for path, alias in ((work, "<work>"), (fixtures, "<fixtures>"), (TINY, "<tiny>")):
         text = text.replace(str(path), alias)  # refusals name their paths

@@ -199,14 +199,15 @@ def edit_config(ck, **changes):
     ({"architectures": 5}, "{cfg}: architectures must be a list of class names, got 5"),
     ({"quantization_config": "bitnet"}, '{cfg}: quantization_config must be an object, got "bitnet"'),
     ({"hidden_size": ...}, "config.json: missing 'hidden_size'"),
-    ({"num_key_value_heads": 3}, "config.json: num_attention_heads 4 is not a multiple of "
-                                 "num_key_value_heads 3"),
+    ({"num_key_value_heads": 3}, ("config.json: num_attention_heads 4 is not a multiple of "
+                                  "num_key_value_heads 3")),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
      "config.json: RoPE scaling 'llama3' is not supported yet"),
-    ({"quantization_config": ...}, "config.json: LlamaForCausalLM without "
-     "quantization_config.quant_method 'bitnet' is not a BitNet checkpoint (for float BitNet "
-     "weights, e.g. a Falcon-E 'prequantized' or 'bfloat16' revision, add \"quantization_config\""
-     ": {{\"quant_method\": \"bitnet\"}} to config.json)"),
+    ({"quantization_config": ...}, (
+        "config.json: LlamaForCausalLM without "
+        "quantization_config.quant_method 'bitnet' is not a BitNet checkpoint (for float BitNet "
+        "weights, e.g. a Falcon-E 'prequantized' or 'bfloat16' revision, add \"quantization_config\""
+        ": {{\"quant_method\": \"bitnet\"}} to config.json)")),
 ])
 def test_bad_config_values(fixture_copy, tmp_path, changes, message):
     ck = fixture_copy("Llama3-8B-1.58-100B-tokens")

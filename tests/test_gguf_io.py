@@ -134,7 +134,7 @@ def test_gguf_py_writer_read_by_us(tmp_path):
 
     gf = read_gguf(path)
     assert gf.version == 3 and gf.alignment == 32
-    assert list(gf.kvs)[0] == "general.architecture"  # gguf-py's constructor adds it first
+    assert next(iter(gf.kvs)) == "general.architecture"  # gguf-py's constructor adds it first
     assert gf.kvs["general.architecture"] == "bitnet"
     assert gf.kvs["bitnet.block_count"] == 2 and gf.kv_types["bitnet.block_count"] == V.UINT32
     assert gf.kvs["bitnet.attention.layer_norm_rms_epsilon"] == float(np.float32(1e-6))
@@ -278,10 +278,10 @@ def test_truncated_data(tmp_path):
 
 @pytest.mark.parametrize("offset,message", [
     (520, "tensor 'output_norm.weight' has offset 520, not a multiple of general.alignment 32"),
-    (480, "tensors 'token_embd.weight' and 'output_norm.weight' overlap (data offsets 0 + 512 "
-          "bytes > 480)"),
-    (544, "tensors 'output_norm.weight' and 'blk.0.attn_norm.weight' overlap (data offsets "
-          "544 + 60 bytes > 576)"),
+    (480, ("tensors 'token_embd.weight' and 'output_norm.weight' overlap (data offsets 0 + 512 "
+           "bytes > 480)")),
+    (544, ("tensors 'output_norm.weight' and 'blk.0.attn_norm.weight' overlap (data offsets "
+           "544 + 60 bytes > 576)")),
 ])
 def test_bad_offset(tmp_path, offset, message):
     """Any aligned offset is legal (tests/test_gguf_layouts.py); misaligned or shared bytes are not."""
@@ -331,10 +331,10 @@ def test_writer_byte_count_is_checked(tmp_path):
 
 @pytest.mark.parametrize("infos, kvs, message", [
     ([TensorInfo("a", (1,), F32, 4)] * 2, [], "duplicate tensor name 'a'"),
-    ([TensorInfo("n" * 64, (1,), F32, 4)], [], f"tensor name '{'n' * 64}' is 64 bytes; "
-                                                "llama.cpp allows at most 63"),
-    ([TensorInfo("a", (4, 256), I2_S, 1024)], [], "tensor 'a': nbytes 1024 but I2_S (4, 256) "
-                                                  "takes 288"),
+    ([TensorInfo("n" * 64, (1,), F32, 4)], [], (f"tensor name '{'n' * 64}' is 64 bytes; "
+                                                 "llama.cpp allows at most 63")),
+    ([TensorInfo("a", (4, 256), I2_S, 1024)], [], ("tensor 'a': nbytes 1024 but I2_S (4, 256) "
+                                                   "takes 288")),
     ([], [KV("k", V.UINT32, 1), KV("k", V.UINT32, 2)], "duplicate KV key 'k'"),
     ([], [KV("k", V.UINT8, 256)], "KV 'k': 256 does not fit UINT8"),
     ([], [KV("k", V.ARRAY, [2**31], V.INT32)], "KV 'k': value is not a 1-D array of INT32"),

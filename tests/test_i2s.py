@@ -1,6 +1,8 @@
 """I2_S codec: golden bytes (formats/i2s.md §8), properties, exact errors, a reference decoder."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -126,7 +128,7 @@ def test_row_chunks_concatenate_to_whole(shape, data):
     rows = codes.shape[0]
     cuts = sorted(data.draw(st.lists(st.integers(0, rows), max_size=4)))
     bounds = [0, *cuts, rows]
-    parts = [i2s.pack_body(codes[a:b]) for a, b in zip(bounds, bounds[1:])]
+    parts = [i2s.pack_body(codes[a:b]) for a, b in itertools.pairwise(bounds)]
     streamed = np.concatenate([*parts, i2s.pack_tail(0.25)])
     assert streamed.tobytes() == i2s.pack(codes, 0.25).tobytes()
 

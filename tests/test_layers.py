@@ -88,9 +88,7 @@ def allowed(src: str, dst: str) -> bool:
     if a == b == "stages":
         s, d = src.split(".")[2], dst.split(".")[2] if dst.count(".") >= 2 else ""
         return d not in STAGES or s == d or s == "release" or (s, d) == ("pack", "pull")
-    if a == "model" and dst in WRITERS:
-        return False
-    return True
+    return not (a == "model" and dst in WRITERS)
 
 
 def test_every_import_follows_the_layers():

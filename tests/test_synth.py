@@ -68,7 +68,7 @@ def test_llama_fixture_is_sharded_with_an_index(fixtures_root):
 
 
 def test_configs_declare_the_real_quantization(fixtures_root):
-    q = lambda n: json.loads((fixtures_root / n / "config.json").read_text()).get("quantization_config")  # noqa: E731
+    q = lambda n: json.loads((fixtures_root / n / "config.json").read_text()).get("quantization_config")
     assert q("bitnet-b1.58-2B-4T") == {"quant_method": "bitnet", "linear_class": "autobitlinear",
                                        "quantization_mode": "offline"}
     assert q("bitnet-b1.58-2B-4T-bf16")["quantization_mode"] == "online"

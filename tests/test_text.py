@@ -80,7 +80,7 @@ def test_greedy_run_is_the_same_from_file_and_source(name, fixtures_root, packed
 
 def test_sampling_is_seeded(packed):
     path = str(packed("bitnet-b1.58-2B-4T", "i2s"))
-    run = lambda seed: cli(  # noqa: E731
+    run = lambda seed: cli(
         "run", path, "-p", "Hello", "-n", "10", "--temperature", "1.5", "--seed", seed).stdout
     assert run("1") == run("1")
     assert run("1") != run("2")

@@ -373,10 +373,10 @@ def test_each_metadata_rule(got, cls):
 
 
 @pytest.mark.parametrize("heads, says", [
-    (8, "blk.0.attn_q.weight is (256, 256), but bitnet.attention.head_count 8, head_count_kv 4 "
-        "and head dim 64 make it (512, 256)"),
-    (3, "bitnet.attention.head_count 3 and head_count_kv 4 with head dim 64: not a grouped-query "
-        "attention bitconv runs")])
+    (8, ("blk.0.attn_q.weight is (256, 256), but bitnet.attention.head_count 8, head_count_kv 4 "
+         "and head dim 64 make it (512, 256)")),
+    (3, ("bitnet.attention.head_count 3 and head_count_kv 4 with head dim 64: not a "
+         "grouped-query attention bitconv runs"))])
 def test_run_and_logits_refuse_head_counts_the_shapes_deny(heads, says, ours, tmp_path):
     """The hyperparameters are checked against the tensor shapes before anything is read: one
     line, exit 1 (was a numpy reshape traceback mid-forward)."""

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -174,7 +174,7 @@ class MappedFiles:
         self._maps: dict[Path, mmap.mmap] = {}
         self._lock = threading.Lock()  # views are taken from worker threads too
 
-    def __enter__(self) -> MappedFiles:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -56,7 +56,7 @@ class Spec:
         if arch not in ("bitnet", "bitnet-b1.58", "llama"):
             raise InputError(f"general.architecture {arch!r} is not one bitconv can run")
         try:
-            g = lambda k: kvs[f"{arch}.{k}"]  # noqa: E731
+            g = lambda k: kvs[f"{arch}.{k}"]
             heads = int(g("attention.head_count"))
             return cls(arch, int(g("block_count")), int(g("embedding_length")), heads,
                        int(kvs.get(f"{arch}.attention.head_count_kv", heads)),

@@ -161,7 +161,7 @@ def _from_files(src: Path, kvs: Mapping[str, Any]) -> TextCodec:
 
     try:
         tok = Tokenizer.from_file(str(src / "tokenizer.json"))
-    except Exception as e:  # tokenizers raises a bare Exception for unreadable files
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for unreadable files
         raise InputError(f"{src / 'tokenizer.json'}: {e}") from None
     return _codec(lambda s: tok.encode(s, add_special_tokens=False).ids,
                   lambda ids: tok.decode(list(ids), skip_special_tokens=False), tokens, types, kvs)
