@@ -52,7 +52,7 @@ _PLAIN_SIZES = {F32: 4, F16: 2, I8: 1, BF16: 2}
 # from PyPI knows TQ1_0/TQ2_0/Q1_0 but not Q2_0, and none of bitnet.cpp's types.
 TYPE_NAMES: dict[int, str] = {F32: "F32", F16: "F16", I8: "I8", BF16: "BF16"} | {
     t: c.spec.type_name for t, c in sorted(SIZES.items())}
-_ARRAY_DTYPES = {F32: np.dtype("<f4"), F16: np.dtype("<f2"), I8: np.dtype("i1")}
+_ARRAY_DTYPES: dict[int, np.dtype[Any]] = {F32: np.dtype("<f4"), F16: np.dtype("<f2"), I8: np.dtype("i1")}
 
 _V = GGUFValueType
 _SCALAR_FMT: dict[GGUFValueType, str] = {
@@ -206,7 +206,7 @@ class GGUFWriter:
         """Append raw bytes of the current tensor (numpy arrays as their little-endian bytes)."""
         if isinstance(chunk, np.ndarray):
             arr = np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("<"))  # no copy if LE
-            view = memoryview(arr.reshape(-1).view(np.uint8))
+            view = arr.reshape(-1).view(np.uint8).data  # a memoryview of the array's bytes
         else:
             view = memoryview(chunk).cast("B")
         t = self._current()
@@ -247,7 +247,7 @@ class GGUFWriter:
         self._emit(memoryview(bytes(-self._pos % self._alignment)))
 
 
-def write_parts(w: GGUFWriter, group: list[TensorInfo], chunks: Iterator[npt.NDArray]) -> None:
+def write_parts(w: GGUFWriter, group: list[TensorInfo], chunks: Iterator[npt.NDArray[Any]]) -> None:
     """Write byte chunks into the group's tensors in order, closing each when it is full
     (codecs never yield a chunk that straddles two parts)."""
     it = iter(group)

@@ -192,7 +192,7 @@ class MappedFiles:
                     self._maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             return self._maps[path]
 
-    def view(self, ref: TensorRef, rows: slice = slice(None)) -> npt.NDArray:
+    def view(self, ref: TensorRef, rows: slice = slice(None)) -> npt.NDArray[Any]:
         """Zero-copy view of `ref` (BF16 as uint16), optionally only a range of rows."""
         dt = DTYPES[ref.dtype]
         arr = np.frombuffer(self._map(ref.path), dt, ref.nbytes // dt.itemsize, ref.start)
@@ -213,7 +213,7 @@ class MappedFiles:
             m.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
-def to_float32(arr: npt.NDArray, dtype: str) -> npt.NDArray[np.float32]:
+def to_float32(arr: npt.NDArray[Any], dtype: str) -> npt.NDArray[np.float32]:
     """Widen a stored float tensor to float32 (bf16: the 16 bits are the top of an f32)."""
     if dtype == "BF16":
         return (arr.astype(np.uint32) << 16).view(np.float32)
