@@ -12,6 +12,8 @@ round) go through numpy's cast; both give what `np.float16(float32 value)` gives
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -24,8 +26,8 @@ BF16_F16_MAX = 0x477F  # |bf16| bits of 65280, the largest bf16 that fits f16 (n
 BF16_F16_MIN_NORMAL = 113 << 7  # |bf16| bits of 2^-14, the smallest f16 normal
 
 
-def dense_part(stored: npt.NDArray, dtype: str, dt: type, name: str,
-               gguf_name: str) -> npt.NDArray:
+def dense_part(stored: npt.NDArray[Any], dtype: str, dt: type[np.floating[Any]], name: str,
+               gguf_name: str) -> npt.NDArray[np.floating[Any]]:
     """A chunk of stored values (BF16 as uint16 bits) as float16/float32, refusing NaN/Inf
     and values beyond the float16 range."""
     flat = stored.reshape(-1)

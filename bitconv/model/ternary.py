@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +43,7 @@ class ScanPart:
     nonzero: int
 
 
-def scan_part(stored: npt.NDArray, dtype: str, name: str = "") -> ScanPart:
+def scan_part(stored: npt.NDArray[Any], dtype: str, name: str = "") -> ScanPart:
     """Pass 1 over a chunk of stored values (BF16 as uint16 bits, F32 or F16), in BLOCKs."""
     flat = stored.reshape(-1)
     buf = np.empty(min(BLOCK, flat.size), np.uint32)
@@ -59,7 +60,7 @@ def scan_part(stored: npt.NDArray, dtype: str, name: str = "") -> ScanPart:
     return ScanPart(flat.size, total, top, nonzero)
 
 
-def _abs32(block: npt.NDArray, dtype: str, buf: npt.NDArray[np.uint32]) -> npt.NDArray[np.float32]:
+def _abs32(block: npt.NDArray[Any], dtype: str, buf: npt.NDArray[np.uint32]) -> npt.NDArray[np.float32]:
     """|block| as float32 in `buf` (bf16: clear the sign bit, then the 16 bits are an f32's top)."""
     u = buf[:block.size]
     if dtype == "BF16":
@@ -68,7 +69,9 @@ def _abs32(block: npt.NDArray, dtype: str, buf: npt.NDArray[np.uint32]) -> npt.N
         return u.view(np.float32)
     if dtype not in ("F32", "F16", "F64"):
         raise InputError(f"expected a float tensor, got {dtype}")
-    return np.abs(block, out=u.view(np.float32), casting="same_kind")
+    f = u.view(np.float32)
+    np.abs(block, out=f, casting="same_kind")
+    return f
 
 
 class AbsmeanScan:
@@ -81,7 +84,7 @@ class AbsmeanScan:
         self.max_abs = np.float32(0)
         self.nonzero = 0
 
-    def add(self, w: npt.NDArray, dtype: str = "F32") -> None:
+    def add(self, w: npt.NDArray[Any], dtype: str = "F32") -> None:
         self.merge(scan_part(w, dtype, self.name))
 
     def merge(self, part: ScanPart) -> None:
@@ -112,7 +115,7 @@ def ternarize_chunk(w: npt.NDArray[np.float32], multiplier: np.float32,
     return q.astype(np.int8)
 
 
-def ternarize_stored(stored: npt.NDArray, dtype: str, multiplier: np.float32,
+def ternarize_stored(stored: npt.NDArray[Any], dtype: str, multiplier: np.float32,
                      already_ternary: bool, name: str = "") -> npt.NDArray[np.int8]:
     """Pass 2 on stored values, same codes as ternarize_chunk of their float32 widening.
 
@@ -128,6 +131,11 @@ def ternarize_stored(stored: npt.NDArray, dtype: str, multiplier: np.float32,
             out[i:i + BLOCK] = ternarize_chunk(w, multiplier, already_ternary, name)
         return out.reshape(stored.shape)
     t = threshold(multiplier)
+    # bf16 compares int16/uint16 bits against integer thresholds, f16/f32 the values
+    pos: npt.NDArray[Any]
+    pos_t: np.generic
+    neg_t: np.generic
+    neg_cmp: np.ufunc
     if dtype == "BF16":
         tb = t.view(np.uint32) >> 16
         pos, pos_t = flat.view(np.int16), np.int16(tb)
@@ -143,7 +151,7 @@ def ternarize_stored(stored: npt.NDArray, dtype: str, multiplier: np.float32,
     return out.reshape(stored.shape)
 
 
-def abs_median(stored: npt.NDArray, dtype: str, name: str = "") -> np.float32:
+def abs_median(stored: npt.NDArray[Any], dtype: str, name: str = "") -> np.float32:
     """median(|W|) of a latent tensor, the ternarization scale of BitNet b1.58 Reloaded (Nielsen &
     Schneider-Kamp, arXiv 2407.09527; `pack --scale-stat median`): codes = clip(rint(W / m), -1, 1),
     multiplier m. The paper's text was not available offline; this follows the authors' code
@@ -184,7 +192,7 @@ def ternarize(w: npt.NDArray[np.float32], name: str = "") -> tuple[npt.NDArray[n
     return ternarize_chunk(w, m, tern, name), m
 
 
-def scale_rule(config: dict) -> ScaleRule:
+def scale_rule(config: dict[str, Any]) -> ScaleRule:
     """Multiply by weight_scale iff linear_class is autobitlinear, else divide (hf.md §1.4)."""
     qc = config.get("quantization_config") or {}
     return "multiply" if qc.get("linear_class") == LINEAR_CLASS["multiply"] else "divide"
@@ -220,7 +228,7 @@ def binarize(w: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], np.float
     return binarize_stored(w, "F32", alpha), beta
 
 
-def binary_scan(stored: npt.NDArray, dtype: str, name: str = "") -> tuple[float, float, int]:
+def binary_scan(stored: npt.NDArray[Any], dtype: str, name: str = "") -> tuple[float, float, int]:
     """Pass 1 of binarization over a chunk of stored values: (Σw, Σ|w|) in float64, count."""
     w = to_float32(stored.reshape(-1), dtype)
     s, a = float(np.sum(w, dtype=np.float64)), float(np.sum(np.abs(w), dtype=np.float64))
@@ -235,7 +243,7 @@ def binary_stats(parts: list[tuple[float, float, int]]) -> tuple[np.float32, np.
     return (np.float32(sum(p[0] for p in parts) / n), np.float32(sum(p[1] for p in parts) / n))
 
 
-def binarize_stored(stored: npt.NDArray, dtype: str, alpha: np.float32) -> npt.NDArray[np.int8]:
+def binarize_stored(stored: npt.NDArray[Any], dtype: str, alpha: np.float32) -> npt.NDArray[np.int8]:
     """Pass 2: +1 where w > α, else −1 (float32 comparison; fl(w − α) > 0 exactly when w > α),
     in the stored shape."""
     w = to_float32(stored, dtype)
