@@ -72,14 +72,17 @@ def bitlinear(x: Array, codes: Array, multiplier: np.float32, mode: str = "exact
     if mode == "exact":
         s = F32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), F32(1e-5))
         q = np.clip(np.rint(x * s), -128, 127)
-        return (q @ codes.T) / s * multiplier
+        y: Array = (q @ codes.T) / s * multiplier
+        return y
     if mode == "bitnet.cpp":
         big = np.maximum(np.abs(x).max(-1, keepdims=True).astype(np.float64), 1e-5)
         s = (127.0 / big).astype(F32)
         q = np.clip(np.rint(x * s), -128, 127)
-        return (q @ codes.T) * multiplier / s
+        y = (q @ codes.T) * multiplier / s
+        return y
     if mode == "llama.cpp" and group:
-        return _q8_0_dot(x, codes, group) * multiplier
+        y = _q8_0_dot(x, codes, group) * multiplier
+        return y
     if mode == "llama.cpp":
         q, d = q8k(x)                                          # (n, B, 256), (n, B)
         cb = codes.T.reshape(q.shape[1], Q8K_BLOCK, codes.shape[0])  # (B, 256, out)

@@ -56,7 +56,9 @@ class Spec:
         if arch not in ("bitnet", "bitnet-b1.58", "llama"):
             raise InputError(f"general.architecture {arch!r} is not one bitconv can run")
         try:
-            g = lambda k: kvs[f"{arch}.{k}"]
+            def g(k: str) -> Any:
+                return kvs[f"{arch}.{k}"]
+
             heads = int(g("attention.head_count"))
             return cls(arch, int(g("block_count")), int(g("embedding_length")), heads,
                        int(kvs.get(f"{arch}.attention.head_count_kv", heads)),
@@ -200,12 +202,13 @@ class Model:
         if got is None:  # a GGUF's is a read-only view of the mapped file: asarray copies nothing
             got = self._cache["token_embd.weight"] = np.asarray(
                 self.weights.tensors["token_embd.weight"])
-        return got  # type: ignore[no-any-return]
+        return got
 
     def _embed(self, ids: npt.NDArray[np.integer]) -> Array:
         if self._untied:  # rows widened as used: the same float32 values as the whole table's
             return np.asarray(self._embedding()[ids], F32)
-        return self._dense("token_embd.weight")[ids]  # tied: the LM head's float32 table
+        rows: Array = self._dense("token_embd.weight")[ids]  # tied: the LM head's float32 table
+        return rows
 
     def _has(self, name: str) -> bool:
         return name in self.weights.tensors
@@ -243,7 +246,8 @@ class Model:
             if site:
                 return research_linear(x, codes, w[1], site)
             return bitlinear(x, codes, w[1], self.mode, self.group)
-        return x @ w.T  # latent float weights
+        y: Array = x @ w.T  # latent float weights
+        return y
 
     def _attention(self, i: int, h: Array, cos: Array, sin: Array, cache: Cache) -> Array:
         s, p, n = self.spec, f"blk.{i}.", h.shape[0]
@@ -251,9 +255,11 @@ class Model:
         k = self._linear(p + "attn_k.weight", h).reshape(n, s.kv_heads, s.head_dim).transpose(1, 0, 2)
         v = self._linear(p + "attn_v.weight", h).reshape(n, s.kv_heads, s.head_dim).transpose(1, 0, 2)
         q, k = self._apply_rope(q, cos, sin), self._apply_rope(k, cos, sin)
-        if self.research is not None and self.research.kv_bits is not None:
-            r, start = self.research, cache.k[i].shape[1] if len(cache.k) > i else 0
-            k, v = (research_kv(t, r.kv_bits, r.kv_bos_bits, start) for t in (k, v))
+        r = self.research
+        if r is not None and r.kv_bits is not None:
+            start = cache.k[i].shape[1] if len(cache.k) > i else 0
+            k, v = (research_kv(k, r.kv_bits, r.kv_bos_bits, start),
+                    research_kv(v, r.kv_bits, r.kv_bos_bits, start))
         if self.mode == "bitnet.cpp":
             q, k, v = _f16(q), _f16(k), _f16(v)  # fp16 KV cache; Q converted for K_f16 · Q
         if len(cache.k) > i:
@@ -283,7 +289,8 @@ class Model:
         if self.spec.arch == "bitnet-b1.58":
             a = np.square(np.maximum(g, F32(0))) * u  # ReLU²
         else:
-            a = g / (F32(1) + np.exp(-g)) * u  # SiLU
+            den: Array = np.exp(-g) + F32(1)
+            a = g / den * u  # SiLU
         if self._has(p + "ffn_sub_norm.weight"):
             a = self._norm(a, p + "ffn_sub_norm.weight")
         return self._linear(p + "ffn_down.weight", a)
@@ -318,10 +325,11 @@ def rmsnorm(x: Array, w: Array, eps: float, double: bool = False) -> Array:
     ulp; transformers (exact mode) takes the mean in float32."""
     if double:
         total = np.sum(np.square(x, dtype=F32), axis=-1, keepdims=True, dtype=np.float64)
-        ms = (total / x.shape[-1]).astype(F32)
+        ms: Array = (total / x.shape[-1]).astype(F32)
     else:
         ms = np.mean(np.square(x, dtype=F32), axis=-1, keepdims=True, dtype=F32)
-    return (x * (F32(1) / np.sqrt(ms + F32(eps)))) * w
+    y: Array = (x * (F32(1) / np.sqrt(ms + F32(eps)))) * w
+    return y
 
 
 def _f16(x: Array) -> Array:
