@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -114,7 +115,8 @@ def _masters(name: str, shape: tuple[int, int],
 def hf_pack(codes: npt.NDArray[np.int8]) -> npt.NDArray[np.uint8]:
     """transformers' pack_weights: rows in 4 quarter blocks, quarter i at bits 2i (hf.md §1.1)."""
     q = (codes + 1).astype(np.uint8).reshape(4, codes.shape[0] // 4, codes.shape[1])
-    return q[0] | (q[1] << 2) | (q[2] << 4) | (q[3] << 6)
+    packed: npt.NDArray[np.uint8] = q[0] | (q[1] << 2) | (q[2] << 4) | (q[3] << 6)
+    return packed
 
 
 def _embedding(name: str, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
@@ -130,7 +132,7 @@ def _norm(name: str, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
     return (to_bf16(x).astype(np.uint32) << 16).view(np.float32)
 
 
-def _config(fx: Fixture, tok: dict) -> dict:
+def _config(fx: Fixture, tok: dict[str, Any]) -> dict[str, Any]:
     s = fx.shape
     base = {"hidden_size": s.hidden, "intermediate_size": s.inter, "num_hidden_layers": s.layers,
             "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads,
@@ -163,7 +165,7 @@ def _config(fx: Fixture, tok: dict) -> dict:
             "quantization_config": {"modules_to_not_convert": None, "quant_method": "bitnet"}}
 
 
-def _tensors(fx: Fixture) -> tuple[list[tuple[str, str, tuple[int, ...]]], Callable]:
+def _tensors(fx: Fixture) -> tuple[list[tuple[str, str, tuple[int, ...]]], Callable[[str], npt.NDArray[Any]]]:
     """(name, dtype, shape) of every tensor, and a function producing each one's storage."""
     s, kind = fx.shape, fx.kind
     fdt = "F32" if kind == "1bitllm" else "BF16"
@@ -193,7 +195,7 @@ def _tensors(fx: Fixture) -> tuple[list[tuple[str, str, tuple[int, ...]]], Calla
                 ents += [(p + proj + ".weight", "U8", (o // 4, n)), (p + proj + ".weight_scale", fdt, (1,))]
             else:
                 ents.append((p + proj + ".weight", fdt, (o, n)))
-    def fill(name: str) -> npt.NDArray:
+    def fill(name: str) -> npt.NDArray[Any]:
         dt, shape = next((d, sh) for n, d, sh in ents if n == name)
         if name.endswith("inv_freq"):
             return (1.0 / 10000.0 ** (np.arange(0, hd, 2, dtype=np.float32) / hd)).astype(np.float32)
@@ -231,8 +233,8 @@ def make_fixture(name: str, dst: str | Path, shape: Shape | None = None) -> Path
     return write_repo(fx, dst, tok)
 
 
-def write_repo(fx: Fixture, dst: Path, tok: dict,
-               fill: Callable[[str], npt.NDArray] | None = None) -> Path:
+def write_repo(fx: Fixture, dst: Path, tok: dict[str, Any],
+               fill: Callable[[str], npt.NDArray[Any]] | None = None) -> Path:
     """config.json, generation_config.json and the weights of `fx`'s layout into `dst`, whose
     tokenizer files are written already (`tok`: what the writer returned). `fill(name)` gives
     each tensor's storage (uint16 bf16 bits, `hf_pack`ed codes, ...; names and dtypes as in the
@@ -266,5 +268,5 @@ def write_repo(fx: Fixture, dst: Path, tok: dict,
     return dst
 
 
-def _dump(path: Path, obj: dict) -> None:
+def _dump(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
