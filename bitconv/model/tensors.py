@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -68,7 +69,7 @@ def row_chunks(rows: int, cols: int, multiple: int = 1) -> Iterator[slice]:
 
 
 def dense_chunks(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor,
-                 workers: Workers = SERIAL) -> Iterator[npt.NDArray]:
+                 workers: Workers = SERIAL) -> Iterator[npt.NDArray[Any]]:
     """A dense tensor as float16/float32 row chunks, checked finite and in range."""
     ref = ck.ref(t.source)
     dt = np.float16 if t.kind == "f16" else np.float32
@@ -141,7 +142,7 @@ def ternary_codes(ck: Checkpoint, mf: MappedFiles, t: PlannedTensor, rule: Scale
     return src.multiplier, workers.map(src.codes, src.rows, done=src.done)
 
 
-def permute_heads(rows: npt.NDArray, head_dim: int) -> npt.NDArray:
+def permute_heads(rows: npt.NDArray[Any], head_dim: int) -> npt.NDArray[Any]:
     """HF rotate_half order -> GGUF llama interleaved order, per head (llama.cpp LlamaModel.permute):
     rows (h, 2, d/2) of each head become (h, d/2, 2)."""
     n = rows.shape[0] // head_dim

@@ -67,7 +67,9 @@ def token_nll(logits: npt.NDArray[np.float32], targets: npt.NDArray[np.integer])
     top = logits.max(-1, keepdims=True)
     sum_exp = np.exp(logits - top).astype(np.float64).sum(-1)
     picked = np.take_along_axis(logits, np.asarray(targets)[:, None], -1)[:, 0]
-    return top[:, 0].astype(np.float64) + np.log(sum_exp) - picked.astype(np.float64)
+    nll: npt.NDArray[np.float64] = (top[:, 0].astype(np.float64) + np.log(sum_exp)
+                                    - picked.astype(np.float64))
+    return nll
 
 
 def chunk_positions(n_tokens: int, ctx: int) -> tuple[int, int]:

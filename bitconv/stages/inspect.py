@@ -57,7 +57,9 @@ class Description:
         lines = [f"{k:<{width}}  {v}" for k, v in self.summary.items()]
         nw = max((len(t.name) for t in self.tensors), default=4)
         cw = max((len(t.codec or "") for t in self.tensors), default=0)
-        codec = (lambda t: f"  {t.codec or '-':<{cw}}") if cw else (lambda t: "")
+
+        def codec(t: TensorRow) -> str:
+            return f"  {t.codec or '-':<{cw}}" if cw else ""
         head = f"  {'format':<{cw}}" if cw else ""
         lines += ["", f"{'tensor':<{nw}}  {'type':<6}{head}  {'shape':<18}  {'bytes':>12}"]
         lines += [f"{t.name:<{nw}}  {t.type:<6}{codec(t)}  {list(t.shape)!s:<18}  "

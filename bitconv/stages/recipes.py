@@ -127,7 +127,8 @@ def _facts(model: Any, bad: Any) -> ModelFacts | None:
         raise bad("[model] must be a table")
     for key, typ in _MODEL.items():
         v = model.get(key)
-        if not isinstance(v, typ) or (typ is int and (isinstance(v, bool) or v <= 0)):
+        if not isinstance(v, typ) or (typ is int and isinstance(v, int)
+                                      and (isinstance(v, bool) or v <= 0)):
             kind = "true or false" if typ is bool else "a positive integer"
             raise bad(f"[model] {key} must be {kind}")
     unknown = sorted(set(model) - set(_MODEL))
