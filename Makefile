@@ -29,8 +29,8 @@ test: test-deps  ## the test suite (no network needed)
 	$(PYTHON) -m pytest
 
 lint: test-deps  ## ruff and mypy (strict on bitconv/)
-	$(PYTHON) -m ruff check bitconv tests bench
-	$(PYTHON) -m mypy bitconv
+	$(PYTHON) -m ruff check bitconv tests bench scripts
+	$(PYTHON) -m mypy
 
 fixtures: setup  ## regenerate the tiny checkpoints under tests/data (deterministic)
 	for n in bitnet_b1_58-large bitnet-b1.58-2B-4T bitnet-b1.58-2B-4T-bf16 Llama3-8B-1.58-100B-tokens; do \
