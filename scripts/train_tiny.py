@@ -50,7 +50,7 @@ import numpy.typing as npt
 ROOT = Path(__file__).resolve().parents[1]
 
 from bitconv.containers.safetensors import to_bf16
-from bitconv.model.ternary import ternarize
+from bitconv.model.reference import ternarize
 from bitconv.model.tokenizer.from_files import LLAMA3_SPLIT
 from bitconv.synth.checkpoints import FIXTURES, Shape, hf_pack, write_repo
 from bitconv.synth.tokenizers import LLAMA3_CHAT_TEMPLATE, _byte_chars, write_llama3_bpe

@@ -7,7 +7,7 @@ permission bits: for "permission denied" the process drops its effective uid/gid
 directory", "not a directory", a symlink loop and a name too long need no privileges. "File too
 large" comes from RLIMIT_FSIZE in a child process (Python ignores SIGXFSZ, so the write fails
 with EFBIG). Not provoked: a full disk (ENOSPC needs a small filesystem, which takes mount
-privileges this container lacks) and EIO; both reach the same handler as EFBIG (outputs.py and
+privileges this container lacks) and EIO; both reach the same handler as EFBIG (containers/atomic.py and
 cli.py map any OSError), which is what the EFBIG cases pin.
 
 Also here: config.json fields of the wrong JSON type (null included) and safetensors headers
@@ -231,7 +231,7 @@ def test_file_size_limit_while_writing(world, tmp_path, writer):
 # --- pull --local-dir and release --out, against the local fake hub ---
 
 PULL_OUT = {  # case: (pull's line, release's line) after "Error: ", D the directory
-    # pull's lines come from hub.py's mapping of local-disk errors (repo@sha: strerror: path)
+    # pull's lines come from stages/pull.py's mapping of local-disk errors (repo@sha: strerror: path)
     "parent_is_a_file": ("{repo}@{sha}: Not a directory: D", "D/.staging: not a directory"),
     "loop": ("{repo}@{sha}: File exists: D", "D/.staging: too many levels of symbolic links"),
     "too_long": ("D: file name too long", "D/.staging: file name too long"),

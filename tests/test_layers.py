@@ -136,3 +136,22 @@ def test_the_rule_itself():
     assert allowed("bitconv.runtime.weights", "bitconv.model.checkpoint")
     assert allowed("bitconv.cli", "bitconv.synth.checkpoints")
     assert layer("bitconv") == layer("bitconv.errors") == "base"
+
+
+def test_the_public_api_is_the_stages_loaded_on_first_use():
+    """`from bitconv import pack` gives the stage itself; `import bitconv` alone loads no numpy
+    (checked in a fresh interpreter: this one has numpy already)."""
+    import subprocess
+    import sys
+
+    import bitconv
+    from bitconv.stages import pack, pull, release, repack, verify
+
+    assert sorted(bitconv.__all__) == ["__version__", "pack", "pull", "release", "repack",
+                                       "verify"]
+    for mod in (pack, pull, release, repack, verify):
+        name = mod.__name__.rsplit(".", 1)[1]
+        assert getattr(bitconv, name) is getattr(mod, name)
+    code = "import sys, bitconv, bitconv.errors; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "False\n"

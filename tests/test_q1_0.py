@@ -19,7 +19,7 @@ from bitconv.containers.safetensors import DTYPES, read_header, write_safetensor
 from bitconv.errors import InputError, PackError
 from bitconv.formats import q1_0
 from bitconv.formats.registry import CODECS, codec_for, get_codec
-from bitconv.model.ternary import binarize
+from bitconv.model.reference import binarize
 from bitconv.runtime.model import Model
 from bitconv.runtime.weights import load_checkpoint_weights, load_gguf
 from bitconv.stages.pack import pack

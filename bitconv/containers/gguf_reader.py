@@ -1,7 +1,7 @@
 """GGUF v3 header reader that knows bitnet.cpp's types (I2_S = 36, TL1 = 38, TL2 = 39).
 
 Stock gguf-py refuses type 36, and n/4 + 32 bytes fits none of its (block_size, type_size) pairs,
-so bitconv reads the header itself; the layout is drawn in gguf_io.py. Byte sizes come from
+so bitconv reads the header itself; the layout is drawn in gguf_writer.py. Byte sizes come from
 `tensor_nbytes`, shared with the writer.
 """
 from __future__ import annotations

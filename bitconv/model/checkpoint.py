@@ -1,4 +1,4 @@
-"""Stage `load`: a Hugging Face checkpoint directory -> Checkpoint (config + lazy tensor refs).
+"""A Hugging Face checkpoint directory -> Checkpoint (config + lazy tensor refs).
 
 Reads config.json and the safetensors headers only; tensor data stays on disk until a later
 stage maps it. Handles one `model.safetensors`, or shards listed in

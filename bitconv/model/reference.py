@@ -74,7 +74,12 @@ def ternarize(w: npt.NDArray[np.float32], stat: str = "mean",
 
 
 def binarize(w: npt.NDArray[np.float32], name: str = "") -> tuple[npt.NDArray[np.int8], np.float32]:
-    """BitNet's 1-bit weights: Sign(W - mean W) with Sign(0) = -1, multiplier mean |W|."""
+    """BitNet's 1-bit weights ("BitNet: Scaling 1-bit Transformers for Large Language Models",
+    arXiv 2310.11453v1, §2.1 eqs. 1-3 and 12): codes = Sign(W − α) with α = mean(W) per tensor and
+    Sign(x) = +1 if x > 0, −1 if x <= 0 (eq. 2: Sign(0) = −1, unlike llama.cpp's Q1_0 quantizer's
+    `x >= 0`), multiplier β = ||W||₁ / nm = mean|W| (eq. 12). Means accumulate in float64 and are
+    rounded to float32; `pack` gets the same through ternary.binary_scan/binary_stats/binarize_stored
+    in row chunks. formats/q1_0.md §7."""
     if not np.isfinite(w).all():
         raise InputError(f"{name}: holds NaN or Inf values; refusing to binarize")
     alpha = np.float32(np.mean(w, dtype=np.float64))

@@ -1,4 +1,6 @@
-"""Stage `ternary`: weights -> codes in {-1, 0, +1} and a float32 multiplier (w = m * codes).
+"""Ternarization as `pack` streams it: weights -> codes in {-1, 0, +1} and a float32 multiplier
+(w = m * codes), by fast exact paths; model/reference.py computes the same by the textbook
+definitions, and `verify` holds the two against each other.
 
 Three sources, one result:
 - latent floats (1bitLLM, 2B4T -bf16): absmean ternarization, DESIGN.md §3:
@@ -184,14 +186,6 @@ def threshold(multiplier: np.float32) -> np.float32:
     return t
 
 
-def ternarize(w: npt.NDArray[np.float32], name: str = "") -> tuple[npt.NDArray[np.int8], np.float32]:
-    """Whole-tensor convenience: codes and multiplier of a latent float tensor."""
-    scan = AbsmeanScan(name)
-    scan.add(w)
-    m, tern = scan.result()
-    return ternarize_chunk(w, m, tern, name), m
-
-
 def scale_rule(config: dict[str, Any]) -> ScaleRule:
     """Multiply by weight_scale iff linear_class is autobitlinear, else divide (hf.md §1.4)."""
     qc = config.get("quantization_config") or {}
@@ -215,17 +209,6 @@ def multiplier_from_scale(name: str, weight_scale: float, rule: ScaleRule,
             f"divides, so it should be at least {MIN_DIVIDE_SCALE:g}); "
             "pass --scale-rule to force one")
     return ws if rule == "multiply" else np.float32(1) / ws
-
-
-def binarize(w: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.int8], np.float32]:
-    """BitNet's 1-bit weights ("BitNet: Scaling 1-bit Transformers for Large Language Models",
-    arXiv 2310.11453v1, §2.1 eqs. 1-3 and 12): codes = Sign(W − α) with α = mean(W) per tensor and
-    Sign(x) = +1 if x > 0, −1 if x <= 0 (eq. 2: Sign(0) = −1, unlike llama.cpp's Q1_0 quantizer's
-    `x >= 0`), multiplier β = ||W||₁ / nm = mean|W| (eq. 12). Means accumulate in float64 and are
-    rounded to float32; `pack` gets the same through binary_scan/binary_stats/binarize_stored in
-    row chunks. formats/q1_0.md §7."""
-    alpha, beta = binary_stats([binary_scan(w, "F32")])
-    return binarize_stored(w, "F32", alpha), beta
 
 
 def binary_scan(stored: npt.NDArray[Any], dtype: str, name: str = "") -> tuple[float, float, int]:

@@ -9,7 +9,7 @@ equation numbers are the papers'):
           Attention", §3.2 ablations.
   [v2]    BitNet v2, arXiv 2504.18415v2: §2.1 eqs. 3-7, §3.1, §3.3.
   [QS]    Q-Sparse, arXiv 2407.10969v3: §2.1 eqs. 2-10, §2.3, §4.2.
-  [b1]    BitNet, arXiv 2310.11453v1: §2.1 eqs. 1-12 (binary weights: ternary.binarize).
+  [b1]    BitNet, arXiv 2310.11453v1: §2.1 eqs. 1-12 (binary weights: model/reference.binarize).
 
 Notation: X is the input of one BitLinear, one row per token; RoundClip(x, a, b) =
 min(max(round(x), a), b) ([a4.8] eq. 4). Sites (the inputs the papers treat differently):

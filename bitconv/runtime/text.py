@@ -3,7 +3,7 @@
 A checkpoint directory is tokenized by its own files (tokenizer.json through `tokenizers`,
 tokenizer.model through `sentencepiece`); a GGUF file by a tokenizer rebuilt from its
 `tokenizer.*` metadata, the way llama.cpp reads it (llama-cpp.md §3.6), by the builders that
-`repack --format hf` writes tokenizer files with (tokenizer_files.py):
+`repack --format hf` writes tokenizer files with (model/tokenizer/to_files.py):
 - `gpt2` (byte-level BPE): vocab + merges, the split regex llama.cpp runs for the file's
   `tokenizer.ggml.pre` (tokenizer.RUNTIME_SPLIT: Llama-3's for `llama-bpe`, `falcon3` and
   `falcon_e`; other names are refused, not guessed), CONTROL/USER_DEFINED tokens matched whole;

@@ -5,7 +5,7 @@ would write, rebuilt from a packed GGUF alone (formats/hf.md §5, formats/README
   BitNetForCausalLM with SiLU, `bitnet-b1.58` -> with ReLU², `llama` -> LlamaForCausalLM) and the
   `{arch}.*` hyperparameters read back (the inverse of families/base.py `hparam_kvs`), through
   hf_export's `export_config`; multipliers as float32 autobitlinear weight_scales (always exact);
-- tokenizer files from the `tokenizer.*` keys (tokenizer_files.py);
+- tokenizer files from the `tokenizer.*` keys (model/tokenizer/to_files.py);
 - model.safetensors: every tensor under its HF name, sorted; ternary weights decoded by the
   file's codec and HF-packed (q/k rows of arch `llama` put back in rotate_half order); dense
   tensors as F32 (F16/BF16 widened exactly: transformers then runs the whole model in float32,

@@ -1,4 +1,4 @@
-"""Tokenizer files rebuilt from GGUF `tokenizer.*` metadata: the inverse of tokenizer.py.
+"""Tokenizer files rebuilt from GGUF `tokenizer.*` metadata: the inverse of from_files.py.
 
 `repack --format hf` writes them into a checkpoint directory, and the runtime tokenizes a GGUF
 file with the same builders (runtime/text.py). They are chosen so that `tokenizer_kvs` (what
