@@ -36,7 +36,7 @@ file stores (one row is widened per token: exact).
 
 What each needs, in bytes (`estimate`): the kept codes; the dense tensors as held; the widen
 buffer (the largest ternary tensor as float32; not for f32); the decode of one tensor while it
-is converted (TRANSIENT bytes a weight, two at once while `Model.load` runs on two threads); and
+is converted (Weights.transient bytes a weight, two at once while `Model.load` runs on two threads); and
 the activations of `positions` tokens (logits, the FFN, attention scores, the KV cache). Memory
 mapped file pages are not counted: they are page cache, given back under pressure.
 
@@ -59,11 +59,10 @@ from bitconv.runtime.weights import Weights
 BYTES = {"f32": 4, "i8": 1, "stream": 0}  # bytes a ternary weight, kept
 WHAT = {"f32": "float32 codes", "i8": "int8 codes widened per matmul",
         "stream": "codes decoded from the file per matmul"}
-# Peak bytes a weight of one tensor while it is decoded, beyond what is kept and the buffer:
-# the decoded int8 codes and the decoder's temporaries. Measured with tracemalloc on the largest
-# tensor of a hidden=512 fixture, every format: 1.0 (I2_S, TQ2_0, Q2_0, Q1_0, a checkpoint's
-# packed codes), 1.13 (TQ1_0), 2.5 (TL1), 4.3 (TL2), 4.0 (a checkpoint's latent float32 rows).
-TRANSIENT = 5
+# Weights.transient, the peak bytes a weight of one tensor while it is decoded beyond what is
+# kept and the buffer, was measured with tracemalloc on the largest tensor of a hidden=512
+# fixture, every format: 1.0 (I2_S, TQ2_0, Q2_0, Q1_0), 1.13 (TQ1_0), 2.5 (TL1), 4.3 (TL2); a
+# checkpoint through model/reference.py: 9 (the whole tensor widened, |W|, the quotient).
 HEADROOM = 64 << 20  # allocator slack, BLAS work buffers, the tokenizer: not estimated one by one
 UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -146,7 +145,7 @@ def estimate(weights: Weights, representation: str, positions: int, batch: int |
                 kept=sum(ternary) * BYTES[representation],
                 dense=dense,
                 buffer=0 if representation == "f32" else 4 * largest,
-                transient=TRANSIENT * largest * (threads if keeps else 1),
+                transient=weights.transient * largest * (threads if keeps else 1),
                 activations=activations(weights, positions,
                                         positions if batch is None else min(batch, positions)))
 

@@ -84,6 +84,10 @@ class Weights:
     format: str = "i2s"  # the codec the ternary tensors are (or would be) packed with
     # every tensor's shape and kind, read from the header or the plan (runtime/memory.py)
     layout: Mapping[str, Stored] = field(default_factory=dict)
+    # peak bytes a weight while one tensor is decoded, beyond what is kept (runtime/memory.py):
+    # a GGUF's decoders need at most 5 (TL2's 4.3); a checkpoint's reference definitions work on
+    # whole float32 tensors with a float64 mean, 9 at full 2B4T size (model/reference.py)
+    transient: int = 5
 
 
 def load_gguf(path: str | Path, kernel_config: str | Path | None = None) -> Weights:
@@ -143,7 +147,8 @@ def load_checkpoint_weights(src: str | Path, scale_rule: ScaleRule | None = None
     loaders: dict[str, Callable[[], Tensor]] = {t.gguf_name: partial(load, t) for t in items}
     layout = {t.gguf_name: Stored(t.shape, t.kind == "ternary", {"f16": 2, "f32": 4}.get(t.kind, 1))
               for t in items}
-    return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items), format, layout)
+    return Weights(kvs, LazyTensors(loaders), tuple(t.gguf_name for t in items), format, layout,
+                   transient=9)
 
 
 def stored(codec: Codec, m: np.float32) -> np.float32:
