@@ -23,8 +23,9 @@ KERNEL_CONFIG = click.option(
 RESEARCH = click.option(
     "--research", default=None, metavar="SPEC",
     help="Research inference modes on top of exact mode: a preset (a4.8, v2, q-sparse) and/or "
-         "SITE=BITS[:absmean][:topK][:hadamard] and kv=BITS, comma-separated; SITE is attn_in, "
-         "o_in, ffn_in, down_in or all (e.g. 'a4.8,kv=3', 'all=4', 'o_in=8:top0.5').")
+         "SITE=BITS[:absmean][:topK][:hadamard] and kv=BITS[:bosN] (the first position's K/V "
+         "at N bits; default max(BITS, 4)), comma-separated; SITE is attn_in, o_in, ffn_in, "
+         "down_in or all (e.g. 'a4.8,kv=3', 'all=4', 'o_in=8:top0.5', 'v2,kv=3:bos8').")
 
 
 def _memory_size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
