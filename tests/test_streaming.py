@@ -9,10 +9,12 @@ of hf.md §1.1 written out per quarter block.
 from __future__ import annotations
 
 import threading
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
+from bitconv.containers import atomic
 from bitconv.errors import InputError
 from bitconv.formats import hf
 from bitconv.formats.registry import CODECS
@@ -109,13 +111,40 @@ def test_background_stage_propagates_errors_and_stops_when_abandoned():
 @pytest.mark.parametrize("fmt", ["i2s", "tl2", "tq2_0"])
 @pytest.mark.parametrize("name", ["bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
                                   "Llama3-8B-1.58-100B-tokens", "bitnet_b1_58-large"])
-def test_output_bytes_do_not_depend_on_the_thread_count(name, fmt, tmp_path, monkeypatch):
+def test_output_bytes_do_not_depend_on_the_thread_count_or_write_behind(name, fmt, tmp_path,
+                                                                       monkeypatch):
+    """Threads 1, 2, 5 with write-behind flushing every 64 KiB (so each output is handed to
+    the disk in many early ranges: a spy counts them), then write-behind off and write-behind
+    unavailable (no sync_file_range): the same bytes every time."""
     import bitconv.model.tensors as pk
     src = make_fixture(name, tmp_path / name, Shape(hidden=512, inter=768, heads=8, kv_heads=2,
                                                      vocab=1024 if "large" not in name else 512))
     monkeypatch.setattr(pk, "CHUNK_ELEMS", 20000)  # many chunks per tensor: real interleaving
+    monkeypatch.delenv("BITCONV_WRITE_BEHIND", raising=False)
+    monkeypatch.setattr(atomic, "WRITE_BEHIND", 1 << 16)
+    calls: list[tuple[int, int, int]] = []
+    real = atomic._sync_range
+
+    def spy(fd, off, n, flags):
+        calls.append((off, n, flags))
+        if real is not None:
+            real(fd, off, n, flags)
+    monkeypatch.setattr(atomic, "_sync_range", spy)
     outs = [pack(src, format=fmt, out=tmp_path / f"{n}.gguf", threads=n).path for n in (1, 2, 5)]
-    assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
+    kicks = [(off, n) for off, n, flags in calls if flags == atomic._KICK]
+    starts = [i for i, (off, _) in enumerate(kicks) if off == 0] + [len(kicks)]
+    assert len(starts) == 4 and all(b - a > 4 for a, b in pairwise(starts))
+    for a, b in pairwise(starts):  # each output's early ranges tile its start
+        assert all(kicks[i][0] + kicks[i][1] == kicks[i + 1][0] for i in range(a, b - 1))
+    assert len(calls) > len(kicks)  # older ranges were waited for too
+    flushed = len(calls)
+    monkeypatch.setenv("BITCONV_WRITE_BEHIND", "0")
+    outs.append(pack(src, format=fmt, out=tmp_path / "off.gguf", threads=2).path)
+    monkeypatch.delenv("BITCONV_WRITE_BEHIND")
+    monkeypatch.setattr(atomic, "_sync_range", None)
+    outs.append(pack(src, format=fmt, out=tmp_path / "none.gguf", threads=2).path)
+    assert len(calls) == flushed  # off and unavailable: nothing flushed early
+    assert len({o.read_bytes() for o in outs}) == 1
 
 
 @pytest.mark.parametrize("fmt", sorted(n for n, c in CODECS.items()

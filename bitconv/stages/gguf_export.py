@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from bitconv.containers.atomic import atomic_output, check_writable, default_output
+from bitconv.containers.atomic import WriteBehind, atomic_output, check_writable, default_output
 from bitconv.containers.gguf_writer import (
     F16,
     F32,
@@ -25,6 +25,7 @@ from bitconv.containers.gguf_writer import (
     tensor_nbytes,
     write_parts,
 )
+from bitconv.containers.iostats import Probe
 from bitconv.containers.safetensors import MappedFiles
 from bitconv.errors import InputError, PackError
 from bitconv.formats.base import Codec
@@ -71,7 +72,9 @@ def export(src: Path, codec: Codec, *, out: str | Path | None = None, force: boo
                          "checkpoint stores packed codes and scales already")
     flat = [i for group in infos for i in group]
     total = sum(i.nbytes for i in flat)
-    with atomic_output(out, force) as f, MappedFiles() as mf, Workers(threads) as workers, \
+    probe = Probe()
+    with atomic_output(out, force, write_behind=True) as f, MappedFiles() as mf, \
+            Workers(threads) as workers, \
             tqdm(total=total, unit="B", unit_scale=True, desc=f"pack {format}", file=sys.stderr,
                  disable=not progress, leave=False) as bar:
         w = GGUFWriter(f, kvs, flat)
@@ -89,6 +92,8 @@ def export(src: Path, codec: Codec, *, out: str | Path | None = None, force: boo
             mf.release(ck.ref(t.source))
             bar.update(sum(i.nbytes for i in group))
         w.close()
+    probe.report(f.stats if isinstance(f, WriteBehind) else None, format=format,
+                 threads=workers.threads, bytes=total)
     if extra is not None:
         with atomic_output(side, force) as f:
             f.write(extra[1])

@@ -157,7 +157,7 @@ def _write(source: PackedGGUF, codec: Codec, out: Path, force: bool, progress: b
               else [TensorInfo(t.name, t.shape, t.ggml_type, t.nbytes)] for t in source.tensors]
     flat = [i for g in groups for i in g]
     total = sum(i.nbytes for i in flat)
-    with atomic_output(out, force) as f, \
+    with atomic_output(out, force, write_behind=True) as f, \
             tqdm(total=total, unit="B", unit_scale=True, desc=f"repack {codec.spec.name}",
                  file=sys.stderr, disable=not progress, leave=False) as bar:
         w = GGUFWriter(f, target_kvs(source, codec), flat, alignment=source.gf.alignment)
