@@ -6,18 +6,29 @@ once, cached under build/bench). Every job runs in a fresh process under /usr/bi
 which reports wall time, CPU time and peak RSS (mapped input pages count, as they should).
 
 For each job, in the same run:
-- floor: the time to read the input bytes and write as many bytes as the output has
-  (page-aligned buffers, fsync), i.e. a converter that does no work at all;
+- floor: max(read, write + fsync): the time to read the input bytes, and the time to write as
+  many bytes as the output has (page-aligned buffers, fsync), measured one after the other; a
+  converter that does no work and overlaps its reads with its writes takes the longer of the two.
+  The overhead is wall / floor;
+- stages: where bitconv's time went, from the library's own probe (BITCONV_TIMING,
+  bitconv/containers/iostats.py): the conversion's wall time (the rest of the process' wall is
+  start-up: imports, reading the checkpoint's index, checking scales), CPU user + system of all
+  threads, disk bytes read (0 when warm), and the writing thread's seconds in write(), in waits
+  for early-flushed ranges (write-behind) and in the final fsync;
 - peer: llama.cpp's `convert_hf_to_gguf.py` from the llama-cpp-python sdist (the only peer
   converter installable from PyPI) on the jobs it supports; bitnet.cpp's converter is not
   installable here, so its figures are quoted from shared/reference/perf-anchors.md §2 and
   marked as such.
+`--compare` runs only the jobs that have a peer and prints the issue's ratio table with its
+goals; every run's rows also go to build/bench/results/pack-<UTC time>.json, with the load
+average at the start of each job (the machine may be shared), so runs can be compared.
 Warm jobs read the input first; cold jobs evict it from the page cache (POSIX_FADV_DONTNEED)
 and are compared with the time to read the input cold, measured just before each cold run (this
 virtual disk's cold reads vary 0.5-1.5 GB/s from run to run). Figures are medians of --reps. Every measurement
 starts after a sync, so no earlier job's writeback competes with it.
 
-    python bench/bench_pack.py [--only NAME ...] [--no-cold] [--no-peer] [--threads N] [--reps 3]
+    python bench/bench_pack.py [--only NAME ...] [--formats FMT ...] [--compare] [--no-cold] [--no-peer]
+                               [--threads N] [--reps 3] [--write-behind MB]
 """
 from __future__ import annotations
 
@@ -31,8 +42,10 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from math import nan
 from pathlib import Path
 
 from bitconv.stages.recipes import load_recipe
@@ -56,6 +69,11 @@ JOBS = [  # (input, format, cold run too, llama.cpp --outtype or None)
     ("1bitllm-large", "i2s", False, None),
     ("llama3-8b", "i2s", True, None),
 ]
+# issue 15's goals per (input, format): peer speedup, or (2B4T packed, almost pure IO) the
+# speedup or wall within 1.15x of the floor; every job: within 1.3x of its floor warm, 1.5x cold
+GOALS = {("2b4t-bf16", "i2s"): (15.0, None), ("2b4t", "i2s"): (15.0, 1.15),
+         ("1bitllm-large", "tq2_0"): (6.0, None)}
+WARM_GOAL, COLD_GOAL, RSS_GOAL = 1.3, 1.5, 1.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,11 @@ class Row:
     in_gb: float
     out_gb: float
     ours: Run
-    floor: float  # s: read input (+ write output when warm)
+    floor: float  # s: max(read, write + fsync) warm; the cold read of the input cold
+    read: float  # s: reading the input (from the page cache warm, from the disk cold)
+    write: float  # s: writing out_gb bytes with fsync (nan cold: not measured)
+    stages: dict[str, float]  # the library's probe for the median run (containers/iostats.py)
+    load: float  # 1-minute load average when the job started
     peer: str | None = None
     peer_run: Run | None = None
 
@@ -131,6 +153,15 @@ def write_bytes(n: int) -> float:
         os.fsync(f.fileno())
     tmp.unlink()
     return time.perf_counter() - t
+
+
+def probed(cmd: list[str]) -> tuple[Run, dict[str, float]]:
+    """timed(cmd) and the probe line bitconv wrote (BITCONV_TIMING)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".jsonl") as probe:
+        run = Run(**timed(cmd, env={"BITCONV_TIMING": probe.name}))
+        lines = probe.read().splitlines()
+    return run, {k: v for k, v in json.loads(lines[-1]).items()
+                 if isinstance(v, (int, float))} if lines else {}
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
@@ -197,24 +228,29 @@ def run_job(name: str, fmt: str, cold: bool, peer: str | None, threads: int | No
            "-q"] + (["--threads", str(threads)] if threads else [])
     rows = []
     for cache in ("warm", "cold") if cold else ("warm",):
-        runs, floors = [], []
+        load = os.getloadavg()[0]
+        runs, reads, writes = [], [], []
         for _ in range(reps):
             remove(out)
             os.sync()  # no earlier job's writeback competes with this one
             if cache == "cold":
                 evict(ins)
-                floors.append(read_all(ins))
+                reads.append(read_all(ins))
                 evict(ins)
             else:
                 read_all(ins)
-            runs.append(Run(**timed(cmd)))
+            runs.append(probed(cmd))
             out_bytes = size(out)
             if cache == "warm":
                 os.sync()
-                floors.append(read_all(ins) + write_bytes(out_bytes))
-        ours = sorted(runs, key=lambda r: r.wall)[len(runs) // 2]  # the median run
+                reads.append(read_all(ins))
+                writes.append(write_bytes(out_bytes))
+        ours, stages = sorted(runs, key=lambda r: r[0].wall)[len(runs) // 2]  # the median run
+        read = statistics.median(reads)
+        write = statistics.median(writes) if writes else float("nan")
         rows.append(Row(f"{name} -> {fmt}", cache, in_bytes / 1e9, out_bytes / 1e9, ours,
-                        statistics.median(floors)))
+                        read if cache == "cold" else max(read, write), read, write, stages,
+                        load))
     if peer and converter is not None:
         peer_out = ROOT / "out" / f"{name}-{fmt}-llama.cpp.gguf"
         remove(peer_out)
@@ -248,19 +284,69 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def stage_table(rows: list[Row]) -> str:
+    """Where bitconv's time went (the probe of the median run), beside the floor's parts."""
+    head = (f"{'job':<24} {'cache':<5} {'read s':>6} {'wr+fs s':>7} {'wall s':>6} "
+            f"{'conv s':>6} {'user s':>6} {'sys s':>6} {'disk GB':>7} {'write s':>7} "
+            f"{'wait s':>6} {'fsync s':>7} {'load':>5}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        g = r.stages.get
+        lines.append(f"{r.job:<24} {r.cache:<5} {r.read:>6.2f} {r.write:>7.2f} "
+                     f"{r.ours.wall:>6.2f} {g('wall', nan):>6.2f} {g('cpu_user', nan):>6.2f} "
+                     f"{g('cpu_sys', nan):>6.2f} {g('read_bytes', nan) / 1e9:>7.2f} "
+                     f"{g('write', nan):>7.2f} {g('wait', nan):>6.2f} {g('fsync', nan):>7.2f} "
+                     f"{r.load:>5.2f}")
+    return "\n".join(lines)
+
+
+def goal_table(rows: list[Row]) -> str:
+    """The issue's table: each goal job, bitconv and its peer in this run, ratio, goal, met?"""
+    head = (f"{'job':<24} {'bitconv':>16} {'x floor':>7} | {'peer':<21} {'wall s':>6} "
+            f"{'ratio':>6} | goal")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        name, fmt = r.job.split(" -> ")
+        if r.cache != "warm" or (name, fmt) not in GOALS or r.peer_run is None:
+            continue
+        speedup, within = GOALS[(name, fmt)]
+        ratio, over = r.peer_run.wall / r.ours.wall, r.ours.wall / r.floor
+        met = (ratio >= speedup or (within is not None and over <= within)) \
+            and r.ours.rss_gb <= RSS_GOAL
+        goal = f">= {speedup:g}x" + (f" or <= {within}x floor" if within else "")
+        lines.append(f"{r.job:<24} {r.ours.wall:>6.2f} s {r.ours.rss_gb:>4.2f} GB {over:>7.2f} | "
+                     f"{r.peer:<21} {r.peer_run.wall:>6.1f} {ratio:>5.1f}x | {goal}, RSS <= "
+                     f"{RSS_GOAL:g} GB: {'met' if met else 'NOT met'}")
+    for r in rows:
+        limit = WARM_GOAL if r.cache == "warm" else COLD_GOAL
+        over = r.ours.wall / r.floor
+        if over > limit:
+            lines.append(f"{r.job} ({r.cache}): {over:.2f}x its floor, goal <= {limit}x: NOT met")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", choices=sorted(INPUTS), help="inputs to run")
+    ap.add_argument("--formats", nargs="*", help="only these output formats")
+    ap.add_argument("--compare", action="store_true",
+                    help="only the jobs with a peer; print the issue's ratio table")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache runs")
     ap.add_argument("--no-peer", action="store_true", help="skip llama.cpp's converter")
     ap.add_argument("--threads", type=int, default=None, help="bitconv pack --threads")
     ap.add_argument("--reps", type=int, default=3, help="warm runs per job (the median is shown)")
+    ap.add_argument("--write-behind", type=float, default=None, metavar="MB",
+                    help="bitconv's write-behind range (BITCONV_WRITE_BEHIND; 0 = off)")
     a = ap.parse_args()
+    if a.write_behind is not None:
+        os.environ["BITCONV_WRITE_BEHIND"] = f"{a.write_behind:g}"
+    started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     ROOT.mkdir(parents=True, exist_ok=True)
     converter = None if a.no_peer else llama_cpp_converter()
     rows: list[Row] = []
     for name, fmt, cold, peer in JOBS:
-        if a.only and name not in a.only:
+        if (a.only and name not in a.only) or (a.formats and fmt not in a.formats) or \
+                (a.compare and not (peer or (name, fmt) in QUOTED)):
             continue
         rows += run_job(name, fmt, cold and not a.no_cold, peer, a.threads, converter, a.reps)
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
@@ -268,7 +354,16 @@ def main() -> None:
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
           f"threads: {a.threads or 'default'}")
     print(table(rows))
-    (ROOT / "pack.json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
+    print()
+    print(stage_table(rows))
+    print()
+    print(goal_table(rows))
+    out = ROOT / "results" / f"pack-{started}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"started": started, "args": vars(a), "cores": os.cpu_count(),
+                               "write_behind": os.environ.get("BITCONV_WRITE_BEHIND"),
+                               "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    print(f"results: {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
