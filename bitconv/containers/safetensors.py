@@ -167,11 +167,15 @@ def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
 
 
+PREFETCH = 64 << 20  # bytes of a checkpoint file read ahead of the tensor rows being viewed
+
+
 class MappedFiles:
     """Read-only mmaps of checkpoint files, opened on first use and closed together."""
 
     def __init__(self) -> None:
         self._maps: dict[Path, mmap.mmap] = {}
+        self._ahead: dict[Path, tuple[int, int]] = {}  # window asked for (_prefetch)
         self._lock = threading.Lock()  # views are taken from worker threads too
 
     def __enter__(self) -> Self:
@@ -193,11 +197,34 @@ class MappedFiles:
             return self._maps[path]
 
     def view(self, ref: TensorRef, rows: slice = slice(None)) -> npt.NDArray[Any]:
-        """Zero-copy view of `ref` (BF16 as uint16), optionally only a range of rows."""
+        """Zero-copy view of `ref` (BF16 as uint16), optionally only a range of rows; the file
+        is read ahead of it (see _prefetch)."""
         dt = DTYPES[ref.dtype]
-        arr = np.frombuffer(self._map(ref.path), dt, ref.nbytes // dt.itemsize, ref.start)
+        m = self._map(ref.path)
+        arr = np.frombuffer(m, dt, ref.nbytes // dt.itemsize, ref.start)
         arr = arr.reshape(ref.shape)
-        return arr[rows] if arr.ndim else arr
+        if not arr.ndim:
+            return arr
+        a, _, _ = rows.indices(ref.shape[0])
+        self._prefetch(ref.path, m, ref.start + a * (ref.nbytes // max(ref.shape[0], 1)))
+        return arr[rows]
+
+    def _prefetch(self, path: Path, m: mmap.mmap, start: int) -> None:
+        """Keep PREFETCH bytes from `start` on asked for (MADV_WILLNEED queues the reads and
+        returns), so a cold input streams in large requests while the workers compute on what
+        came before, instead of one 128 KiB fault-around read at a time. One window per file,
+        extended as the views move on (a jump elsewhere starts a new one): each byte is asked
+        for once, so a warm input costs next to nothing."""
+        with self._lock:
+            lo, hi = self._ahead.get(path, (0, 0))
+            if not lo <= start <= hi:
+                lo = hi = start // mmap.PAGESIZE * mmap.PAGESIZE
+            end = min(len(m), start + PREFETCH)
+            if end - hi < PREFETCH // 4 and end < len(m):
+                return
+            self._ahead[path] = (lo, end)
+        if end > hi:
+            m.madvise(mmap.MADV_WILLNEED, hi, end - hi)
 
     def release(self, ref: TensorRef, rows: slice = slice(None)) -> None:
         """Drop the pages of the tensor (or of a range of its rows) from our resident set;
