@@ -14,7 +14,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from bitconv.containers import atomic
+from bitconv.containers import atomic, safetensors
 from bitconv.errors import InputError
 from bitconv.formats import hf
 from bitconv.formats.registry import CODECS
@@ -115,11 +115,13 @@ def test_output_bytes_do_not_depend_on_the_thread_count_or_write_behind(name, fm
                                                                        monkeypatch):
     """Threads 1, 2, 5 with write-behind flushing every 64 KiB (so each output is handed to
     the disk in many early ranges: a spy counts them), then write-behind off and write-behind
-    unavailable (no sync_file_range): the same bytes every time."""
+    unavailable (no sync_file_range): the same bytes every time. The input is read ahead in
+    small windows that end off page boundaries (MappedFiles._prefetch)."""
     import bitconv.model.tensors as pk
     src = make_fixture(name, tmp_path / name, Shape(hidden=512, inter=768, heads=8, kv_heads=2,
                                                      vocab=1024 if "large" not in name else 512))
     monkeypatch.setattr(pk, "CHUNK_ELEMS", 20000)  # many chunks per tensor: real interleaving
+    monkeypatch.setattr(safetensors, "PREFETCH", 5 * 4096 + 100)  # many read-ahead windows
     monkeypatch.delenv("BITCONV_WRITE_BEHIND", raising=False)
     monkeypatch.setattr(atomic, "WRITE_BEHIND", 1 << 16)
     calls: list[tuple[int, int, int]] = []

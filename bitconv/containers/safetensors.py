@@ -223,8 +223,8 @@ class MappedFiles:
             if end - hi < PREFETCH // 4 and end < len(m):
                 return
             self._ahead[path] = (lo, end)
-        if end > hi:
-            m.madvise(mmap.MADV_WILLNEED, hi, end - hi)
+        if end > hi:  # madvise wants a page-aligned start (end is any offset)
+            m.madvise(mmap.MADV_WILLNEED, hi - hi % mmap.PAGESIZE, end - hi + hi % mmap.PAGESIZE)
 
     def release(self, ref: TensorRef, rows: slice = slice(None)) -> None:
         """Drop the pages of the tensor (or of a range of its rows) from our resident set;
