@@ -3,48 +3,113 @@
 Run by bench_runtime.py in a fresh process (under /usr/bin/time -v for the peak RSS), measured
 the way peer_llama.py measures llama.cpp: prefill = one forward over N tokens (logits of the
 last position only, as llama.cpp computes them); decode = N single-token forwards from an empty
-KV cache. Every weight is decoded to float32 first (`Model.load`, timed as "load").
+KV cache. The weights are held as --codes says (runtime/memory.py: f32, i8 or stream), kept
+ones decoded first (`Model.load`, timed as "load").
 
-    python bench/speed_bitconv.py MODEL.gguf --mode exact [--prefill 128] [--decode 32] [--reps 3]
+--profile adds one more prefill and one more decode pass with the model's parts timed (issue 15
+§3): where the time goes, per layer kind, in seconds per pass. The timers wrap Model's methods,
+so those passes are a little slower than the timed ones; their parts are reported, not their sum:
+  attn_matmul  the q, k, v and output BitLinears (activation quantization included)
+  ffn_matmul   gate, up and down BitLinears
+  lm_head      the output projection
+  norms        every RMSNorm (layer, sub- and output norms)
+  rope         the rotary embedding
+  other        the rest: attention scores, softmax and KV cache, activations, residuals
+
+    python bench/speed_bitconv.py MODEL.gguf --mode exact [--codes f32] [--prefill 128]
+        [--decode 32] [--reps 3] [--profile]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from bitconv.runtime.model import Cache, Model
+from bitconv.runtime.model import REPRESENTATIONS, Cache, Model
 from bitconv.runtime.weights import load_gguf
+
+
+def profiled(model: Model) -> dict[str, float]:
+    """Wrap the model's parts with timers; returns the dict they add their seconds to."""
+    spent: dict[str, float] = defaultdict(float)
+
+    def wrap(method: str, kind: Callable[[tuple[Any, ...]], str]) -> None:
+        inner = getattr(model, method)
+
+        def timed(*args: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return inner(*args)
+            finally:
+                spent[kind(args)] += time.perf_counter() - t
+        setattr(model, method, timed)
+
+    wrap("_linear", lambda a: "attn_matmul" if ".attn_" in a[0] else "ffn_matmul")
+    wrap("_head", lambda a: "lm_head")
+    wrap("_norm", lambda a: "norms")
+    wrap("_apply_rope", lambda a: "rope")
+    wrap("_rope", lambda a: "rope")
+    return spent
+
+
+def parts(model: Model, run: Callable[[], None]) -> dict[str, float]:
+    spent = profiled(model)
+    t = time.perf_counter()
+    run()
+    total = time.perf_counter() - t
+    out = dict(spent)
+    out["other"] = total - sum(spent.values())
+    out["total"] = total
+    for name in ("_linear", "_head", "_norm", "_apply_rope", "_rope"):
+        delattr(model, name)  # back to the class's methods
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--mode", default="exact")
+    ap.add_argument("--codes", default="f32", choices=REPRESENTATIONS)
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     t = time.perf_counter()
-    model = Model(load_gguf(a.model), a.mode).load()
+    model = Model(load_gguf(a.model), a.mode, a.codes).load()
     load = time.perf_counter() - t
     ids = (np.arange(max(a.prefill, a.decode)) * 7919 + 13) % model.spec.vocab
+
+    def prefill_pass() -> None:
+        model.forward(ids[:a.prefill], Cache(), last=True)
+
+    def decode_pass() -> None:
+        cache = Cache()
+        for tok in ids[:a.decode]:
+            model.forward(np.array([tok]), cache)
+
     model.forward(ids[:1])  # warm-up: BLAS threads, first allocations
     prefill, decode = [], []
     for _ in range(a.reps):
         t = time.perf_counter()
-        model.forward(ids[:a.prefill], Cache(), last=True)
+        prefill_pass()
         prefill.append(time.perf_counter() - t)
     for _ in range(a.reps):
-        cache = Cache()
         t = time.perf_counter()
-        for tok in ids[:a.decode]:
-            model.forward(np.array([tok]), cache)
+        decode_pass()
         decode.append(time.perf_counter() - t)
-    print(json.dumps({"load_s": load, "prefill_s": prefill, "decode_s": decode,
-                      "prefill_tokens": a.prefill, "decode_tokens": a.decode}))
+    out: dict[str, Any] = {"codes": a.codes, "load_s": load, "prefill_s": prefill,
+                           "decode_s": decode, "prefill_tokens": a.prefill,
+                           "decode_tokens": a.decode}
+    if a.profile:
+        out["prefill_parts"] = parts(model, prefill_pass)
+        out["decode_parts"] = parts(model, decode_pass)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

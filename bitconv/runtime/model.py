@@ -230,11 +230,15 @@ class Model:
             x = x + self._attention(i, self._norm(x, f"blk.{i}.attn_norm.weight"),
                                     cos, sin, cache)
             x = x + self._ffn(i, self._norm(x, f"blk.{i}.ffn_norm.weight"))
-        x = self._norm(x[-1:] if last else x, "output_norm.weight")
+        return self._head(self._norm(x[-1:] if last else x, "output_norm.weight"))
+
+    def _head(self, x: Array) -> Array:
+        """The LM head's logits for normed hidden states `x`."""
         head = self._dense("output.weight" if self._has("output.weight") else "token_embd.weight")
         if self.mode != "exact":
             x = x.astype(np.float16).astype(F32)  # ggml's F16 x F32 matmul rounds x to fp16
-        return x @ head.T
+        y: Array = x @ head.T
+        return y
 
     def _norm(self, x: Array, name: str) -> Array:
         return rmsnorm(x, self._dense(name), self.spec.eps, double=self.mode != "exact")
