@@ -30,13 +30,6 @@ scales are applied (DESIGN.md §5):
     y   = Σ_i (d_2i · (q_2i @ codes_2iᵀ) + d_2i+1 · (q_2i+1 @ codes_2i+1ᵀ)), summed over the
           weight blocks i of 64 in order (ggml_vec_dot_q2_0_q8_0_generic, ggml-cpu/quants.c
           L177-224), then · multiplier as for TQ
-
-Codes come as float32 (one BLAS call) or as int8 (`product`: widened a block of rows at a time
-into a small float32 buffer that stays in cache, each block one BLAS call, the partial products
-summed). Both give the same bits: every product above is a sum of integers below 2^24, exact
-in float32 in any order. The int8 form is also the faster one, not only the smaller: a
-matrix-vector product is bound by memory bandwidth, and int8 codes are a quarter of the bytes
-(full-size measurements: bench/bench_runtime.py; runtime/memory.py).
 """
 from __future__ import annotations
 
@@ -53,13 +46,6 @@ Q8_0_BLOCK = 32
 # Weight formats whose llama.cpp dot product takes Q8_0 activations (ggml-cpu/ggml-cpu.c
 # type_traits_cpu .vec_dot_type), with the weight block that sums its Q8_0 blocks first
 Q8_0_GROUPS = {"q2_0": 64, "q2_0-fp16": 64, "q1_0": 128, "q1_0-fp16": 128}
-# float32 elements of int8 codes widened per BLAS call (`product`): for a few tokens (decode) a
-# block that stays in L2 (bigger blocks were slower on the 2-vCPU machines measured); for a
-# prompt, bigger blocks, which keep sgemm efficient. BUFFER: the buffer `product` needs.
-DECODE_ELEMS = 1 << 19
-PREFILL_ELEMS = 1 << 22
-DECODE_TOKENS = 16
-BUFFER = PREFILL_ELEMS
 
 
 def q8_0_group(fmt: str) -> int:
@@ -74,11 +60,11 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def bitlinear(x: Array, codes: npt.NDArray[np.float32 | np.int8], multiplier: np.float32,
-              mode: str = "exact", group: int = 0, buf: Array | None = None) -> Array:
-    """x (n, K) float32, codes (out, K) float32 or int8 in {-1, 0, 1} -> (n, out) float32.
-    `group` (llama.cpp mode only, `q8_0_group(format)`): 0 for Q8_K activations, else Q8_0
-    ones summed per weight block of that size. `buf`: int8 codes' widen buffer (`product`).
+def bitlinear(x: Array, codes: Array, multiplier: np.float32, mode: str = "exact",
+              group: int = 0) -> Array:
+    """x (n, K) float32, codes (out, K) float32 in {-1, 0, 1} -> (n, out) float32. `group`
+    (llama.cpp mode only, `q8_0_group(format)`): 0 for Q8_K activations, else Q8_0 ones summed
+    per weight block of that size.
 
     Fastest when `codes` is the transpose of a C-contiguous (K, out) array (Model stores them so):
     `q @ codes.T` is then one plain BLAS call, and llama.cpp mode's (B, 256, out) blocks a view.
@@ -86,50 +72,25 @@ def bitlinear(x: Array, codes: npt.NDArray[np.float32 | np.int8], multiplier: np
     if mode == "exact":
         s = F32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), F32(1e-5))
         q = np.clip(np.rint(x * s), -128, 127)
-        y: Array = product(q, codes.T, buf) / s * multiplier
+        y: Array = (q @ codes.T) / s * multiplier
         return y
     if mode == "bitnet.cpp":
         big = np.maximum(np.abs(x).max(-1, keepdims=True).astype(np.float64), 1e-5)
         s = (127.0 / big).astype(F32)
         q = np.clip(np.rint(x * s), -128, 127)
-        y = product(q, codes.T, buf) * multiplier / s
+        y = (q @ codes.T) * multiplier / s
         return y
     if mode == "llama.cpp" and group:
-        y = _q8_0_dot(x, codes, group, buf) * multiplier
+        y = _q8_0_dot(x, codes, group) * multiplier
         return y
     if mode == "llama.cpp":
         q, d = q8k(x)                                          # (n, B, 256), (n, B)
         cb = codes.T.reshape(q.shape[1], Q8K_BLOCK, codes.shape[0])  # (B, 256, out)
-        y = product(q[:, 0], cb[0], buf) * d[:, :1]            # (n, out), exact per block
+        y = (q[:, 0] @ cb[0]) * d[:, :1]                       # (n, out), exact per block
         for b in range(1, q.shape[1]):  # block by block: no (B, n, out) temporary
-            y += product(q[:, b], cb[b], buf) * d[:, b:b + 1]
+            y += (q[:, b] @ cb[b]) * d[:, b:b + 1]
         return y * multiplier
     raise InputError(f"unknown mode {mode!r}")
-
-
-def product(q: Array, rows: npt.NDArray[np.float32 | np.int8], buf: Array | None = None) -> Array:
-    """q (n, k) integers as float32 @ rows (k, out) codes -> (n, out), exact. float32 rows: one
-    BLAS call. int8 rows (C-contiguous, or a view of such rows): widened `step` rows at a time
-    into `buf` (BUFFER elements at least; allocated if None), the partial products summed."""
-    if rows.dtype == F32:
-        y: Array = q @ rows
-        return y
-    k, out = rows.shape
-    step = max(1, (DECODE_ELEMS if q.shape[0] <= DECODE_TOKENS else PREFILL_ELEMS) // out)
-    if step >= k and buf is None:
-        return q @ rows.astype(F32)
-    if buf is None or buf.size < min(step, k) * out:
-        buf = np.empty(min(step, k) * out, F32)
-    y = np.empty(0, F32)
-    for lo in range(0, k, step):
-        part = rows[lo:lo + step]
-        wide = buf[:part.size].reshape(part.shape)
-        np.copyto(wide, part)
-        if lo:
-            y += q[:, lo:lo + step] @ wide
-        else:
-            y = q[:, :step] @ wide
-    return y
 
 
 def q8k(x: Array) -> tuple[Array, Array]:
@@ -154,17 +115,16 @@ def q8k_scaled(x: Array) -> tuple[Array, Array]:
     return (iscale * xb).astype(F32), d[..., 0]
 
 
-def _q8_0_dot(x: Array, codes: npt.NDArray[np.float32 | np.int8], weight_block: int,
-              buf: Array | None) -> Array:
+def _q8_0_dot(x: Array, codes: Array, weight_block: int) -> Array:
     """Σ over weight blocks (in order) of Σ over their Q8_0 blocks of d · integer sum."""
     q, d = q8_0(x)                                              # (n, B, 32), (n, B)
     per = weight_block // Q8_0_BLOCK
     cb = codes.T.reshape(q.shape[1], Q8_0_BLOCK, codes.shape[0])  # (B, 32, out)
     y = np.zeros((x.shape[0], codes.shape[0]), F32)
     for i in range(0, q.shape[1], per):
-        sumi = product(q[:, i], cb[i], buf) * d[:, i:i + 1]
+        sumi = (q[:, i] @ cb[i]) * d[:, i:i + 1]
         for k in range(i + 1, i + per):
-            sumi += product(q[:, k], cb[k], buf) * d[:, k:k + 1]
+            sumi += (q[:, k] @ cb[k]) * d[:, k:k + 1]
         y += sumi
     return y
 

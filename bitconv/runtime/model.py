@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
-from bitconv.runtime.bitlinear import BUFFER, bitlinear, check_mode, q8_0_group
+from bitconv.runtime.bitlinear import bitlinear, check_mode, q8_0_group
 from bitconv.runtime.research import SITE_OF, Research
 from bitconv.runtime.research import kv as research_kv
 from bitconv.runtime.research import linear as research_linear
@@ -145,7 +145,6 @@ class Model:
         self.weights = weights
         self._cache: dict[str, Any] = {}
         self._buf = np.empty(0, F32)  # the widened codes of the current matmul
-        self._blocks = np.empty(0, F32)  # kept int8 codes, widened a block at a time (bitlinear)
         s = self.spec
         inv = F32(1) / (F32(s.rope_base) ** (np.arange(0, s.head_dim, 2, dtype=np.int64)
                                             .astype(F32) / F32(s.head_dim)))
@@ -246,15 +245,11 @@ class Model:
     def _linear(self, name: str, x: Array) -> Array:
         w = self._get(name)
         if isinstance(w, tuple):
+            codes = w[0] if w[0].dtype == F32 else self._widen(w[0])
             site = self.research and self.research.site(SITE_OF.get(name.split(".")[-2], ""))
-            if site or (w[0].dtype != F32 and self.codes == "stream"):
-                codes = w[0] if w[0].dtype == F32 else self._widen(w[0])
-                if site:
-                    return research_linear(x, codes, w[1], site)
-                return bitlinear(x, codes, w[1], self.mode, self.group)
-            if w[0].dtype != F32 and self._blocks.size < min(BUFFER, w[0].size):
-                self._blocks = np.empty(min(BUFFER, w[0].size), F32)
-            return bitlinear(x, w[0], w[1], self.mode, self.group, self._blocks)
+            if site:
+                return research_linear(x, codes, w[1], site)
+            return bitlinear(x, codes, w[1], self.mode, self.group)
         y: Array = x @ w.T  # latent float weights
         return y
 
