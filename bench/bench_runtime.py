@@ -78,10 +78,10 @@ def limited(cmd: list[str], limit_kb: int) -> dict[str, Any]:
     before = load()
     p = subprocess.run(["bash", "-c", f'ulimit -v {limit_kb}; exec /usr/bin/time -v "$@"', "-",
                         *cmd], capture_output=True, text=True, check=False)
-    info = {k: v.strip() for k, v in (ln.split(": ", 1) for ln in p.stderr.splitlines()
+    info = {k.strip(): v.strip() for k, v in (ln.split(": ", 1) for ln in p.stderr.splitlines()
                                       if ln.startswith("\t") and ": " in ln)}
     wall = info.get("Elapsed (wall clock) time (h:mm:ss or m:ss)", "0").split(":")
-    said = [ln for ln in p.stderr.splitlines() if ln and not ln.startswith("\t")]
+    said = [ln for ln in p.stderr.splitlines() if ln and not ln.startswith(("\t", "Command "))]
     return {"rc": p.returncode, "load": before,
             "wall": sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall))),
             "rss_gb": int(info.get("Maximum resident set size (kbytes)", 0)) * 1024 / 1e9,
@@ -178,6 +178,12 @@ KINDS = ("attn_matmul", "ffn_matmul", "lm_head", "norms", "rope", "other")
 
 
 def report(res: dict[str, Any]) -> str:
+    return "\n".join([*speed_report(res), *memory_report(res)])
+
+
+def speed_report(res: dict[str, Any]) -> list[str]:
+    if "llama.cpp" not in res:
+        return []
     peer = res["llama.cpp"]
     row = "{:<30} {:>7} {:>12} {:>9} {:>7} {:>9} {:>9} {:>6}".format
     lines = [(f"speed on {res['same_shape_file']} (2B4T dims, 1bitLLM arch, TQ2_0), "
@@ -201,6 +207,11 @@ def report(res: dict[str, Any]) -> str:
             lines.append("{:<30} {}".format(f"{name} {pas}", " ".join(
                 f"{parts[k] / tokens * 1e3:9.2f} {parts[k] / parts['total']:5.0%}"
                 for k in KINDS)))
+    return lines
+
+
+def memory_report(res: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     b = res.get("big")
     if b:
         lines += ["", (f"{b['file']} ({b['bytes'] / 1e9:.2f} GB): goal peak RSS <= "
@@ -225,26 +236,11 @@ def report(res: dict[str, Any]) -> str:
                      f"per parameter ({bv['params'] / 1e9:.2f} B), "
                      f"{bv['ns_per_param'] / v['ns_per_param']:.2f}x 2B4T's; goal <= "
                      f"{GOALS['verify_per_param_x']:.0f}x")
-    return "\n".join(lines)
+    return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--modes", nargs="+", default=["exact", "llama.cpp"],
-                    help="bitconv modes on the TQ2_0 file")
-    ap.add_argument("--codes", nargs="+", default=["f32", "i8"],
-                    help="weight representations (runtime/memory.py) for each mode")
-    ap.add_argument("--no-i2s", action="store_true", help="skip exact mode on the 2B4T I2_S file")
-    ap.add_argument("--no-verify", action="store_true")
-    ap.add_argument("--no-big", action="store_true", help="skip the 8B run/logits/verify")
-    a = ap.parse_args()
-    ROOT.mkdir(parents=True, exist_ok=True)
-    tq = same_shape_tq2_0()
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    res: dict[str, Any] = {"machine": f"{os.cpu_count()} vCPUs, {ram:.0f} GiB", "reps": a.reps,
-                           "same_shape_file": str(tq), "started": stamp}
+def speed(res: dict[str, Any], tq: Path, a: argparse.Namespace) -> None:
+    """llama.cpp and bitconv's rows on the same TQ2_0 file (and the 2B4T I2_S file), into res."""
     res["llama.cpp"] = llama_cpp(tq, a.reps)
     models = {f"{m} {c} (TQ2_0)": (tq, m, c) for m in a.modes for c in a.codes}
     if not a.no_i2s:
@@ -262,6 +258,28 @@ def main() -> None:
         res["bitconv"][name] = r
         print(f"  {name}: pp {r['pp_tok_s']:.1f} tok/s, tg {r['tg_tok_s']:.2f} tok/s",
               file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--modes", nargs="+", default=["exact", "llama.cpp"],
+                    help="bitconv modes on the TQ2_0 file")
+    ap.add_argument("--codes", nargs="+", default=["f32", "i8"],
+                    help="weight representations (runtime/memory.py) for each mode")
+    ap.add_argument("--no-i2s", action="store_true", help="skip exact mode on the 2B4T I2_S file")
+    ap.add_argument("--no-verify", action="store_true")
+    ap.add_argument("--no-big", action="store_true", help="skip the 8B run/logits/verify")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed table")
+    a = ap.parse_args()
+    ROOT.mkdir(parents=True, exist_ok=True)
+    tq = same_shape_tq2_0()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    res: dict[str, Any] = {"machine": f"{os.cpu_count()} vCPUs, {ram:.0f} GiB", "reps": a.reps,
+                           "same_shape_file": str(tq), "started": stamp}
+    if not a.no_speed:
+        speed(res, tq, a)
     if not a.no_big:
         res["big"] = big(a.reps)
     if not a.no_verify:
