@@ -7,8 +7,8 @@ recipes/bitnet-b1.58-2B-4T.toml (hidden 2560, intermediate 6912, 30 layers, 20 h
 heads, vocab 128256; 2.41 B parameters), packed to lossless TQ2_0. pp = one prefill of 128 tokens
 (logits of the last position only, as llama-cpp-python's `eval`); tg = 32 single-token decodes
 from an empty context. llama.cpp runs each in a fresh process (peer_llama.py); bitconv runs one
-fresh process per mode (speed_bitconv.py) whose load, every weight decoded to float32 and kept
-(9.6 GB), is timed apart. bitconv's exact mode also runs on the real-arch 2B4T I2_S file.
+fresh process per mode and weight representation (speed_bitconv.py --codes: f32 keeps every
+weight as float32, 9.6 GB; i8 as int8) whose load is timed apart. bitconv's exact mode also runs on the real-arch 2B4T I2_S file.
 
 Verify: `bitconv verify` of the full-size 2B4T I2_S file against its source, with a 32-token
 logits check (verify_timed.py times that pass apart), next to `bitconv pack` of the same file,
