@@ -131,7 +131,7 @@ def big(reps: int) -> dict[str, Any]:
     res: dict[str, Any] = {"file": str(gguf), "bytes": gguf.stat().st_size}
     res["run"] = run([*cli, "run", str(gguf), "-p", PROMPT, "-n", "8"])
     res["logits"] = run([*cli, "logits", str(gguf), "-p", PROMPT, "-o",
-                         str(ROOT / "logits-8b.npy")])
+                         str(ROOT / "logits-8b.npy"), "--force"])
     res["run_rlimit_20gb"] = limited([*cli, "run", str(gguf), "-p", PROMPT, "-n", "8"],
                                      20_000_000)
     res["verify"] = verify_one(src, gguf, reps)
