@@ -86,9 +86,6 @@ class AbsmeanScan:
         self.max_abs = np.float32(0)
         self.nonzero = 0
 
-    def add(self, w: npt.NDArray[Any], dtype: str = "F32") -> None:
-        self.merge(scan_part(w, dtype, self.name))
-
     def merge(self, part: ScanPart) -> None:
         self.n += part.n
         self.sum_abs += part.sum_abs
