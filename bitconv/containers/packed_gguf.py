@@ -37,7 +37,7 @@ class PackedGGUF:
 
     def weights(self) -> list[tuple[str, tuple[int, int]]]:
         """(name, shape) of every ternary weight, in file order."""
-        return [(t.name, (t.shape[0], t.shape[1])) for t in self.tensors if t.name in self.codecs]
+        return _weights(self.tensors, self.codecs)
 
     def decode(self, t: GGUFTensor) -> tuple[npt.NDArray[np.int8], np.float32]:
         """Codes and float32 multiplier of ternary weight `t`; InputError naming it."""
@@ -83,6 +83,11 @@ def read_packed(gf: GGUFFile, kernel_config: str | Path | None = None, *,
         raise InputError(f"{path}: ternary tensors in several formats ({', '.join(names)})")
     fmt = names[0] if names else ""
     tensors = tuple(t for t in gf.tensors if t.name not in companions)
-    weights = [(t.name, (t.shape[0], t.shape[1])) for t in tensors if t.name in codecs]
     return PackedGGUF(gf, fmt, tensors, codecs, parts,
-                      file_tilings(path, gf.kvs, fmt, weights, kernel_config), prefix)
+                      file_tilings(path, gf.kvs, fmt, _weights(tensors, codecs), kernel_config),
+                      prefix)
+
+
+def _weights(tensors: tuple[GGUFTensor, ...],
+             codecs: Mapping[str, Codec]) -> list[tuple[str, tuple[int, int]]]:
+    return [(t.name, (t.shape[0], t.shape[1])) for t in tensors if t.name in codecs]
