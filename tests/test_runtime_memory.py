@@ -1,7 +1,7 @@
 """The runtime's weight representation chosen by the memory available (runtime/memory.py).
 
-Every representation (float32 or int8 codes kept, or streamed from the file) gives the
-same logits bit for bit, in every mode and family; the choice reads shapes only and comes before
+Every representation (float32, packed float64 or int8 codes kept, or streamed from the file)
+gives the same logits bit for bit, in every mode and family; the choice reads shapes only and comes before
 any tensor is decoded; when even streaming does not fit, `run`, `logits`, `eval` and `verify`
 refuse with one line (exit 1) before loading; `--memory` sizes parse or are a usage error.
 """
@@ -26,7 +26,7 @@ from bitconv.runtime.memory import (
     estimate,
     parse_size,
 )
-from bitconv.runtime.model import Cache, Model
+from bitconv.runtime.model import Cache, Model, preferred
 from bitconv.runtime.research import parse
 from bitconv.runtime.text import load_text_codec
 from bitconv.runtime.weights import LazyTensors, load_checkpoint_weights, load_gguf
@@ -48,6 +48,11 @@ CASES = [(fx, fmt, mode)
                            ("q2_0", "llama.cpp"))]
 
 
+def usable(mode: str, research=None) -> list[str]:
+    """The representations other than f32 that `mode` runs on (f64x3: the integer modes)."""
+    return [r for r in REPRESENTATIONS[1:] if r != "f64x3" or preferred(mode, research)[0] == r]
+
+
 def run_all(w, mode: str, codes: str, research=None) -> list[np.ndarray]:
     """Logits of a 6-token prompt, then of 3 more tokens one at a time through the KV cache."""
     m = Model(w, mode, codes, research=research).load()
@@ -61,7 +66,7 @@ def run_all(w, mode: str, codes: str, research=None) -> list[np.ndarray]:
 def test_every_representation_gives_the_same_logits(packed, name, fmt, mode):
     w = load_gguf(packed(name, fmt))
     want = run_all(w, mode, "f32")
-    for codes in REPRESENTATIONS[1:]:
+    for codes in usable(mode):
         got = run_all(w, mode, codes)
         assert all(np.array_equal(a, b) for a, b in zip(got, want)), codes
 
@@ -72,7 +77,7 @@ def test_research_modes_too(packed, research):
     # same layout in every representation is what keeps them equal there
     w = load_gguf(packed("bitnet-b1.58-2B-4T", "i2s"))
     want = run_all(w, "exact", "f32", parse(research))
-    for codes in REPRESENTATIONS[1:]:
+    for codes in usable("exact", parse(research)):
         got = run_all(w, "exact", codes, parse(research))
         assert all(np.array_equal(a, b) for a, b in zip(got, want)), codes
 
@@ -80,16 +85,17 @@ def test_research_modes_too(packed, research):
 def test_a_checkpoint_source_too(fixtures_root):
     w = load_checkpoint_weights(fixtures_root / "Llama3-8B-1.58-100B-tokens")
     want = run_all(w, "exact", "f32")
-    for codes in REPRESENTATIONS[1:]:
+    for codes in usable("exact"):
         assert all(np.array_equal(a, b) for a, b in zip(run_all(w, "exact", codes), want))
 
 
 def test_needs_shrink_and_bound_what_is_allocated(packed):
-    """Largest first; and each estimate is at least what tracemalloc sees numpy allocate while
-    the model loads and runs (the mapped file's pages are not allocations)."""
+    """Kept codes largest first; and each estimate is at least what tracemalloc sees numpy
+    allocate while the model loads and runs (the mapped file's pages are not allocations)."""
     w = load_gguf(packed("Llama3-8B-1.58-100B-tokens", "i2s"))
     needs = [estimate(w, r, 6) for r in REPRESENTATIONS]
-    assert [n.total for n in needs] == sorted((n.total for n in needs), reverse=True)
+    assert [n.kept for n in needs] == sorted((n.kept for n in needs), reverse=True)
+    assert len({n.kept for n in needs}) == len(needs)
     for need in needs:
         tracemalloc.start()
         Model(w, "exact", need.representation).load().forward(np.arange(6))
@@ -103,13 +109,28 @@ def test_the_largest_that_fits_is_chosen(packed):
     total = {r: estimate(w, r, 8).total for r in REPRESENTATIONS}
     assert choose(w, 8, 1 << 40).representation == "f32"
     assert choose(w, 8, total["f32"]).representation == "f32"
-    assert choose(w, 8, total["f32"] - 1).representation == "i8"
+    assert choose(w, 8, total["f32"] - 1).representation == "i8"  # f64x3's temporaries: more
     assert choose(w, 8, total["i8"] - 1).representation == "stream"
+    fast = preferred("exact")  # the first that fits, in the order asked
+    assert choose(w, 8, 1 << 40, representations=fast).representation == "f64x3"
+    assert choose(w, 8, total["f64x3"], representations=fast).representation == "f64x3"
+    assert choose(w, 8, total["f64x3"] - 1, representations=fast).representation == "i8"
     with pytest.raises(MemoryLimitError, match=r"^m: running it needs .* of memory \(codes "
                                                r"decoded from the file per matmul, the least "
                                                r"bitconv can hold it in\); 1\.0 KiB available "
                                                r"\(--memory\)$"):
         choose(w, 8, 1024, name="m")
+
+
+def test_packed_codes_only_where_the_products_are_integer(packed):
+    assert preferred("exact") == preferred("bitnet.cpp") == ("f64x3", "i8", "stream")
+    assert preferred("exact", parse("kv=3")) == ("f64x3", "i8", "stream")
+    assert preferred("llama.cpp") == preferred("exact", parse("v2")) == ("f32", "i8", "stream")
+    w = load_gguf(packed("bitnet-b1.58-2B-4T", "tq2_0"))
+    with pytest.raises(InputError, match="f64x3"):
+        Model(w, "llama.cpp", "f64x3")
+    with pytest.raises(InputError, match="f64x3"):
+        Model(w, "exact", "f64x3", research=parse("a4.8"))
 
 
 def _spy(monkeypatch) -> list[str]:

@@ -37,10 +37,12 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
+from bitconv.runtime.packed3 import Packed3
 
 F32 = np.float32
 Array = npt.NDArray[np.float32]
 MODES = ("exact", "bitnet.cpp", "llama.cpp")
+INTEGER_MODES = ("exact", "bitnet.cpp")  # one integer product of whole rows: Packed3 applies
 Q8K_BLOCK = 256
 Q8_0_BLOCK = 32
 # Weight formats whose llama.cpp dot product takes Q8_0 activations (ggml-cpu/ggml-cpu.c
@@ -60,11 +62,12 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def bitlinear(x: Array, codes: Array, multiplier: np.float32, mode: str = "exact",
+def bitlinear(x: Array, codes: Array | Packed3, multiplier: np.float32, mode: str = "exact",
               group: int = 0) -> Array:
     """x (n, K) float32, codes (out, K) float32 in {-1, 0, 1} -> (n, out) float32. `group`
     (llama.cpp mode only, `q8_0_group(format)`): 0 for Q8_K activations, else Q8_0 ones summed
-    per weight block of that size.
+    per weight block of that size. The integer modes (INTEGER_MODES: one product of whole rows)
+    also take the codes as Packed3, with the same result bit for bit.
 
     Fastest when `codes` is the transpose of a C-contiguous (K, out) array (Model stores them so):
     `q @ codes.T` is then one plain BLAS call, and llama.cpp mode's (B, 256, out) blocks a view.
@@ -72,14 +75,16 @@ def bitlinear(x: Array, codes: Array, multiplier: np.float32, mode: str = "exact
     if mode == "exact":
         s = F32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), F32(1e-5))
         q = np.clip(np.rint(x * s), -128, 127)
-        y: Array = (q @ codes.T) / s * multiplier
+        y: Array = product(q, codes) / s * multiplier
         return y
     if mode == "bitnet.cpp":
         big = np.maximum(np.abs(x).max(-1, keepdims=True).astype(np.float64), 1e-5)
         s = (127.0 / big).astype(F32)
         q = np.clip(np.rint(x * s), -128, 127)
-        y = (q @ codes.T) * multiplier / s
+        y = product(q, codes) * multiplier / s
         return y
+    if isinstance(codes, Packed3):
+        raise InputError(f"{mode} mode takes float32 codes, not packed ones")
     if mode == "llama.cpp" and group:
         y = _q8_0_dot(x, codes, group) * multiplier
         return y
@@ -91,6 +96,12 @@ def bitlinear(x: Array, codes: Array, multiplier: np.float32, mode: str = "exact
             y += (q[:, b] @ cb[b]) * d[:, b:b + 1]
         return y * multiplier
     raise InputError(f"unknown mode {mode!r}")
+
+
+def product(q: Array, codes: Array | Packed3) -> Array:
+    """q @ codesᵀ for integer activations q: exact either way (module doc; runtime/packed3.py)."""
+    y: Array = codes.dot(q) if isinstance(codes, Packed3) else q @ codes.T
+    return y
 
 
 def q8k(x: Array) -> tuple[Array, Array]:

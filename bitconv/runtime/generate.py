@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from bitconv.runtime.memory import choose
-from bitconv.runtime.model import Cache, Model
+from bitconv.runtime.model import Cache, Model, preferred
 from bitconv.runtime.research import parse
 from bitconv.runtime.text import TextCodec, load_text_codec
 from bitconv.runtime.weights import load_any
@@ -65,10 +65,11 @@ def stream_text(path: str | Path, prompt: str, n: int, *, temperature: float = 0
     weights = load_any(path, kernel_config)
     codec = load_text_codec(path, weights.kvs)
     ids = codec.chat(prompt) if chat else codec.encode(prompt)
-    held = choose(weights, len(ids) + n, memory, batch=len(ids), name=str(path))
+    options = parse(research) if research else None
+    held = choose(weights, len(ids) + n, memory, batch=len(ids), name=str(path),
+                  representations=preferred(mode, options))
     # every weight the representation keeps decoded up front, on two threads
-    model = Model(weights, mode, held.representation,
-                  research=parse(research) if research else None).load()
+    model = Model(weights, mode, held.representation, research=options).load()
     stream = TextStream(codec)
     for tok in generate(model, ids, n, temperature, seed, codec.eog_ids):
         if tok in codec.eog_ids:

@@ -5,7 +5,10 @@ checkpoint's plan), before any tensor is decoded, so that a model that cannot fi
 with one line instead of dying mid-load. Representations of the ternary codes, largest first:
 
   f32     codes kept as float32, (in, out) contiguous: 4 bytes a weight, each matmul one BLAS
-          call straight on them (the fastest decode when memory allows).
+          call straight on them (llama.cpp mode and research options need them).
+  f64x3   three rows of codes in one float64 (runtime/packed3.py): 8/3 bytes a weight, each
+          matmul one float64 BLAS call and an exact decode of its sums; exact and bitnet.cpp
+          modes only, where it is the fastest of all (measured below).
   i8      codes kept as int8, widened to float32 per matmul into one reusable buffer: 1 byte a
           weight.
   stream  nothing kept: each matmul decodes its tensor from the file (a memory map) and widens
@@ -57,6 +60,7 @@ memory.current; or what `--memory` says, which overrides them (to allow more or 
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import resource
@@ -65,11 +69,12 @@ from pathlib import Path
 
 from bitconv.errors import InputError, MemoryLimitError
 from bitconv.runtime.model import REPRESENTATIONS, Spec
+from bitconv.runtime.packed3 import BYTES_PER_ROW, TEMP_BYTES_PER_ROW, packed_rows
 from bitconv.runtime.weights import Weights
 
-BYTES = {"f32": 4, "i8": 1, "stream": 0}  # bytes a ternary weight, kept
-WHAT = {"f32": "float32 codes", "i8": "int8 codes widened per matmul",
-        "stream": "codes decoded from the file per matmul"}
+BYTES = {"f32": 4, "i8": 1, "stream": 0}  # bytes a ternary weight, kept (f64x3: kept_bytes)
+WHAT = {"f32": "float32 codes", "f64x3": "codes packed three to a float64",
+        "i8": "int8 codes widened per matmul", "stream": "codes decoded from the file per matmul"}
 # Weights.transient, the peak bytes a weight of one tensor while it is decoded beyond what is
 # kept and the buffer, was measured with tracemalloc on the largest tensor of a hidden=512
 # fixture, every format: 1.0 (I2_S, TQ2_0, Q2_0, Q1_0), 1.13 (TQ1_0), 2.5 (TL1), 4.3 (TL2); a
@@ -136,7 +141,7 @@ def estimate(weights: Weights, representation: str, positions: int, batch: int |
              threads: int = 2) -> Need:
     """What holding `weights` in `representation` and running up to `positions` tokens, `batch`
     (default: all) in one forward pass, needs."""
-    if representation not in BYTES:
+    if representation not in REPRESENTATIONS:
         raise InputError(f"unknown weight representation {representation!r}; choose one of: "
                          f"{', '.join(REPRESENTATIONS)}")
     layout = weights.layout
@@ -144,6 +149,7 @@ def estimate(weights: Weights, representation: str, positions: int, batch: int |
         raise InputError("the weights do not say their tensor shapes: cannot plan memory")
     ternary = [s.size for s in layout.values() if s.ternary]
     largest = max(ternary, default=0)
+    widest = max((s.shape[0] for s in layout.values() if s.ternary), default=0)
     tied = "output.weight" not in layout
     dense = 0
     for name, s in layout.items():
@@ -151,14 +157,23 @@ def estimate(weights: Weights, representation: str, positions: int, batch: int |
             continue
         # an untied input embedding stays as stored (rows widened per token); all else float32
         dense += s.size * (s.itemsize if name == "token_embd.weight" and not tied else 4)
-    keeps = representation != "stream"
+    keeps, packs = representation != "stream", representation == "f64x3"
     return Need(representation,
-                kept=sum(ternary) * BYTES[representation],
+                kept=sum(kept_bytes(s.shape, representation) for s in layout.values()
+                         if s.ternary),
                 dense=dense,
-                buffer=0 if representation == "f32" else 4 * largest,
-                transient=weights.transient * largest * (threads if keeps else 1),
+                buffer=0 if representation in ("f32", "f64x3") else 4 * largest,
+                transient=(weights.transient * largest
+                           + packs * TEMP_BYTES_PER_ROW * widest) * (threads if keeps else 1),
                 activations=activations(weights, positions,
                                         positions if batch is None else min(batch, positions)))
+
+
+def kept_bytes(shape: tuple[int, ...], representation: str) -> int:
+    """Bytes one ternary tensor of `shape` (out, in) takes as `representation` keeps it."""
+    if representation == "f64x3":
+        return packed_rows(shape[0]) * math.prod(shape[1:]) * BYTES_PER_ROW
+    return math.prod(shape) * BYTES[representation]
 
 
 def activations(weights: Weights, positions: int, batch: int) -> int:

@@ -22,7 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
-from bitconv.runtime.bitlinear import bitlinear, check_mode, q8_0_group
+from bitconv.runtime.bitlinear import INTEGER_MODES, bitlinear, check_mode, q8_0_group
+from bitconv.runtime.packed3 import Packed3
 from bitconv.runtime.research import SITE_OF, Research
 from bitconv.runtime.research import kv as research_kv
 from bitconv.runtime.research import linear as research_linear
@@ -33,7 +34,7 @@ from bitconv.workers import Workers
 F32 = np.float32
 Array = npt.NDArray[np.float32]
 # how the ternary codes are held (Model's doc; runtime/memory.py: what each needs), largest first
-REPRESENTATIONS = ("f32", "i8", "stream")
+REPRESENTATIONS = ("f32", "f64x3", "i8", "stream")
 KEPT = {"f32": F32, "i8": np.int8}
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
@@ -102,13 +103,24 @@ class Cache:
         return self.k[0].shape[1] if self.k else 0
 
 
+def preferred(mode: str, research: Research | None = None) -> tuple[str, ...]:
+    """The representations worth trying for `mode`, fastest first (runtime/memory.py): packed
+    float64 codes for the integer modes (faster and smaller than float32; research options on
+    the KV cache alone keep them), float32 for the others, whose products are per block or on
+    other activations; then i8, then stream."""
+    fast = "f64x3" if mode in INTEGER_MODES and (research is None or not research.sites) else "f32"
+    return fast, "i8", "stream"
+
+
 class Model:
     """A runnable model over (lazy) Weights, in one of the BitLinear modes (runtime/bitlinear.py).
 
     `codes` is how the ternary weights are held (runtime/memory.py chooses it by the memory
     there is; each gives the same numbers):
       f32     codes kept as float32 for BLAS (4 bytes per parameter, 9.6 GB with the float32 LM
-              head at 2B4T size: the fastest repeated decoding);
+              head at 2B4T size);
+      f64x3   three rows of codes to a float64 (runtime/packed3.py; 8/3 bytes a parameter):
+              exact and bitnet.cpp modes only, the fastest there;
       i8      codes kept as int8 (1 byte), widened into one float32 buffer that every matmul
               reuses (fresh memory is slow to touch);
       stream  nothing kept: each matmul decodes its tensor from the file into that buffer, so
@@ -141,6 +153,9 @@ class Model:
         self.research = research if research is not None and not research.off else None
         if self.research is not None and self.mode != "exact":
             raise InputError(f"research modes run on exact mode, not {mode!r}")
+        if codes == "f64x3" and preferred(self.mode, self.research)[0] != codes:
+            raise InputError("packed float64 codes (f64x3) serve exact and bitnet.cpp modes "
+                             "without research options; use f32")
         self.group = q8_0_group(weights.format)  # llama.cpp mode: Q8_0 activations for Q2_0
         self.weights = weights
         self._cache: dict[str, Any] = {}
@@ -170,6 +185,8 @@ class Model:
             return np.asarray(t, F32)
         if self.codes == "stream":
             return t.codes, F32(t.multiplier)
+        if self.codes == "f64x3":
+            return Packed3.of(t.codes), F32(t.multiplier)
         return np.ascontiguousarray(t.codes.T, dtype=KEPT[self.codes]).T, F32(t.multiplier)
 
     def _get(self, name: str) -> Any:
@@ -245,7 +262,7 @@ class Model:
     def _linear(self, name: str, x: Array) -> Array:
         w = self._get(name)
         if isinstance(w, tuple):
-            codes = w[0] if w[0].dtype == F32 else self._widen(w[0])
+            codes = w[0] if isinstance(w[0], Packed3) or w[0].dtype == F32 else self._widen(w[0])
             site = self.research and self.research.site(SITE_OF.get(name.split(".")[-2], ""))
             if site:
                 return research_linear(x, codes, w[1], site)

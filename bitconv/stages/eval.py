@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from bitconv.errors import InputError
 from bitconv.runtime.memory import choose
-from bitconv.runtime.model import Model
+from bitconv.runtime.model import Model, preferred
 from bitconv.runtime.research import parse
 from bitconv.runtime.text import load_text_codec
 from bitconv.runtime.weights import load_any
@@ -134,9 +134,10 @@ def evaluate(model_path: str | Path, text_path: str | Path, *, ctx: int = 512,
     codec = load_text_codec(model_path, weights.kvs)
     ids = codec.encode(text)
     chunk_positions(len(ids), ctx)  # refuse a short text before decoding the weights
-    held = choose(weights, ctx, memory, name=str(model_path))
-    model = Model(weights, mode, held.representation,
-                  research=parse(research) if research else None).load()
+    options = parse(research) if research else None
+    held = choose(weights, ctx, memory, name=str(model_path),
+                  representations=preferred(mode, options))
+    model = Model(weights, mode, held.representation, research=options).load()
     bos = codec.bos_id if codec.add_bos else None
     sums, counts, every = perplexity(model, ids, ctx, bos, progress, chunks)
     rows, total, count = [], 0.0, 0
