@@ -3,8 +3,9 @@
 Run by bench_runtime.py in a fresh process (under /usr/bin/time -v for the peak RSS), measured
 the way peer_llama.py measures llama.cpp: prefill = one forward over N tokens (logits of the
 last position only, as llama.cpp computes them); decode = N single-token forwards from an empty
-KV cache. The weights are held as --codes says (runtime/memory.py: f32, i8 or stream), kept
-ones decoded first (`Model.load`, timed as "load").
+KV cache. The weights are held as --codes says (runtime/memory.py: f32, f64x3, i8 or stream;
+by default the fastest for the mode, as `run` prefers it), kept ones decoded first
+(`Model.load`, timed as "load").
 
 --profile adds one more prefill and one more decode pass with the model's parts timed (issue 15
 §3): where the time goes, per layer kind, in seconds per pass. The timers wrap Model's methods,
@@ -16,7 +17,7 @@ so those passes are a little slower than the timed ones; their parts are reporte
   rope         the rotary embedding
   other        the rest: attention scores, softmax and KV cache, activations, residuals
 
-    python bench/speed_bitconv.py MODEL.gguf --mode exact [--codes f32] [--prefill 128]
+    python bench/speed_bitconv.py MODEL.gguf --mode exact [--codes f64x3] [--prefill 128]
         [--decode 32] [--reps 3] [--profile]
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bitconv.runtime.model import REPRESENTATIONS, Cache, Model
+from bitconv.runtime.model import REPRESENTATIONS, Cache, Model, preferred
 from bitconv.runtime.weights import load_gguf
 
 
@@ -74,12 +75,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--mode", default="exact")
-    ap.add_argument("--codes", default="f32", choices=REPRESENTATIONS)
+    ap.add_argument("--codes", choices=REPRESENTATIONS)
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
+    a.codes = a.codes or preferred(a.mode)[0]
     t = time.perf_counter()
     model = Model(load_gguf(a.model), a.mode, a.codes).load()
     load = time.perf_counter() - t

@@ -24,6 +24,7 @@ weight. Measured in runtime/memory.py's doc.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -105,4 +106,4 @@ def _spans(a: npt.NDArray[np.float32]) -> list[tuple[int, int]]:
     run = np.cumsum(a.max(axis=0), dtype=F64)
     cut = np.flatnonzero(np.diff(run // (LIMIT - QMAX))) + 1
     edges = [0, *cut.tolist(), k]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(pairwise(edges))
