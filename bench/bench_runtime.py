@@ -118,7 +118,9 @@ def bitconv(model: Path, mode: str, codes: str, reps: int) -> dict[str, Any]:
             "load_s": r["load_s"], "pp_s": r["prefill_s"], "tg_s": r["decode_s"],
             "rss_gb": r["rss_gb"], "load": r["load"], "codes": codes,
             "pp_parts": r["prefill_parts"], "tg_parts": r["decode_parts"],
-            "tg_tokens": r["decode_tokens"]}
+            "tg_tokens": r["decode_tokens"], "decode_gb": r["decode_bytes"] / 1e9,
+            "bandwidth_gb_s": r["bandwidth"] / 1e9,
+            "tg_floor_tok_s": r["bandwidth"] / r["decode_bytes"]}
 
 
 def big(reps: int) -> dict[str, Any]:
@@ -186,20 +188,25 @@ def speed_report(res: dict[str, Any]) -> list[str]:
     if "llama.cpp" not in res:
         return []
     peer = res["llama.cpp"]
-    row = "{:<30} {:>7} {:>12} {:>9} {:>7} {:>9} {:>9} {:>6}".format
+    row = "{:<30} {:>7} {:>12} {:>9} {:>7} {:>9} {:>9} {:>6} {:>22}".format
     lines = [(f"speed on {res['same_shape_file']} (2B4T dims, 1bitLLM arch, TQ2_0), "
               f"2 threads, median of {res['reps']}"),
              row("engine", "load s", "pp128 tok/s", "tg tok/s", "RSS GB", "pp ratio",
-                 "tg ratio", "load"),
+                 "tg ratio", "load", "tg floor¹ (tg/floor)"),
              row("llama.cpp (llama-cpp-python)", "-", f"{peer['pp_tok_s']:.1f}",
                  f"{peer['tg_tok_s']:.2f}", f"{peer['rss_gb']:.2f}", "", "",
-                 f"{peer['load']:.1f}")]
+                 f"{peer['load']:.1f}", "")]
     for name, r in res["bitconv"].items():
         lines.append(row(f"bitconv {name}", f"{r['load_s']:.1f}", f"{r['pp_tok_s']:.1f}",
                          f"{r['tg_tok_s']:.2f}", f"{r['rss_gb']:.2f}", f"{r['pp_ratio']:.2f}x",
-                         f"{r['tg_ratio']:.2f}x", f"{r['load']:.1f}"))
+                         f"{r['tg_ratio']:.2f}x", f"{r['load']:.1f}",
+                         f"{r['tg_floor_tok_s']:.2f} ({r['tg_tok_s'] / r['tg_floor_tok_s']:.2f}x)"))
     lines.append(row("goal", "", "", "", "", f">= {GOALS['pp']:.2f}x", f">= {GOALS['tg']:.2f}x",
-                     ""))
+                     "", ""))
+    lines.append("¹ the weight bytes a decoded token reads as held / this machine's memory "
+                 "bandwidth (a float64 matrix-vector product over 1 GiB): " + ", ".join(
+                     f"{name.split(' (')[0]} {r['decode_gb']:.2f} GB / {r['bandwidth_gb_s']:.1f} "
+                     "GB/s" for name, r in res["bitconv"].items()))
     lines += ["", "where the time goes (one profiled pass; ms per token; share of the pass)",
               "{:<30} {}".format("engine / pass", " ".join(f"{k:>16}" for k in KINDS))]
     for name, r in res["bitconv"].items():

@@ -7,6 +7,11 @@ KV cache. The weights are held as --codes says (runtime/memory.py: f32, f64x3, i
 by default the fastest for the mode, as `run` prefers it), kept ones decoded first
 (`Model.load`, timed as "load").
 
+The decode floor: the bytes one decoded token must read (every kept weight once: the codes as
+held, the LM head, the norms; an untied input embedding only by the row) over the memory
+bandwidth measured here as a float64 matrix-vector product over 1 GiB, best of 3. A decode can
+go no faster than that while it reads the weights as held.
+
 --profile adds one more prefill and one more decode pass with the model's parts timed (issue 15
 §3): where the time goes, per layer kind, in seconds per pass. The timers wrap Model's methods,
 so those passes are a little slower than the timed ones; their parts are reported, not their sum:
@@ -32,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from bitconv.runtime.model import REPRESENTATIONS, Cache, Model, preferred
+from bitconv.runtime.packed3 import Packed3
 from bitconv.runtime.weights import load_gguf
 
 
@@ -71,6 +77,31 @@ def parts(model: Model, run: Callable[[], None]) -> dict[str, float]:
     return out
 
 
+def decode_bytes(model: Model) -> int:
+    """Bytes of weights one decoded token reads, as the model holds them (module doc)."""
+    total = 0
+    for name, held in model._cache.items():
+        if name == "token_embd.weight" and model._untied:
+            continue  # one row per token
+        arr = held[0] if isinstance(held, tuple) else held
+        total += arr.nbytes if isinstance(arr, (np.ndarray, Packed3)) else 0
+    return total
+
+
+def bandwidth() -> float:
+    """Bytes a second a float64 matrix-vector product reads from memory (1 GiB, best of 3)."""
+    a = np.ones((8192, 16384))
+    v = np.ones(8192)
+    best = min(timed(lambda: v @ a) for _ in range(3))
+    return a.nbytes / best
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -107,7 +138,8 @@ def main() -> None:
         decode.append(time.perf_counter() - t)
     out: dict[str, Any] = {"codes": a.codes, "load_s": load, "prefill_s": prefill,
                            "decode_s": decode, "prefill_tokens": a.prefill,
-                           "decode_tokens": a.decode}
+                           "decode_tokens": a.decode, "decode_bytes": decode_bytes(model),
+                           "bandwidth": bandwidth()}
     if a.profile:
         out["prefill_parts"] = parts(model, prefill_pass)
         out["decode_parts"] = parts(model, decode_pass)

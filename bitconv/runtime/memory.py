@@ -25,10 +25,14 @@ f32 decodes about 1.5 times as fast as i8 (whose widening pass costs as much as 
 product), so it is chosen whenever it fits; i8 prefills as fast, loads three times faster and
 keeps a quarter of the codes' memory; stream (which decodes every tensor per forward pass) only
 when nothing else fits, and for one-pass commands (logits, verify), where keeping gains nothing.
-At full size (bench/bench_runtime.py, 2026-12-03, a 2-vCPU 24 GB machine at load ~2; the
-2B4T-shaped TQ2_0 file, exact mode): f32 prefills 29.1 tok/s and decodes 2.72 tok/s with 9.8 GB
-resident (llama.cpp on the same file, same run: 46.4 / 18.7). Its decode is memory-bound: the
-FFN matmuls take 58% of a token, the attention ones 25%, the LM head 12%. Widening int8 codes a
+At full size (bench/bench_runtime.py, 2026-12-03, a 2-vCPU 24 GB machine at load ~1-2; the
+2B4T-shaped TQ2_0 file, exact mode, medians of 3): f64x3 prefills 54.0 tok/s and decodes 3.71
+tok/s with 7.1 GB resident, f32 38.3 / 2.86 tok/s with 9.8 GB (1.41x and 1.30x: f64x3 does
+three weights' multiply-adds with each float64 one and reads 8/3 bytes a weight, not 4). Decode
+is memory-bound in both: the FFN matmuls take 58-62% of a token, the attention ones 22%, the LM
+head (float32, 1.3 GB) 12-16%. f64x3 is chosen first for exact and bitnet.cpp modes
+(`preferred`); f32 stays for llama.cpp mode (Q8_K/Q8_0 blocks: one product per block) and the
+research options that quantize a BitLinear's input. Widening int8 codes a
 few hundred KB at a time into a buffer that stays in cache, one BLAS call per block (exact: the
 sums are integers), decoded at 0.68 tok/s: every small BLAS call woke OpenBLAS's second thread;
 with OPENBLAS_NUM_THREADS=1 the same code's FFN matmuls took 295 ms a token against f32's 203 ms
@@ -43,7 +47,8 @@ they are both larger and slower than int8 codes.
 Every representation computes the same float32 numbers: the widened buffer holds exactly the
 values the f32 representation keeps (-1, 0, 1 are exact in int8 and float32), in the
 same (in, out) layout, so each mode's matmuls are the same BLAS calls on equal operands
-(runtime/bitlinear.py), and everything after them is elementwise. Dense tensors are the same in
+(runtime/bitlinear.py), and everything after them is elementwise; f64x3's integer sums are
+exact, so equal to float32's (runtime/packed3.py). Dense tensors are the same in
 all three: norms and the LM head as float32 (the head's matmul is not integer-exact, so it is
 never split or widened differently), the input embedding of an untied model in the dtype its
 file stores (one row is widened per token: exact).

@@ -77,6 +77,8 @@ class Packed3:
         """q (n, K) float32 integers with |q| ≤ 128 -> q @ codesᵀ (n, out) float32, exact."""
         q64 = q.astype(F64)
         spans = _spans(np.abs(q))
+        if len(spans) == 1 and q.shape[0] == 1:  # one token: a matrix-vector product (gemv)
+            return self._parts((q64[0] @ self.packed)[None])
         if len(spans) == 1:
             return self._parts(q64 @ self.packed)
         total = np.zeros((q.shape[0], 3 * self.packed.shape[1]), F64)
