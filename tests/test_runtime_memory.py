@@ -261,3 +261,15 @@ def test_available_memory_is_measured():
     assert 0 < b.bytes and b.source in ("MemAvailable", "RLIMIT_AS", "cgroup memory.max")
     if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:
         assert b.bytes <= memory._meminfo("MemAvailable") or b.source != "MemAvailable"
+
+
+def test_a_measured_budget_is_planned_at_85_percent(packed, monkeypatch):
+    # what is measured is a moment's reading: choose plans with 85% of it; --memory as given
+    w = load_gguf(packed("bitnet-b1.58-2B-4T", "i2s"))
+    need = estimate(w, "f64x3", 8).total
+    for measured, fits in ((need * 100 // 85 + 1, True), (need * 100 // 85 - 1, False)):
+        monkeypatch.setattr(memory, "available", lambda m=measured: memory.Budget(m, "MemAvailable"))
+        got = choose(w, 8, representations=preferred("exact"))
+        assert (got.representation == "f64x3") == fits
+        assert got.budget.source == "85% of MemAvailable"
+    assert choose(w, 8, need + 1, representations=preferred("exact")).representation == "f64x3"
