@@ -89,16 +89,17 @@ def test_a_checkpoint_source_too(fixtures_root):
         assert all(np.array_equal(a, b) for a, b in zip(run_all(w, "exact", codes), want))
 
 
-def test_needs_shrink_and_bound_what_is_allocated(packed):
+@pytest.mark.parametrize("tokens", [6, 200])
+def test_needs_shrink_and_bound_what_is_allocated(packed, tokens):
     """Kept codes largest first; and each estimate is at least what tracemalloc sees numpy
     allocate while the model loads and runs (the mapped file's pages are not allocations)."""
     w = load_gguf(packed("Llama3-8B-1.58-100B-tokens", "i2s"))
-    needs = [estimate(w, r, 6) for r in REPRESENTATIONS]
+    needs = [estimate(w, r, tokens) for r in REPRESENTATIONS]
     assert [n.kept for n in needs] == sorted((n.kept for n in needs), reverse=True)
     assert len({n.kept for n in needs}) == len(needs)
     for need in needs:
         tracemalloc.start()
-        Model(w, "exact", need.representation).load().forward(np.arange(6))
+        Model(w, "exact", need.representation).load().forward(np.arange(tokens))
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak <= need.total - HEADROOM, (need, peak)

@@ -160,6 +160,8 @@ def estimate(weights: Weights, representation: str, positions: int, batch: int |
     ternary = [s.size for s in layout.values() if s.ternary]
     largest = max(ternary, default=0)
     widest = max((s.shape[0] for s in layout.values() if s.ternary), default=0)
+    deepest = max((s.shape[-1] for s in layout.values() if s.ternary), default=0)
+    rows = positions if batch is None else min(batch, positions)
     tied = "output.weight" not in layout
     dense = 0
     for name, s in layout.items():
@@ -175,8 +177,9 @@ def estimate(weights: Weights, representation: str, positions: int, batch: int |
                 buffer=0 if representation in ("f32", "f64x3") else 4 * largest,
                 transient=(weights.transient * largest
                            + packs * TEMP_BYTES_PER_ROW * widest) * (threads if keeps else 1),
-                activations=activations(weights, positions,
-                                        positions if batch is None else min(batch, positions)))
+                activations=activations(weights, positions, rows)
+                # f64x3's products: the float64 activations, sums and their decoded parts
+                + packs * 3 * BYTES_PER_ROW * rows * max(widest, deepest))
 
 
 def kept_bytes(shape: tuple[int, ...], representation: str) -> int:
