@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGUFValueType
+
+from bitconv.gguf_values import GGUFValueType
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The house rules, read from the source (AST): which layer may import which.
 
-    cli -> stages -> runtime -> model -> containers -> formats -> base (errors, types, workers)
+    cli -> stages -> runtime -> model -> containers -> formats -> base (errors, types, workers,
+                                                                         gguf_values)
 
 A module may import its own layer and any layer to its right, never one to its left. Inside
 `stages/`, a *stage* (one command: pull, pack, repack, verify, inspect, logits, eval, release)
@@ -22,7 +23,7 @@ from pathlib import Path
 
 PKG = Path(__file__).parents[1] / "bitconv"
 ORDER = ("cli", "stages", "runtime", "model", "containers", "formats", "base")
-BASE = ("errors", "types", "workers")
+BASE = ("errors", "types", "workers", "gguf_values")
 STAGES = ("pull", "pack", "repack", "verify", "inspect", "logits", "eval", "release")
 WRITERS = ("bitconv.containers.atomic", "bitconv.containers.gguf_writer")
 # Violations found when this test was written, being removed step by step (issue 14): listed

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGUFValueType
 
 from bitconv.containers.gguf_writer import (
     _ARRAY_DTYPES,
@@ -30,6 +29,7 @@ from bitconv.containers.gguf_writer import (
     tensor_nbytes,
 )
 from bitconv.errors import InputError
+from bitconv.gguf_values import GGUFValueType
 from bitconv.types import KV
 
 _V = GGUFValueType

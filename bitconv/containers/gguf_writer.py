@@ -2,8 +2,8 @@
 
 Stock gguf-py cannot read type 36 (I2_S): its reader does `GGMLQuantizationType(36)` and raises,
 and n/4 + 32 bytes fits no (block_size, type_size) pair. So bitconv owns the container code and
-takes only the value-type enum from gguf-py; the packed types' sizes are the codecs'
-(bitconv/formats). References: reference/llama-cpp.md
+its type ids (bitconv/gguf_values.py; gguf-py is not imported); the packed types' sizes are the
+codecs' (bitconv/formats). References: reference/llama-cpp.md
 §2.5-2.6, reference/bitnet-cpp.md §1.1 and §2.1.
 
 Layout (little-endian; `str` = u64 byte length + UTF-8 bytes, no NUL):
@@ -29,10 +29,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGUFValueType
 
 from bitconv.errors import InputError, PackError
 from bitconv.formats.registry import SIZES
+from bitconv.gguf_values import GGMLType, GGUFValueType
 from bitconv.types import KV
 
 GGUF_MAGIC = b"GGUF"
@@ -41,13 +41,14 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 MAX_NAME_BYTES = 63  # GGML_MAX_NAME = 64 counts the C string's NUL (ggml/src/gguf.cpp L657)
 
-# ggml type ids. 36/38/39 are bitnet.cpp's (Eddie-Wang1120/llama.cpp:ggml/include/ggml.h L393-396);
-# upstream ggml has retired ids at 36-38 and MXFP4 at 39, so these files are fork-only. 41/42 are
-# mainline's Q1_0/Q2_0 (ggml-org/llama.cpp@0c1e57098 ggml/include/ggml.h L431-432), unused by the
-# fork; 40 (mainline NVFP4) is neither's ternary type and stays unknown (DESIGN.md §5b).
-F32, F16, I8, BF16, TQ1_0, TQ2_0, I2_S, TL1, TL2, Q1_0, Q2_0 = (0, 1, 24, 30, 34, 35, 36, 38, 39,
-                                                              41, 42)
-_PLAIN_SIZES = {F32: 4, F16: 2, I8: 1, BF16: 2}
+# ggml type ids (where each comes from: gguf_values.GGMLType). 36/38/39 are bitnet.cpp's, so
+# those files are fork-only; 41/42 are mainline's Q1_0/Q2_0, unused by the fork; 40 (mainline
+# NVFP4) is neither's ternary type and stays unknown (DESIGN.md §5b).
+F32, F16, I8, BF16 = GGMLType.F32, GGMLType.F16, GGMLType.I8, GGMLType.BF16
+TQ1_0, TQ2_0, I2_S, TL1, TL2 = (GGMLType.TQ1_0, GGMLType.TQ2_0, GGMLType.I2_S, GGMLType.TL1,
+                                GGMLType.TL2)
+Q1_0, Q2_0 = GGMLType.Q1_0, GGMLType.Q2_0
+_PLAIN_SIZES: dict[int, int] = {F32: 4, F16: 2, I8: 1, BF16: 2}
 # The packed types' names and sizes are the codecs' (formats/registry.py SIZES): gguf 0.19.0
 # from PyPI knows TQ1_0/TQ2_0/Q1_0 but not Q2_0, and none of bitnet.cpp's types.
 TYPE_NAMES: dict[int, str] = {F32: "F32", F16: "F16", I8: "I8", BF16: "BF16"} | {

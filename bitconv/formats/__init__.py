@@ -10,7 +10,7 @@ give `--format`.
                   GGUF layout, so no Codec (stages/hf_export.py and repack_hf.py write it)
 
 This file holds only names: the CLI takes its `--format` choices from it at import time, and
-importing the codecs (numpy, gguf: about 0.35 s) would slow every `bitconv --help`.
+importing the codecs (numpy: about 0.1 s) would slow every `bitconv --help`.
 """
 from __future__ import annotations
 

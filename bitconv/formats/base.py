@@ -34,10 +34,10 @@ from typing import ClassVar, NoReturn
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGUFValueType
 
 from bitconv.errors import InputError, PackError
 from bitconv.formats.tiling import Tiling
+from bitconv.gguf_values import GGUFValueType
 from bitconv.types import KV
 
 U8 = npt.NDArray[np.uint8]

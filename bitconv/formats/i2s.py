@@ -26,9 +26,10 @@ from bitconv.formats.base import (
     refuse_codes,
 )
 from bitconv.formats.tiling import Tiling
+from bitconv.gguf_values import GGMLType
 
-SPEC = FormatSpec(name="i2s", type_name="I2_S", ggml_type=36, file_type=40, block_elems=128,
-                  block_bytes=32, tail_bytes=32)
+SPEC = FormatSpec(name="i2s", type_name="I2_S", ggml_type=GGMLType.I2_S, file_type=40,
+                  block_elems=128, block_bytes=32, tail_bytes=32)
 
 # The tensor (out, in), flattened row-major, is cut into 128-element blocks; each -> 32 bytes.
 # Byte b of a block holds elements b, b+32, b+64, b+96; element j of a block sits in

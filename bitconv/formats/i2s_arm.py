@@ -20,9 +20,10 @@ from bitconv.formats.base import (
     check_in_features,
     check_length,
 )
+from bitconv.gguf_values import GGMLType
 
-SPEC = FormatSpec(name="i2s-arm", type_name="I2_S", ggml_type=36, file_type=40, block_elems=64,
-                  block_bytes=16, tail_bytes=32)
+SPEC = FormatSpec(name="i2s-arm", type_name="I2_S", ggml_type=GGMLType.I2_S, file_type=40,
+                  block_elems=64, block_bytes=16, tail_bytes=32)
 LAYOUT = "i2s-arm"  # value of `{arch}.tensor_data_layout` in files bitconv writes
 
 # The tensor (out, in), flattened row-major, is cut into 64-element blocks; each -> 16 bytes.

@@ -17,9 +17,10 @@ import numpy.typing as npt
 
 from bitconv.formats import tq_common as tq
 from bitconv.formats.base import FormatSpec
+from bitconv.gguf_values import GGMLType
 
 QK1_0 = 128  # elements per block (ggml-common.h L180)
-SPEC = FormatSpec(name="q1_0", type_name="Q1_0", ggml_type=41, file_type=40,
+SPEC = FormatSpec(name="q1_0", type_name="Q1_0", ggml_type=GGMLType.Q1_0, file_type=40,
                   block_elems=QK1_0, block_bytes=18, tail_bytes=0, codes=(-1, 1), d_first=True)
 SPEC_FP16 = replace(SPEC, name="q1_0-fp16", lossless=False)
 

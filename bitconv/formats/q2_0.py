@@ -19,10 +19,11 @@ import numpy.typing as npt
 
 from bitconv.formats import tq_common as tq
 from bitconv.formats.base import FormatSpec
+from bitconv.gguf_values import GGMLType
 
 QK2_0 = 64  # elements per block (ggml-common.h L187)
-SPEC = FormatSpec(name="q2_0", type_name="Q2_0", ggml_type=42, file_type=41, block_elems=QK2_0,
-                  block_bytes=18, tail_bytes=0, d_first=True)
+SPEC = FormatSpec(name="q2_0", type_name="Q2_0", ggml_type=GGMLType.Q2_0, file_type=41,
+                  block_elems=QK2_0, block_bytes=18, tail_bytes=0, d_first=True)
 SPEC_FP16 = replace(SPEC, name="q2_0-fp16", lossless=False)
 
 # One block of 64 digits q -> d (fp16 LE) then qs[16]; element j in byte j // 4 at shift

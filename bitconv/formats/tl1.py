@@ -17,10 +17,12 @@ from bitconv.formats import i2s
 from bitconv.formats import tl_common as tl
 from bitconv.formats.base import I8, U8, FormatSpec, check_length
 from bitconv.formats.tiling import Tiling
+from bitconv.gguf_values import GGMLType
 
 # n/4 bytes + the 32-byte tail: ggml_nbytes' I2_S rule (Codec.nbytes with 4 elements per byte)
-SPEC = FormatSpec(name="tl1", type_name="TL1", ggml_type=38, file_type=38, block_elems=4,
-                  block_bytes=1, tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiles span rows
+# tiles span rows (row_local=False)
+SPEC = FormatSpec(name="tl1", type_name="TL1", ggml_type=GGMLType.TL1, file_type=38,
+                  block_elems=4, block_bytes=1, tail_bytes=tl.TAIL_BYTES, row_local=False)
 
 # Index of the pair (t0, t1) = (W[m, 2p], W[m, 2p+1]): idx = 3*t0 + t1 + 4, in 0..8, the slot of
 # lut_ctor's table [-b0-b1, -b0, -b0+b1, -b1, 0, b1, b0-b1, b0, b0+b1]. Two indices per byte.

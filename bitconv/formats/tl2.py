@@ -19,10 +19,12 @@ from bitconv.formats import i2s
 from bitconv.formats import tl_common as tl
 from bitconv.formats.base import I8, U8, FormatSpec, check_2d, check_length
 from bitconv.formats.tiling import Tiling
+from bitconv.gguf_values import GGMLType
 
 # 24 weights -> 8 magnitude nibbles (4 bytes) + 8 sign bits (1 byte): ggml_nbytes' "/ 3 * 5 / 8"
-SPEC = FormatSpec(name="tl2", type_name="TL2", ggml_type=39, file_type=39, block_elems=24,
-                  block_bytes=5, tail_bytes=tl.TAIL_BYTES, row_local=False)  # tiles span rows
+# tiles span rows (row_local=False)
+SPEC = FormatSpec(name="tl2", type_name="TL2", ggml_type=GGMLType.TL2, file_type=39,
+                  block_elems=24, block_bytes=5, tail_bytes=tl.TAIL_BYTES, row_local=False)
 MIN_K = 256  # bitconv sizes TL2 tensors by ggml_nbytes' formula, which starts at K = 256
 
 # Columns [0, three_k): triple g = (W[m,3g], W[m,3g+1], W[m,3g+2]) -> v = 9*t0 + 3*t1 + t2 in

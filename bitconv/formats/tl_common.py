@@ -14,7 +14,6 @@ from typing import ClassVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGUFValueType
 
 from bitconv.errors import InputError, PackError
 from bitconv.formats import i2s, tiling
@@ -29,6 +28,7 @@ from bitconv.formats.base import (
     check_codes,
 )
 from bitconv.formats.tiling import Fmt, Tiling
+from bitconv.gguf_values import GGUFValueType
 from bitconv.types import KV
 
 TAIL_BYTES = i2s.SPEC.tail_bytes  # I2_S's tail (i2s.pack_tail): the "+ 32" of ggml_nbytes

@@ -17,9 +17,10 @@ import numpy.typing as npt
 from bitconv.errors import InputError
 from bitconv.formats import tq_common as tq
 from bitconv.formats.base import FormatSpec
+from bitconv.gguf_values import GGMLType
 
-SPEC = FormatSpec(name="tq1_0", type_name="TQ1_0", ggml_type=34, file_type=36, block_elems=256,
-                  block_bytes=54, tail_bytes=0)
+SPEC = FormatSpec(name="tq1_0", type_name="TQ1_0", ggml_type=GGMLType.TQ1_0, file_type=36,
+                  block_elems=256, block_bytes=54, tail_bytes=0)
 SPEC_FP16 = replace(SPEC, name="tq1_0-fp16", lossless=False)
 
 # One block of 256 digits q = ternary + 1 -> qs[48] | qh[4] | d (fp16 LE). Five (qh: four)

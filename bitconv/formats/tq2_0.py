@@ -18,9 +18,10 @@ import numpy.typing as npt
 
 from bitconv.formats import tq_common as tq
 from bitconv.formats.base import FormatSpec
+from bitconv.gguf_values import GGMLType
 
-SPEC = FormatSpec(name="tq2_0", type_name="TQ2_0", ggml_type=35, file_type=37, block_elems=256,
-                  block_bytes=66, tail_bytes=0)
+SPEC = FormatSpec(name="tq2_0", type_name="TQ2_0", ggml_type=GGMLType.TQ2_0, file_type=37,
+                  block_elems=256, block_bytes=66, tail_bytes=0)
 SPEC_FP16 = replace(SPEC, name="tq2_0-fp16", lossless=False)
 
 # One block of 256 digits q = ternary + 1 -> qs[64], then d (fp16 LE). Two halves j of 128;

@@ -1,9 +1,8 @@
 """GGUF metadata of a checkpoint: general.*, then {arch}.* hyperparameters, then tokenizer.*."""
 from __future__ import annotations
 
-from gguf import GGUFValueType as T
-
 from bitconv.formats.base import Codec
+from bitconv.gguf_values import GGUFValueType as T
 from bitconv.model.checkpoint import Checkpoint, checkpoint_name
 from bitconv.model.families.base import Family, hparam_kvs, plan
 from bitconv.model.tokenizer.from_files import pre_tokenizer, tokenizer_kvs

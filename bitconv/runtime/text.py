@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import TokenType
-
 from bitconv.errors import InputError
+from bitconv.gguf_values import TokenType
 from bitconv.model.tokenizer.from_files import RUNTIME_SPLIT, spm_pb2
 from bitconv.model.tokenizer.to_files import bpe_json, spm_proto
 

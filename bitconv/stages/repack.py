@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGUFValueType as T
 from tqdm import tqdm
 
 from bitconv.containers.atomic import atomic_output, check_writable, default_output
@@ -38,6 +37,7 @@ from bitconv.formats import HF
 from bitconv.formats.base import Codec
 from bitconv.formats.registry import get_codec
 from bitconv.formats.tl_common import KV_KEY
+from bitconv.gguf_values import GGUFValueType as T
 from bitconv.model import ternary
 from bitconv.model.checkpoint import Checkpoint, load_checkpoint
 from bitconv.model.families import detect

@@ -48,7 +48,9 @@ from bitconv.stages.hf_export import (
 )
 from bitconv.types import KV, RepackResult
 
-DTYPES = {F32: ("F32", "<f4"), F16: ("F16", "<f2"), BF16: ("BF16", "<u2")}  # name, storage
+# ggml type -> safetensors dtype name, numpy storage
+DTYPES: dict[int, tuple[str, str]] = {F32: ("F32", "<f4"), F16: ("F16", "<f2"),
+                                      BF16: ("BF16", "<u2")}
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gguf import GGUFValueType as T
-
 from bitconv.errors import InputError
+from bitconv.gguf_values import GGUFValueType as T
 from bitconv.model.checkpoint import _MISSING, Checkpoint, field
 from bitconv.types import KV
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gguf import GGUFValueType as T
-
+from bitconv.gguf_values import GGUFValueType as T
 from bitconv.model.families.base import HF_SUB_NORMS, Family
 from bitconv.types import KV
 

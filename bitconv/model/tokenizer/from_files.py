@@ -28,15 +28,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFValueType, Keys, TokenType
 from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2
 
 from bitconv.errors import InputError
+from bitconv.gguf_values import GGUFValueType, TokenType
+from bitconv.gguf_values import TokenizerKeys as K
 from bitconv.types import KV
 
 spm_pb2: Any = sentencepiece_model_pb2  # generated protobuf code: no static attributes
-K = Keys.Tokenizer
 _SPECIAL_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID}
 # The split regex of Llama-3's pre-tokenizer (`llama-bpe`), as in meta-llama/Meta-Llama-3-8B
 # tokenizer.json; the runtime rebuilds Llama-3 tokenizers from GGUF metadata with it.

@@ -24,9 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gguf import TokenType
-
 from bitconv.errors import InputError
+from bitconv.gguf_values import TokenType
 from bitconv.model.tokenizer.from_files import (
     PAD_SCORE,
     PRE_TOKENIZERS,
@@ -37,7 +36,7 @@ from bitconv.model.tokenizer.from_files import (
 
 _SPECIALS = ("bos", "eos", "unk", "pad")
 _IDS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id",
-        "pad": "padding_token_id"}  # tokenizer.ggml.* key suffixes (gguf Keys.Tokenizer)
+        "pad": "padding_token_id"}  # tokenizer.ggml.* key suffixes (gguf_values.TokenizerKeys)
 _ADDED = (TokenType.CONTROL, TokenType.USER_DEFINED)
 
 
