@@ -153,7 +153,7 @@ def _from_files(src: Path, kvs: Mapping[str, Any]) -> TextCodec:
     tokens = [str(t) for t in kvs["tokenizer.ggml.tokens"]]
     types = [int(t) for t in kvs["tokenizer.ggml.token_type"]]
     if (src / "tokenizer.model").is_file():
-        proto = spm_pb2.ModelProto()
+        proto = spm_pb2().ModelProto()
         proto.ParseFromString((src / "tokenizer.model").read_bytes())
         return _codec(*_spm_codec(proto), tokens, types, kvs)
     from tokenizers import Tokenizer

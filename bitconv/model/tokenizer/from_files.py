@@ -28,15 +28,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.message import DecodeError
-from sentencepiece import sentencepiece_model_pb2
-
 from bitconv.errors import InputError
 from bitconv.gguf_values import GGUFValueType, TokenType
 from bitconv.gguf_values import TokenizerKeys as K
 from bitconv.types import KV
 
-spm_pb2: Any = sentencepiece_model_pb2  # generated protobuf code: no static attributes
 _SPECIAL_KEYS = {"bos": K.BOS_ID, "eos": K.EOS_ID, "unk": K.UNK_ID, "pad": K.PAD_ID}
 # The split regex of Llama-3's pre-tokenizer (`llama-bpe`), as in meta-llama/Meta-Llama-3-8B
 # tokenizer.json; the runtime rebuilds Llama-3 tokenizers from GGUF metadata with it.
@@ -239,10 +235,20 @@ def _template_adds(tj: Mapping[str, Any]) -> dict[str, str]:
     return {}
 
 
+def spm_pb2() -> Any:
+    """SentencePiece's ModelProto module, imported on first use: sentencepiece and protobuf
+    cost ~15 ms that a BPE checkpoint, and every command that reads no tokenizer, never needs."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    return sentencepiece_model_pb2  # generated protobuf code: no static attributes
+
+
 def _spm_kvs(src: Path, vocab_size: int) -> list[KV]:
+    from google.protobuf.message import DecodeError
+
     path = src / "tokenizer.model"
     try:
-        proto = spm_pb2.ModelProto.FromString(path.read_bytes())
+        proto = spm_pb2().ModelProto.FromString(path.read_bytes())
     except DecodeError as e:
         raise InputError(f"{path}: not a SentencePiece model ({e})") from e
     tokens: list[str | None] = [None] * vocab_size

@@ -49,11 +49,12 @@ class TokenizerFiles:
 def spm_proto(tokens: Sequence[str], scores: Sequence[float], types: Sequence[int]) -> Any:
     """A SentencePiece BPE ModelProto holding `tokens` as pieces, with LLaMA's normalizer
     (dummy prefix, ▁ for spaces, no whitespace folding) and byte fallback iff BYTE pieces exist."""
-    proto = spm_pb2.ModelProto()
+    pb2 = spm_pb2()
+    proto = pb2.ModelProto()
     for t, s, ty in zip(tokens, scores, types):
         proto.pieces.add(piece=t, score=s, type=ty)
     ts = proto.trainer_spec
-    ts.model_type = spm_pb2.TrainerSpec.BPE
+    ts.model_type = pb2.TrainerSpec.BPE
     ts.byte_fallback = any(ty == TokenType.BYTE for ty in types)
     ts.unk_id = next((i for i, ty in enumerate(types) if ty == TokenType.UNKNOWN), 0)
     ns = proto.normalizer_spec
