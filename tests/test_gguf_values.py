@@ -90,11 +90,11 @@ def test_against_the_c_headers():
 
 
 def test_no_command_imports_gguf_py():
-    """bitconv itself never imports gguf-py (nor, on the stages' import path, sentencepiece and
-    protobuf): checked in a fresh interpreter."""
+    """bitconv itself never imports gguf-py (nor, on the stages' import path, sentencepiece,
+    protobuf and tqdm): checked in a fresh interpreter."""
     code = ("import sys, bitconv.stages.pack, bitconv.stages.repack, bitconv.stages.verify, "
             "bitconv.stages.inspect; "
-            "print(sorted(m for m in ('gguf', 'sentencepiece', 'google.protobuf') "
+            "print(sorted(m for m in ('gguf', 'sentencepiece', 'google.protobuf', 'tqdm') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout == "[]\n"

@@ -158,6 +158,15 @@ def test_pack_is_deterministic(fixtures_root, tmp_path, packed):
     assert again.read_bytes() == packed("bitnet-b1.58-2B-4T-bf16", "i2s").read_bytes()
 
 
+def test_the_progress_bar_changes_no_byte(fixtures_root, tmp_path, packed, capsys):
+    """progress=True draws tqdm's bar on stderr (stages/progress.py imports tqdm only then)."""
+    shown = pack(fixtures_root / "bitnet-b1.58-2B-4T-bf16", out=tmp_path / "shown.gguf",
+                 progress=True).path
+    assert shown.read_bytes() == packed("bitnet-b1.58-2B-4T-bf16", "i2s").read_bytes()
+    out, err = capsys.readouterr()
+    assert out == "" and "pack i2s" in err
+
+
 @pytest.mark.parametrize("name", ["bitnet-b1.58-2B-4T", "bitnet-b1.58-2B-4T-bf16",
                                   "Llama3-8B-1.58-100B-tokens", "bitnet_b1_58-large"])
 def test_row_chunking_does_not_change_a_byte(name, tmp_path, monkeypatch):

@@ -7,14 +7,12 @@ stays near one chunk whatever the model size.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from tqdm import tqdm
 
 from bitconv.containers.atomic import WriteBehind, atomic_output, check_writable, default_output
 from bitconv.containers.gguf_writer import (
@@ -42,6 +40,7 @@ from bitconv.model.tensors import (
     dense_chunks,
     ternary_rows,
 )
+from bitconv.stages.progress import byte_bar
 from bitconv.types import PackResult
 from bitconv.workers import Workers
 
@@ -75,8 +74,7 @@ def export(src: Path, codec: Codec, *, out: str | Path | None = None, force: boo
     probe = Probe()
     with atomic_output(out, force, write_behind=True) as f, MappedFiles() as mf, \
             Workers(threads) as workers, \
-            tqdm(total=total, unit="B", unit_scale=True, desc=f"pack {format}", file=sys.stderr,
-                 disable=not progress, leave=False) as bar:
+            byte_bar(total, f"pack {format}", progress) as bar:
         w = GGUFWriter(f, kvs, flat)
         for t, group in zip(items, infos):
             bar.set_postfix_str(t.gguf_name, refresh=False)

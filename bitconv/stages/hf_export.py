@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from tqdm import tqdm
 
 from bitconv.containers.atomic import atomic_dir, check_dir_writable, default_output
 from bitconv.containers.safetensors import MappedFiles, nbytes, write_safetensors
@@ -43,6 +41,7 @@ from bitconv.model.families.base import (
     plan,
 )
 from bitconv.model.tensors import check_scales, check_shapes, row_chunks, ternary_codes
+from bitconv.stages.progress import byte_bar
 from bitconv.types import PackResult
 
 COPIED = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -100,8 +99,7 @@ def export(src: str | Path, *, out: str | Path | None = None, force: bool = Fals
     config = export_config(ck.config, fam, target, "lm_head.weight" in ck.tensors)
     total = sum(e.nbytes for e in entries)
     with atomic_dir(out, force) as tmp, MappedFiles() as mf, \
-            tqdm(total=total, unit="B", unit_scale=True, desc="export hf", file=sys.stderr,
-                 disable=not progress, leave=False) as bar:
+            byte_bar(total, "export hf", progress) as bar:
         write_json(tmp / "config.json", config)
         for name in COPIED:
             if (src / name).is_file():

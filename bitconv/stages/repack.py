@@ -15,13 +15,11 @@ refused, before any output exists, unless every multiplier is exact in fp16 or `
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from tqdm import tqdm
 
 from bitconv.containers.atomic import atomic_output, check_writable, default_output
 from bitconv.containers.gguf_reader import (
@@ -45,6 +43,7 @@ from bitconv.model.families.base import plan
 from bitconv.model.tensors import row_chunks, ternary_rows
 from bitconv.runtime.weights import stored
 from bitconv.stages import gguf_export, hf_export
+from bitconv.stages.progress import byte_bar
 from bitconv.stages.repack_hf import export_hf
 from bitconv.types import KV, RepackResult
 
@@ -158,8 +157,7 @@ def _write(source: PackedGGUF, codec: Codec, out: Path, force: bool, progress: b
     flat = [i for g in groups for i in g]
     total = sum(i.nbytes for i in flat)
     with atomic_output(out, force, write_behind=True) as f, \
-            tqdm(total=total, unit="B", unit_scale=True, desc=f"repack {codec.spec.name}",
-                 file=sys.stderr, disable=not progress, leave=False) as bar:
+            byte_bar(total, f"repack {codec.spec.name}", progress) as bar:
         w = GGUFWriter(f, target_kvs(source, codec), flat, alignment=source.gf.alignment)
         for t, group in zip(source.tensors, groups):
             bar.set_postfix_str(t.name, refresh=False)

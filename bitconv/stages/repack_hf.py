@@ -17,7 +17,6 @@ with the file's: the keys it would not give back are returned (`RepackResult.cha
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from tqdm import tqdm
 
 from bitconv.containers.atomic import atomic_dir, check_dir_writable
 from bitconv.containers.gguf_reader import GGUFTensor, kv_records, tensor_bytes
@@ -46,6 +44,7 @@ from bitconv.stages.hf_export import (
     export_config,
     write_json,
 )
+from bitconv.stages.progress import byte_bar
 from bitconv.types import KV, RepackResult
 
 # ggml type -> safetensors dtype name, numpy storage
@@ -112,8 +111,7 @@ def export_hf(source: PackedGGUF, out: Path, *, force: bool = False,
     heads = _permuted_heads(kvs)
     total = sum(e.nbytes for e in entries)
     with atomic_dir(out, force) as tmp, \
-            tqdm(total=total, unit="B", unit_scale=True, desc="repack hf", file=sys.stderr,
-                 disable=not progress, leave=False) as bar:
+            byte_bar(total, "repack hf", progress) as bar:
         write_json(tmp / "config.json", config)
         for fname, data in tok.files.items():
             (tmp / fname).write_bytes(data)
