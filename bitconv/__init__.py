@@ -10,7 +10,7 @@ Library first; `bitconv.cli` is a thin layer over these functions:
 The package is layered (tests/test_layers.py enforces it): cli -> stages -> runtime -> model ->
 containers -> formats -> errors/types/workers. The five names above are the stages' entry
 points, imported on first use (PEP 562) so that `import bitconv.errors` or the CLI's `--help`
-do not load numpy, gguf and every stage.
+do not load numpy and every stage.
 """
 from __future__ import annotations
 

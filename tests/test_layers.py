@@ -12,7 +12,7 @@ beside the stages: it may use everything below them, and nothing in the package 
 the CLI. `model/` never writes files: it does not import the writers.
 
 Imports sit at the top of a module. Inside a function only (a) the CLI's imports, so that
-`bitconv --help` and every command start without loading numpy, gguf and the stages they do not
+`bitconv --help` and every command start without loading numpy and the stages they do not
 need, and (b) the optional third-party packages in LAZY, whose import costs more than a command
 that does not use them should pay (huggingface_hub ~0.5 s), or which only one path needs.
 """
