@@ -125,13 +125,14 @@ def test_the_largest_that_fits_is_chosen(packed):
 
 def test_packed_codes_only_where_the_products_are_integer(packed):
     assert preferred("exact") == preferred("bitnet.cpp") == ("f64x3", "i8", "stream")
-    assert preferred("exact", parse("kv=3")) == ("f64x3", "i8", "stream")
+    assert preferred("exact", parse("kv=3")) == preferred("exact", parse("a4.8")) \
+        == preferred("exact", parse("q-sparse")) == ("f64x3", "i8", "stream")
     assert preferred("llama.cpp") == preferred("exact", parse("v2")) == ("f32", "i8", "stream")
     w = load_gguf(packed("bitnet-b1.58-2B-4T", "tq2_0"))
     with pytest.raises(InputError, match="f64x3"):
         Model(w, "llama.cpp", "f64x3")
     with pytest.raises(InputError, match="f64x3"):
-        Model(w, "exact", "f64x3", research=parse("a4.8"))
+        Model(w, "exact", "f64x3", research=parse("o_in=4:hadamard"))
 
 
 def _spy(monkeypatch) -> list[str]:

@@ -8,7 +8,8 @@ with one line instead of dying mid-load. Representations of the ternary codes, l
           call straight on them (llama.cpp mode and research options need them).
   f64x3   three rows of codes in one float64 (runtime/packed3.py): 8/3 bytes a weight, each
           matmul one float64 BLAS call and an exact decode of its sums; exact and bitnet.cpp
-          modes only, where it is the fastest of all (measured below).
+          modes and research options without Hadamard sites, where it is the fastest of all
+          (measured below).
   i8      codes kept as int8, widened to float32 per matmul into one reusable buffer: 1 byte a
           weight.
   stream  nothing kept: each matmul decodes its tensor from the file (a memory map) and widens
@@ -31,8 +32,8 @@ tok/s with 7.1 GB resident, f32 38.3 / 2.86 tok/s with 9.8 GB (1.41x and 1.30x: 
 three weights' multiply-adds with each float64 one and reads 8/3 bytes a weight, not 4). Decode
 is memory-bound in both: the FFN matmuls take 58-62% of a token, the attention ones 22%, the LM
 head (float32, 1.3 GB) 12-16%. f64x3 is chosen first for exact and bitnet.cpp modes
-(`preferred`); f32 stays for llama.cpp mode (Q8_K/Q8_0 blocks: one product per block) and the
-research options that quantize a BitLinear's input. Widening int8 codes a
+(`preferred`); f32 stays for llama.cpp mode (Q8_K/Q8_0 blocks: one product per block) and for
+research options with a Hadamard site (a product of float values). Widening int8 codes a
 few hundred KB at a time into a buffer that stays in cache, one BLAS call per block (exact: the
 sums are integers), decoded at 0.68 tok/s: every small BLAS call woke OpenBLAS's second thread;
 with OPENBLAS_NUM_THREADS=1 the same code's FFN matmuls took 295 ms a token against f32's 203 ms
@@ -65,7 +66,7 @@ memory.current; or what `--memory` says, which overrides them (to allow more or 
 measured figure `choose` plans with USE (85%) only: it is a moment's reading, other processes
 grow, and the page cache must still hold the mapped file while it is decoded. So the 8B I2_S
 file (f64x3 21.0 GiB, i8 10.3 GiB) runs as i8 on a 24 GB machine (MemAvailable ~22.7 GiB), and
-as f64x3, 10x faster to decode, with `--memory 22G`.
+as f64x3 with `--memory 22G` (at 2B4T size f64x3 decodes about ten times as fast as i8).
 """
 from __future__ import annotations
 

@@ -105,10 +105,11 @@ class Cache:
 
 def preferred(mode: str, research: Research | None = None) -> tuple[str, ...]:
     """The representations worth trying for `mode`, fastest first (runtime/memory.py): packed
-    float64 codes for the integer modes (faster and smaller than float32; research options on
-    the KV cache alone keep them), float32 for the others, whose products are per block or on
-    other activations; then i8, then stream."""
-    fast = "f64x3" if mode in INTEGER_MODES and (research is None or not research.sites) else "f32"
+    float64 codes for the integer modes and the research options whose BitLinear inputs are
+    integers too (faster and smaller than float32), float32 for the others (llama.cpp mode's
+    products are per block, a Hadamard site's on float values); then i8, then stream."""
+    hadamard = research is not None and any(q.hadamard for _, q in research.sites)
+    fast = "f64x3" if mode in INTEGER_MODES and not hadamard else "f32"
     return fast, "i8", "stream"
 
 
@@ -155,7 +156,7 @@ class Model:
             raise InputError(f"research modes run on exact mode, not {mode!r}")
         if codes == "f64x3" and preferred(self.mode, self.research)[0] != codes:
             raise InputError("packed float64 codes (f64x3) serve exact and bitnet.cpp modes "
-                             "without research options; use f32")
+                             "and research options without Hadamard sites; use f32")
         self.group = q8_0_group(weights.format)  # llama.cpp mode: Q8_0 activations for Q2_0
         self.weights = weights
         self._cache: dict[str, Any] = {}

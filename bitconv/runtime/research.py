@@ -73,6 +73,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
+from bitconv.runtime.bitlinear import product
+from bitconv.runtime.packed3 import Packed3
 
 F32 = np.float32
 Array = npt.NDArray[np.float32]
@@ -210,9 +212,12 @@ def hadamard(d: int) -> Array:
     return (h / math.sqrt(d)).astype(F32)
 
 
-def linear(x: Array, codes: Array, multiplier: np.float32, q: SiteQuant) -> Array:
-    """One BitLinear with the site's research options (module doc)."""
+def linear(x: Array, codes: Array | Packed3, multiplier: np.float32, q: SiteQuant) -> Array:
+    """One BitLinear with the site's research options (module doc). Without Hadamard the
+    product is of integers (|v| ≤ 128), so the codes may be Packed3; with it, float32 only."""
     if q.hadamard:
+        if isinstance(codes, Packed3):
+            raise InputError("a Hadamard site multiplies float values: it takes float32 codes")
         if q.topk is not None:
             x = topk(x, q.topk)
         h = hadamard(x.shape[-1])
@@ -222,7 +227,7 @@ def linear(x: Array, codes: Array, multiplier: np.float32, q: SiteQuant) -> Arra
     mask = None if q.topk is None else topk_mask(x, q.topk)
     if mask is not None:
         v = np.where(mask, v, F32(0))
-    return (v @ codes.T) / s * multiplier
+    return product(v, codes) / s * multiplier
 
 
 def kv(x: Array, bits: int, bos_bits: int | None = None, start: int | None = None) -> Array:
