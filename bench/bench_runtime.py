@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_pack import ROOT, ensure, timed_output
 
 from bitconv.containers.gguf_reader import read_gguf
-from bitconv.runtime.bitlinear import packs
+from bitconv.runtime.bitlinear import INTEGER_MODES
 
 HERE = Path(__file__).parent
 SAME_SHAPE = "bitnet-2b4t-shape"  # 1bitLLM layout at 2B4T dimensions (perf-anchors.md §0)
@@ -251,7 +251,7 @@ def speed(res: dict[str, Any], tq: Path, a: argparse.Namespace) -> None:
     """llama.cpp and bitconv's rows on the same TQ2_0 file (and the 2B4T I2_S file), into res."""
     res["llama.cpp"] = llama_cpp(tq, a.reps)
     models = {f"{m} {c} (TQ2_0)": (tq, m, c) for m in a.modes for c in a.codes
-              if c != "f64x3" or packs(m)}
+              if c != "f64x3" or m in INTEGER_MODES}
     if not a.no_i2s:
         i2s = ROOT / "bitnet-b1.58-2B-4T-i2s.gguf"
         if not i2s.is_file():
@@ -276,7 +276,7 @@ def main() -> None:
                     help="bitconv modes on the TQ2_0 file")
     ap.add_argument("--codes", nargs="+", default=["f64x3", "f32", "i8"],
                     help="weight representations (runtime/memory.py) for each mode that runs "
-                         "on them (f64x3: all on TQ2_0)")
+                         "on them (f64x3: exact and bitnet.cpp)")
     ap.add_argument("--no-i2s", action="store_true", help="skip exact mode on the 2B4T I2_S file")
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--no-big", action="store_true", help="skip the 8B run/logits/verify")

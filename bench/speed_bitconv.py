@@ -112,10 +112,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
+    a.codes = a.codes or preferred(a.mode)[0]
     t = time.perf_counter()
-    weights = load_gguf(a.model)
-    a.codes = a.codes or preferred(a.mode, fmt=weights.format)[0]
-    model = Model(weights, a.mode, a.codes).load()
+    model = Model(load_gguf(a.model), a.mode, a.codes).load()
     load = time.perf_counter() - t
     ids = (np.arange(max(a.prefill, a.decode)) * 7919 + 13) % model.spec.vocab
 

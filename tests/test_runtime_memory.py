@@ -48,10 +48,9 @@ CASES = [(fx, fmt, mode)
                            ("q2_0", "llama.cpp"))]
 
 
-def usable(mode: str, research=None, fmt: str = "") -> list[str]:
-    """The representations other than f32 that `mode` runs on for `fmt` (f64x3: bitlinear.packs)."""
-    return [r for r in REPRESENTATIONS[1:]
-            if r != "f64x3" or preferred(mode, research, fmt)[0] == r]
+def usable(mode: str, research=None) -> list[str]:
+    """The representations other than f32 that `mode` runs on (f64x3: the integer modes)."""
+    return [r for r in REPRESENTATIONS[1:] if r != "f64x3" or preferred(mode, research)[0] == r]
 
 
 def run_all(w, mode: str, codes: str, research=None) -> list[np.ndarray]:
@@ -67,8 +66,7 @@ def run_all(w, mode: str, codes: str, research=None) -> list[np.ndarray]:
 def test_every_representation_gives_the_same_logits(packed, name, fmt, mode):
     w = load_gguf(packed(name, fmt))
     want = run_all(w, mode, "f32")
-    assert ("f64x3" in usable(mode, fmt=fmt)) == (fmt != "q2_0")
-    for codes in usable(mode, fmt=fmt):
+    for codes in usable(mode):
         got = run_all(w, mode, codes)
         assert all(np.array_equal(a, b) for a, b in zip(got, want)), codes
 
@@ -129,12 +127,10 @@ def test_packed_codes_only_where_the_products_are_integer(packed):
     assert preferred("exact") == preferred("bitnet.cpp") == ("f64x3", "i8", "stream")
     assert preferred("exact", parse("kv=3")) == preferred("exact", parse("a4.8")) \
         == preferred("exact", parse("q-sparse")) == ("f64x3", "i8", "stream")
-    assert preferred("llama.cpp", fmt="tq2_0") == ("f64x3", "i8", "stream")
-    assert preferred("llama.cpp", fmt="q2_0") == preferred("llama.cpp", fmt="q1_0-fp16") \
-        == preferred("exact", parse("v2")) == ("f32", "i8", "stream")
-    with pytest.raises(InputError, match="f64x3"):
-        Model(load_gguf(packed("bitnet-b1.58-2B-4T", "q2_0")), "llama.cpp", "f64x3")
+    assert preferred("llama.cpp") == preferred("exact", parse("v2")) == ("f32", "i8", "stream")
     w = load_gguf(packed("bitnet-b1.58-2B-4T", "tq2_0"))
+    with pytest.raises(InputError, match="f64x3"):
+        Model(w, "llama.cpp", "f64x3")
     with pytest.raises(InputError, match="f64x3"):
         Model(w, "exact", "f64x3", research=parse("o_in=4:hadamard"))
 

@@ -66,8 +66,8 @@ def bitlinear(x: Array, codes: Array | Packed3, multiplier: np.float32, mode: st
               group: int = 0) -> Array:
     """x (n, K) float32, codes (out, K) float32 in {-1, 0, 1} -> (n, out) float32. `group`
     (llama.cpp mode only, `q8_0_group(format)`): 0 for Q8_K activations, else Q8_0 ones summed
-    per weight block of that size. Every mode but llama.cpp's Q8_0 one also takes the codes as
-    Packed3 (`packs`), with the same result bit for bit.
+    per weight block of that size. The integer modes (INTEGER_MODES: one product of whole rows)
+    also take the codes as Packed3, with the same result bit for bit.
 
     Fastest when `codes` is the transpose of a C-contiguous (K, out) array (Model stores them so):
     `q @ codes.T` is then one plain BLAS call, and llama.cpp mode's (B, 256, out) blocks a view.
@@ -83,34 +83,19 @@ def bitlinear(x: Array, codes: Array | Packed3, multiplier: np.float32, mode: st
         q = np.clip(np.rint(x * s), -128, 127)
         y = product(q, codes) * multiplier / s
         return y
+    if isinstance(codes, Packed3):
+        raise InputError(f"{mode} mode takes float32 codes, not packed ones")
     if mode == "llama.cpp" and group:
-        if isinstance(codes, Packed3):
-            raise InputError("llama.cpp mode on Q8_0 activations takes float32 codes")
         y = _q8_0_dot(x, codes, group) * multiplier
         return y
     if mode == "llama.cpp":
         q, d = q8k(x)                                          # (n, B, 256), (n, B)
-        y = _block_sums(q, codes, 0) * d[:, :1]                # (n, out), exact per block
+        cb = codes.T.reshape(q.shape[1], Q8K_BLOCK, codes.shape[0])  # (B, 256, out)
+        y = (q[:, 0] @ cb[0]) * d[:, :1]                       # (n, out), exact per block
         for b in range(1, q.shape[1]):  # block by block: no (B, n, out) temporary
-            y += _block_sums(q, codes, b) * d[:, b:b + 1]
+            y += (q[:, b] @ cb[b]) * d[:, b:b + 1]
         return y * multiplier
     raise InputError(f"unknown mode {mode!r}")
-
-
-def packs(mode: str, group: int = 0) -> bool:
-    """Whether `mode` (with llama.cpp's Q8_0 `group`) runs on Packed3 codes: every product of
-    whole rows or of Q8_K blocks (256 columns, Σ|q| ≤ 256·128 per block) is one exact call;
-    Q8_0's blocks of 32 would make the decoding of the sums cost more than the product."""
-    return mode in INTEGER_MODES or (mode == "llama.cpp" and not group)
-
-
-def _block_sums(q: Array, codes: Array | Packed3, b: int) -> Array:
-    """The integer sums of Q8_K block b: q[:, b] (n, 256) @ codes[:, 256b:256(b+1)]ᵀ."""
-    cols = slice(b * Q8K_BLOCK, (b + 1) * Q8K_BLOCK)
-    if isinstance(codes, Packed3):
-        return codes.columns(cols.start, cols.stop).dot(q[:, b])
-    y: Array = q[:, b] @ codes.T[cols]  # a (256, out) view of the contiguous (K, out) layout
-    return y
 
 
 def product(q: Array, codes: Array | Packed3) -> Array:

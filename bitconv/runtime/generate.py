@@ -67,7 +67,7 @@ def stream_text(path: str | Path, prompt: str, n: int, *, temperature: float = 0
     ids = codec.chat(prompt) if chat else codec.encode(prompt)
     options = parse(research) if research else None
     held = choose(weights, len(ids) + n, memory, batch=len(ids), name=str(path),
-                  representations=preferred(mode, options, weights.format))
+                  representations=preferred(mode, options))
     # every weight the representation keeps decoded up front, on two threads
     model = Model(weights, mode, held.representation, research=options).load()
     stream = TextStream(codec)

@@ -7,9 +7,9 @@ with one line instead of dying mid-load. Representations of the ternary codes, l
   f32     codes kept as float32, (in, out) contiguous: 4 bytes a weight, each matmul one BLAS
           call straight on them (llama.cpp mode and research options need them).
   f64x3   three rows of codes in one float64 (runtime/packed3.py): 8/3 bytes a weight, each
-          matmul one float64 BLAS call and an exact decode of its sums; every mode whose
-          products are of integers over whole rows or Q8_K blocks (runtime/bitlinear.py
-          `packs`), where it is the fastest of all (measured below).
+          matmul one float64 BLAS call and an exact decode of its sums; exact and bitnet.cpp
+          modes and research options without Hadamard sites, where it is the fastest of all
+          (measured below).
   i8      codes kept as int8, widened to float32 per matmul into one reusable buffer: 1 byte a
           weight.
   stream  nothing kept: each matmul decodes its tensor from the file (a memory map) and widens
@@ -31,10 +31,9 @@ At full size (bench/bench_runtime.py, 2026-12-03, a 2-vCPU 24 GB machine at load
 tok/s with 7.1 GB resident, f32 38.3 / 2.86 tok/s with 9.8 GB (1.41x and 1.30x: f64x3 does
 three weights' multiply-adds with each float64 one and reads 8/3 bytes a weight, not 4). Decode
 is memory-bound in both: the FFN matmuls take 58-62% of a token, the attention ones 22%, the LM
-head (float32, 1.3 GB) 12-16%. f64x3 is chosen first wherever it applies
-(`preferred`); f32 stays for llama.cpp mode on Q2_0/Q1_0 weights (Q8_0 blocks of 32: decoding
-the sums of so short a product costs more than it saves) and for research options with a
-Hadamard site (a product of float values). Widening int8 codes a
+head (float32, 1.3 GB) 12-16%. f64x3 is chosen first for exact and bitnet.cpp modes
+(`preferred`); f32 stays for llama.cpp mode (Q8_K/Q8_0 blocks: one product per block) and for
+research options with a Hadamard site (a product of float values). Widening int8 codes a
 few hundred KB at a time into a buffer that stays in cache, one BLAS call per block (exact: the
 sums are integers), decoded at 0.68 tok/s: every small BLAS call woke OpenBLAS's second thread;
 with OPENBLAS_NUM_THREADS=1 the same code's FFN matmuls took 295 ms a token against f32's 203 ms

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bitconv.errors import InputError
-from bitconv.runtime.bitlinear import bitlinear, check_mode, packs, q8_0_group
+from bitconv.runtime.bitlinear import INTEGER_MODES, bitlinear, check_mode, q8_0_group
 from bitconv.runtime.packed3 import Packed3
 from bitconv.runtime.research import SITE_OF, Research
 from bitconv.runtime.research import kv as research_kv
@@ -103,13 +103,13 @@ class Cache:
         return self.k[0].shape[1] if self.k else 0
 
 
-def preferred(mode: str, research: Research | None = None, fmt: str = "") -> tuple[str, ...]:
-    """The representations worth trying for `mode` on weights in format `fmt`, fastest first
-    (runtime/memory.py): packed float64 codes wherever the products are of integers in whole
-    rows or Q8_K blocks (runtime/bitlinear.py `packs`; faster and smaller than float32), float32
-    for the others (Q8_0's blocks of 32, a Hadamard site's float values); then i8, then stream."""
+def preferred(mode: str, research: Research | None = None) -> tuple[str, ...]:
+    """The representations worth trying for `mode`, fastest first (runtime/memory.py): packed
+    float64 codes for the integer modes and the research options whose BitLinear inputs are
+    integers too (faster and smaller than float32), float32 for the others (llama.cpp mode's
+    products are per block, a Hadamard site's on float values); then i8, then stream."""
     hadamard = research is not None and any(q.hadamard for _, q in research.sites)
-    fast = "f64x3" if packs(mode, q8_0_group(fmt)) and not hadamard else "f32"
+    fast = "f64x3" if mode in INTEGER_MODES and not hadamard else "f32"
     return fast, "i8", "stream"
 
 
@@ -154,10 +154,9 @@ class Model:
         self.research = research if research is not None and not research.off else None
         if self.research is not None and self.mode != "exact":
             raise InputError(f"research modes run on exact mode, not {mode!r}")
-        if codes == "f64x3" and preferred(self.mode, self.research, weights.format)[0] != codes:
-            raise InputError("packed float64 codes (f64x3) serve the exact, bitnet.cpp and "
-                             "(Q8_K) llama.cpp modes and research options without Hadamard "
-                             "sites; use f32")
+        if codes == "f64x3" and preferred(self.mode, self.research)[0] != codes:
+            raise InputError("packed float64 codes (f64x3) serve exact and bitnet.cpp modes "
+                             "and research options without Hadamard sites; use f32")
         self.group = q8_0_group(weights.format)  # llama.cpp mode: Q8_0 activations for Q2_0
         self.weights = weights
         self._cache: dict[str, Any] = {}

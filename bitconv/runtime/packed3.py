@@ -69,10 +69,6 @@ class Packed3:
         """The codes' shape (out, K), as for a float32 codes array."""
         return self.out, self.packed.shape[0]
 
-    def columns(self, start: int, stop: int) -> Packed3:
-        """The codes' columns start:stop (a K slice: a view of P's rows)."""
-        return Packed3(self.packed[start:stop], self.out)
-
     @property
     def nbytes(self) -> int:
         return int(self.packed.nbytes)

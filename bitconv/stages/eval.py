@@ -136,7 +136,7 @@ def evaluate(model_path: str | Path, text_path: str | Path, *, ctx: int = 512,
     chunk_positions(len(ids), ctx)  # refuse a short text before decoding the weights
     options = parse(research) if research else None
     held = choose(weights, ctx, memory, name=str(model_path),
-                  representations=preferred(mode, options, weights.format))
+                  representations=preferred(mode, options))
     model = Model(weights, mode, held.representation, research=options).load()
     bos = codec.bos_id if codec.add_bos else None
     sums, counts, every = perplexity(model, ids, ctx, bos, progress, chunks)
