@@ -33,7 +33,10 @@ three weights' multiply-adds with each float64 one and reads 8/3 bytes a weight,
 is memory-bound in both: the FFN matmuls take 58-62% of a token, the attention ones 22%, the LM
 head (float32, 1.3 GB) 12-16%. f64x3 is chosen first for exact and bitnet.cpp modes
 (`preferred`); f32 stays for llama.cpp mode (Q8_K/Q8_0 blocks: one product per block) and for
-research options with a Hadamard site (a product of float values). Widening int8 codes a
+research options with a Hadamard site (a product of float values). llama.cpp mode's Q8_K block
+products were tried on f64x3 (a K slice of the packed rows per block) and measured on the same
+file: prefill 23.5 tok/s against f32's 29.8, decode 2.38 against 2.42 (decoding the sums of ten
+to twenty-seven 256-column products per matmul costs what the smaller reads save), so not kept. Widening int8 codes a
 few hundred KB at a time into a buffer that stays in cache, one BLAS call per block (exact: the
 sums are integers), decoded at 0.68 tok/s: every small BLAS call woke OpenBLAS's second thread;
 with OPENBLAS_NUM_THREADS=1 the same code's FFN matmuls took 295 ms a token against f32's 203 ms
