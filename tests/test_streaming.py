@@ -23,6 +23,7 @@ from bitconv.model.dense import dense_part
 from bitconv.stages.pack import pack
 from bitconv.synth.checkpoints import Shape, make_fixture
 from bitconv.workers import Workers
+from tests.support.cli import cli
 
 EVERY_BF16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
 AS_F32 = (EVERY_BF16.astype(np.uint32) << 16).view(np.float32)
@@ -181,3 +182,17 @@ def test_threshold_codes_equal_float32_ternarization_near_the_boundary(m):
         ref16 = np.clip(np.rint(np.divide(w16.astype(np.float32), m, dtype=np.float32)), -1, 1)
     assert np.array_equal(ternary.ternarize_stored(w, "F32", m, False), ref)
     assert np.array_equal(ternary.ternarize_stored(w16, "F16", m, False), ref16.astype(np.int8))
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", ""])
+def test_a_bad_write_behind_setting_is_one_line(value, tmp_path, monkeypatch):
+    src = make_fixture("bitnet_b1_58-large", tmp_path / "src",
+                       Shape(hidden=256, inter=512, heads=4, kv_heads=4, vocab=512))
+    monkeypatch.setenv("BITCONV_WRITE_BEHIND", value)
+    out = tmp_path / "o.gguf"
+    r = cli("pack", src, "-o", out, "-q")
+    assert r.exit_code == 1 and r.stdout == "", (r.exit_code, r.output)
+    assert r.stderr.splitlines() == [f"Error: BITCONV_WRITE_BEHIND={value!r}: expected "
+                                     "megabytes per flushed range, a number >= 0 (0 turns "
+                                     "write-behind off)"]
+    assert list(tmp_path.glob("o.gguf*")) == []

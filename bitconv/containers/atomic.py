@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from bitconv.errors import OutputError
+from bitconv.errors import InputError, OutputError
 from bitconv.formats import HF
 
 
@@ -143,7 +143,16 @@ def write_behind_interval() -> int:
     if _sync_range is None:
         return 0
     env = os.environ.get("BITCONV_WRITE_BEHIND")
-    return WRITE_BEHIND if env is None else int(float(env) * (1 << 20))
+    if env is None:
+        return WRITE_BEHIND
+    try:
+        mb = float(env)
+    except ValueError:
+        mb = -1.0
+    if not 0 <= mb < 1 << 30:  # NaN fails too
+        raise InputError(f"BITCONV_WRITE_BEHIND={env!r}: expected megabytes per flushed range, "
+                         "a number >= 0 (0 turns write-behind off)")
+    return int(mb * (1 << 20))
 
 
 @contextmanager
