@@ -34,23 +34,38 @@ _CEIL_256_243 = ((np.arange(243, dtype=np.uint16) * 256 + 242) // 243).astype(np
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8).reshape(1, 5, 1)
 
 
+TILE = 4096  # blocks per step of pack_qs: its (5, 7, TILE) uint64 words, 1.1 MB, stay in L2
+
+
 def pack_qs(q: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """(n_blocks, 256) digits 0..2 -> (n_blocks, 52) bytes: qs[48] then qh[4]."""
+    """(n_blocks, 256) digits 0..2 -> (n_blocks, 52) bytes: qs[48] then qh[4].
+
+    All 52 bytes of a block are a 5-digit Horner sum (qh's fifth digit is 0), and no byte ever
+    carries into the next (values <= 242), so they are computed as uint64 words, 8 bytes at a
+    time, on words transposed to (digit n, word, block): each operation then runs along the
+    blocks instead of over rows of 4 words. Word w of a block holds digits 8w..8w+7, so digit n
+    of qs word j is word 4n + j, of qs word 4 + j (bytes 32..47) word 20 + 2n + j; qh's digits
+    are the 4-byte halves of words 30 and 31."""
     n = q.shape[0]
-    v = np.empty((n, 52), np.uint8)                 # base-3 values, <= 242: uint8 throughout
-    _horner(q[:, :160].reshape(n, 5, 32), v[:, :32])
-    _horner(q[:, 160:240].reshape(n, 5, 16), v[:, 32:48])
-    _horner(q[:, 240:].reshape(n, 4, 4), v[:, 48:])
-    v[:, 48:] *= 3                                  # qh: the fifth digit is 0
-    return _CEIL_256_243[v]
-
-
-def _horner(digits: npt.NDArray[np.uint8], out: npt.NDArray[np.uint8]) -> None:
-    """out = sum digit_n * 3^(k-1-n) over the k digits (axis 1), most significant first."""
-    np.copyto(out, digits[:, 0])
-    for i in range(1, digits.shape[1]):
-        out *= 3
-        out += digits[:, i]
+    words = np.ascontiguousarray(q).reshape(n, 256).view(np.uint64)      # (n, 32)
+    out = np.empty((n, 52), np.uint8)
+    g = np.zeros((5, 7, min(TILE, n)), np.uint64)                      # g[4, 6] stays 0
+    for a in range(0, n, TILE):
+        t = words[a:a + TILE].T                                         # (32, tile), a view
+        m = t.shape[1]
+        np.copyto(g[:, 0:4, :m], t[0:20].reshape(5, 4, m))
+        np.copyto(g[:, 4:6, :m], t[20:30].reshape(5, 2, m))
+        np.copyto(g[0, 6, :m], t[30])
+        np.right_shift(t[30], 32, out=g[1, 6, :m])
+        np.copyto(g[2, 6, :m], t[31])
+        np.right_shift(t[31], 32, out=g[3, 6, :m])
+        v = g[0, :, :m]
+        for i in range(1, 5):                                          # Horner, in g[0]
+            v *= 3
+            v += g[i, :, :m]
+        b = np.ascontiguousarray(v.T).view(np.uint8)                   # (m, 56), 4 spare bytes
+        np.take(_CEIL_256_243, b[:, :52], out=out[a:a + m])
+    return out
 
 
 def _digits(b: npt.NDArray[np.uint8], n: int) -> npt.NDArray[np.uint8]:
