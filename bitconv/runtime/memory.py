@@ -26,9 +26,9 @@ f32 decodes about 1.5 times as fast as i8 (whose widening pass costs as much as 
 product), so it is chosen whenever it fits; i8 prefills as fast, loads three times faster and
 keeps a quarter of the codes' memory; stream (which decodes every tensor per forward pass) only
 when nothing else fits, and for one-pass commands (logits, verify), where keeping gains nothing.
-At full size (bench/bench_runtime.py, 2026-12-03, a 2-vCPU 24 GB machine at load ~1-2; the
-2B4T-shaped TQ2_0 file, exact mode, medians of 3): f64x3 prefills 54.0 tok/s and decodes 3.71
-tok/s with 7.1 GB resident, f32 38.3 / 2.86 tok/s with 9.8 GB (1.41x and 1.30x: f64x3 does
+At full size (bench/bench_runtime.py, 2026-12-03, a quiet 2-vCPU 24 GB machine; the
+2B4T-shaped TQ2_0 file, exact mode, medians of 3): f64x3 prefills 57.0 tok/s and decodes 3.69
+tok/s with 8.1 GB peak RSS, f32 39.3 / 2.81 tok/s with 10.8 GB (1.45x and 1.31x: f64x3 does
 three weights' multiply-adds with each float64 one and reads 8/3 bytes a weight, not 4). Decode
 is memory-bound in both: the FFN matmuls take 58-62% of a token, the attention ones 22%, the LM
 head (float32, 1.3 GB) 12-16%. f64x3 is chosen first for exact and bitnet.cpp modes
