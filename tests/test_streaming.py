@@ -192,7 +192,7 @@ def test_a_bad_write_behind_setting_is_one_line(value, tmp_path, monkeypatch):
     out = tmp_path / "o.gguf"
     r = cli("pack", src, "-o", out, "-q")
     assert r.exit_code == 1 and r.stdout == "", (r.exit_code, r.output)
-    assert r.stderr.splitlines() == [f"Error: BITCONV_WRITE_BEHIND={value!r}: expected "
-                                     "megabytes per flushed range, a number >= 0 (0 turns "
-                                     "write-behind off)"]
+    assert r.stderr.splitlines() == [(f"Error: BITCONV_WRITE_BEHIND={value!r}: expected "
+                                      "megabytes per flushed range, a number >= 0 (0 turns "
+                                      "write-behind off)")]
     assert list(tmp_path.glob("o.gguf*")) == []
