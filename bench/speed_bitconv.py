@@ -127,15 +127,8 @@ def main() -> None:
             model.forward(np.array([tok]), cache)
 
     model.forward(ids[:1])  # warm-up: BLAS threads, first allocations
-    prefill, decode = [], []
-    for _ in range(a.reps):
-        t = time.perf_counter()
-        prefill_pass()
-        prefill.append(time.perf_counter() - t)
-    for _ in range(a.reps):
-        t = time.perf_counter()
-        decode_pass()
-        decode.append(time.perf_counter() - t)
+    prefill = [timed(prefill_pass) for _ in range(a.reps)]
+    decode = [timed(decode_pass) for _ in range(a.reps)]
     out: dict[str, Any] = {"codes": a.codes, "load_s": load, "prefill_s": prefill,
                            "decode_s": decode, "prefill_tokens": a.prefill,
                            "decode_tokens": a.decode, "decode_bytes": decode_bytes(model),

@@ -5,7 +5,7 @@ checkpoint's plan), before any tensor is decoded, so that a model that cannot fi
 with one line instead of dying mid-load. Representations of the ternary codes, largest first:
 
   f32     codes kept as float32, (in, out) contiguous: 4 bytes a weight, each matmul one BLAS
-          call straight on them (llama.cpp mode and research options need them).
+          call straight on them (llama.cpp mode and Hadamard research sites need them).
   f64x3   three rows of codes in one float64 (runtime/packed3.py): 8/3 bytes a weight, each
           matmul one float64 BLAS call and an exact decode of its sums; exact and bitnet.cpp
           modes and research options without Hadamard sites, where it is the fastest of all
@@ -31,14 +31,16 @@ At full size (bench/bench_runtime.py, 2026-12-03, a quiet 2-vCPU 24 GB machine; 
 tok/s with 8.1 GB peak RSS, f32 39.3 / 2.81 tok/s with 10.8 GB (1.45x and 1.31x: f64x3 does
 three weights' multiply-adds with each float64 one and reads 8/3 bytes a weight, not 4). Decode
 is memory-bound in both: the FFN matmuls take 58-62% of a token, the attention ones 22%, the LM
-head (float32, 1.3 GB) 12-16%. f64x3 is chosen first for exact and bitnet.cpp modes
-(`preferred`); f32 stays for llama.cpp mode (Q8_K/Q8_0 blocks: one product per block) and for
-research options with a Hadamard site (a product of float values). llama.cpp mode's Q8_K block
-products were tried on f64x3 (a K slice of the packed rows per block) and measured on the same
-file: prefill 23.5 tok/s against f32's 29.8, decode 2.38 against 2.42 (decoding the sums of ten
-to twenty-seven 256-column products per matmul costs what the smaller reads save), so not kept. Widening int8 codes a
-few hundred KB at a time into a buffer that stays in cache, one BLAS call per block (exact: the
-sums are integers), decoded at 0.68 tok/s: every small BLAS call woke OpenBLAS's second thread;
+head (float32, 1.3 GB) 12-16%. f64x3 is chosen first wherever it applies (`preferred`: exact
+and bitnet.cpp modes, research options without a Hadamard site); f32 stays for llama.cpp mode
+(Q8_K/Q8_0 blocks: one product per block) and Hadamard sites (a product of float values).
+llama.cpp mode's Q8_K block products were tried on f64x3 (a K slice of the packed rows per
+block) and measured on the same file: prefill 23.5 tok/s against f32's 29.8, decode 2.38
+against 2.42 (decoding the sums of ten to twenty-seven 256-column products per matmul costs
+what the smaller reads save), so not kept.
+
+Widening int8 codes a few hundred KB at a time into a buffer that stays in cache, one BLAS
+call per block (exact: the sums are integers), decoded at 0.68 tok/s: every small BLAS call woke OpenBLAS's second thread;
 with OPENBLAS_NUM_THREADS=1 the same code's FFN matmuls took 295 ms a token against f32's 203 ms
 on two threads, so int8 blocks split over two threads that each keep BLAS to one could beat f32,
 which numpy alone cannot arrange (no per-call BLAS thread count). The Llama3-8B-1.58 I2_S file

@@ -121,7 +121,7 @@ class Model:
       f32     codes kept as float32 for BLAS (4 bytes per parameter, 9.6 GB with the float32 LM
               head at 2B4T size);
       f64x3   three rows of codes to a float64 (runtime/packed3.py; 8/3 bytes a parameter):
-              exact and bitnet.cpp modes only, the fastest there;
+              where `preferred` offers it (integer products of whole rows), the fastest there;
       i8      codes kept as int8 (1 byte), widened into one float32 buffer that every matmul
               reuses (fresh memory is slow to touch);
       stream  nothing kept: each matmul decodes its tensor from the file into that buffer, so
